@@ -1,0 +1,153 @@
+//! The commands behind the CLI, as library calls: what `vitkit train|eval|predict` do.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::tensor::Device;
+
+use burn::module::Module;
+
+use crate::data::{Augment, DataSource, DatasetSplits, FolderOptions, ImageDataset, Normalize, load_image_file};
+use crate::io::{RunConfig, Which, find_checkpoint, load_weights, read_json};
+use crate::models::{ModelConfig, preset};
+use crate::train::{EvalResult, TrainConfig, TrainOutcome, evaluate, predict_batch, train};
+use crate::{Result, VitError};
+
+/// What `vitkit train` needs beyond the recipe.
+#[derive(Debug, Clone)]
+pub struct TrainRequest {
+    pub model: String,
+    pub data: String,
+    pub out: PathBuf,
+    pub img_size: Option<usize>,
+    pub drop_path: Option<f64>,
+    pub resume: bool,
+    pub skip_bad_images: bool,
+    pub recipe: TrainConfig,
+}
+
+/// Reads `data` for a model taking `config`'s input size.
+pub fn load_data(source: &DataSource, config: &ModelConfig, skip_bad_images: bool) -> Result<DatasetSplits> {
+    let size = config.img_size();
+    let opts = FolderOptions { skip_bad_images, channels: config.in_chans() };
+    let mut splits = source.load(size, &opts)?;
+    if [splits.train.height, splits.train.width] != size {
+        splits.train = splits.train.resized(size[0], size[1]);
+        splits.test = splits.test.resized(size[0], size[1]);
+    }
+    Ok(splits)
+}
+
+pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
+    let source = DataSource::parse(&req.data)?;
+    let mut config = preset(&req.model)?;
+    if let Some(s) = req.img_size {
+        config = config.adapted(None, None, Some([s, s]))?;
+    }
+    if let (Some(dp), ModelConfig::Vit(c)) = (req.drop_path, &mut config) {
+        c.drop_path_rate = dp;
+    }
+    // Data decides the head and input channels, as timm's create_model(num_classes=, in_chans=).
+    let probe_channels = match source {
+        DataSource::FashionMnist(_) => 1,
+        _ => 3,
+    };
+    let config = config.adapted(None, Some(probe_channels), None)?;
+    let splits = load_data(&source, &config, req.skip_bad_images)?;
+    let config = config.adapted(Some(splits.info.class_names.len()), Some(splits.info.channels), None)?;
+    let run = RunConfig {
+        model_name: req.model.clone(),
+        model: config.clone(),
+        data: splits.info.clone(),
+        train: Some(req.recipe.clone()),
+    };
+    let train_device = device.clone().autodiff();
+    match &config {
+        ModelConfig::Vit(c) => train(c.init(&train_device)?, run, &splits, &req.out, req.resume, &train_device),
+    }
+}
+
+/// A trained classifier of any family, loaded from a checkpoint for inference.
+pub enum LoadedModel {
+    Vit(crate::models::Vit),
+}
+
+impl LoadedModel {
+    /// Rebuilds the model saved at `checkpoint` (a run directory, whose best checkpoint is
+    /// used, or a checkpoint directory) in validation mode.
+    pub fn load(checkpoint: &Path, device: &Device) -> Result<(Self, RunConfig)> {
+        let ck = find_checkpoint(checkpoint, Which::Best)?;
+        let run: RunConfig = read_json(&ck.config())?;
+        run.model.validate()?;
+        let model = match &run.model {
+            ModelConfig::Vit(c) => LoadedModel::Vit(load_weights(c.init(device)?, &ck.model(), true)?.0.valid()),
+        };
+        Ok((model, run))
+    }
+
+    pub fn predict(&self, images: Vec<f32>, shape: [usize; 4], device: &Device) -> Result<Vec<Vec<f32>>> {
+        match self {
+            LoadedModel::Vit(m) => predict_batch(m, images, shape, device).map(|p| p.probs),
+        }
+    }
+
+    pub fn evaluate(&self, data: Arc<ImageDataset>, norm: &Normalize, batch_size: usize, classes: usize, device: &Device) -> Result<EvalResult> {
+        match self {
+            LoadedModel::Vit(m) => evaluate(m, data, norm, batch_size, classes, device),
+        }
+    }
+}
+
+/// Evaluates a checkpoint on the test split of `data`.
+pub fn run_eval(checkpoint: &Path, data: &str, batch_size: usize, device: &Device) -> Result<(EvalResult, RunConfig)> {
+    let (model, run) = LoadedModel::load(checkpoint, device)?;
+    {
+        let source = DataSource::parse(data)?;
+        let splits = load_data(&source, &run.model, false)?;
+        if splits.info.class_names.len() != run.model.num_classes() {
+            return Err(VitError::Config(format!(
+                "the dataset has {} classes but the model was trained for {}",
+                splits.info.class_names.len(),
+                run.model.num_classes()
+            )));
+        }
+        let norm = Normalize { mean: run.data.mean.clone(), std: run.data.std.clone(), out_channels: run.model.in_chans() };
+        if !norm.supports(splits.test.channels) {
+            return Err(VitError::Config(format!("cannot feed {}-channel images to a {}-channel model", splits.test.channels, norm.out_channels)));
+        }
+        let result = model.evaluate(Arc::new(splits.test), &norm, batch_size, run.model.num_classes(), device)?;
+        Ok((result, run))
+    }
+}
+
+/// Top-`k` (class name, probability) for each image file.
+pub fn run_predict(checkpoint: &Path, images: &[PathBuf], k: usize, device: &Device) -> Result<Vec<(PathBuf, Vec<(String, f32)>)>> {
+    let (model, run) = LoadedModel::load(checkpoint, device)?;
+    {
+        let [h, w] = run.model.img_size();
+        let channels = run.model.in_chans();
+        let norm = Normalize { mean: run.data.mean.clone(), std: run.data.std.clone(), out_channels: channels };
+        // Images are decoded straight into the model's channel count.
+        let norm = Normalize {
+            mean: if run.data.channels == channels { norm.mean } else { vec![run.data.mean[0]; channels] },
+            std: if run.data.channels == channels { norm.std } else { vec![run.data.std[0]; channels] },
+            ..norm
+        };
+        let mut out = Vec::new();
+        for path in images {
+            let bytes = load_image_file(path, channels, [h, w])?;
+            let x = norm.image(&bytes, channels, h, w);
+            let probs = model.predict(x, [1, channels, h, w], device)?.remove(0);
+            let mut ranked: Vec<(String, f32)> = probs.iter().enumerate().map(|(i, &p)| (run.data.class_names.get(i).cloned().unwrap_or_else(|| i.to_string()), p)).collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+            ranked.truncate(k);
+            out.push((path.clone(), ranked));
+        }
+        Ok(out)
+    }
+}
+
+/// The default augmentation for a `--data` argument (none for unknown names).
+pub fn default_augment(data: &str) -> Option<Augment> {
+    DataSource::parse(data).ok().map(|s| s.default_augment()).filter(|a| a.crop_padding > 0 || a.hflip)
+}

@@ -1,0 +1,239 @@
+//! `vitkit`: the command-line face of the library. Parsing and printing only.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use vitkit::app::{TrainRequest, default_augment, run_eval, run_predict, run_train};
+use vitkit::data::Augment;
+use vitkit::device::parse_device;
+use vitkit::models::{PRESETS, param_count};
+use vitkit::report::confusion_matrix_png;
+use vitkit::train::TrainConfig;
+
+#[derive(Parser)]
+#[command(name = "vitkit", version, about = "Train, evaluate and run vision transformers")]
+struct Cli {
+    /// Compute device: cpu (default), or cuda / cuda:N when built with --features cuda.
+    #[arg(long, global = true, default_value = "cpu")]
+    device: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the model presets with their parameter counts.
+    Models,
+    /// Train a model on a dataset, writing checkpoints and logs to --out.
+    Train(TrainArgs),
+    /// Evaluate a checkpoint on a dataset's test split.
+    Eval(EvalArgs),
+    /// Classify image files with a checkpoint.
+    Predict(PredictArgs),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Model preset (see `vitkit models`).
+    #[arg(long, default_value = "vit_nano_patch4_32")]
+    model: String,
+    /// Dataset: synthetic, fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR, folder:DIR.
+    #[arg(long, default_value = "synthetic")]
+    data: String,
+    /// Run directory for checkpoints and logs.
+    #[arg(long, default_value = "runs/synthetic")]
+    out: PathBuf,
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    /// Peak learning rate (after warmup).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 1e-5)]
+    min_lr: f64,
+    #[arg(long, default_value_t = 1.0)]
+    warmup_epochs: f64,
+    #[arg(long, default_value_t = 0.05)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 0.1)]
+    label_smoothing: f64,
+    /// Clip the global gradient norm to this value (0 disables).
+    #[arg(long, default_value_t = 1.0)]
+    grad_clip: f64,
+    /// Stochastic depth rate of the last block.
+    #[arg(long)]
+    drop_path: Option<f64>,
+    /// Train at this (square) image size instead of the preset's.
+    #[arg(long)]
+    img_size: Option<usize>,
+    /// Zero padding before the random crop (default depends on the dataset).
+    #[arg(long)]
+    crop_padding: Option<usize>,
+    /// Random horizontal flips (default depends on the dataset).
+    #[arg(long)]
+    hflip: Option<bool>,
+    /// No augmentation at all.
+    #[arg(long)]
+    no_augment: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop each epoch after this many batches (quick trials).
+    #[arg(long)]
+    max_steps_per_epoch: Option<usize>,
+    /// Continue the run in --out from its last checkpoint, with its saved recipe.
+    #[arg(long)]
+    resume: bool,
+    /// Skip ImageFolder images that cannot be decoded (counted) instead of failing.
+    #[arg(long)]
+    skip_bad_images: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Run directory (its best checkpoint) or checkpoint directory.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(long, default_value = "synthetic")]
+    data: String,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Where to write the confusion matrix (default: CHECKPOINT/confusion_matrix.png).
+    #[arg(long)]
+    confusion_png: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PredictArgs {
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// JPEG or PNG files.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+}
+
+fn train(args: TrainArgs, device: &str) -> anyhow::Result<()> {
+    let device = parse_device(device)?;
+    let augment = if args.no_augment {
+        None
+    } else {
+        let base = default_augment(&args.data).unwrap_or(Augment { crop_padding: 0, hflip: false });
+        let aug = Augment {
+            crop_padding: args.crop_padding.unwrap_or(base.crop_padding),
+            hflip: args.hflip.unwrap_or(base.hflip),
+        };
+        (aug.crop_padding > 0 || aug.hflip).then_some(aug)
+    };
+    let recipe = TrainConfig {
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        min_lr: args.min_lr,
+        warmup_epochs: args.warmup_epochs,
+        weight_decay: args.weight_decay,
+        label_smoothing: args.label_smoothing,
+        grad_clip: (args.grad_clip > 0.0).then_some(args.grad_clip),
+        augment,
+        seed: args.seed,
+        max_steps_per_epoch: args.max_steps_per_epoch,
+        ..TrainConfig::default()
+    };
+    let req = TrainRequest {
+        model: args.model,
+        data: args.data,
+        out: args.out.clone(),
+        img_size: args.img_size,
+        drop_path: args.drop_path,
+        resume: args.resume,
+        skip_bad_images: args.skip_bad_images,
+        recipe,
+    };
+    let outcome = run_train(&req, &device)?;
+    let s = &outcome.state;
+    println!(
+        "trained {} epochs ({} steps) in {:.0}s; best val acc {:.2}% at epoch {}; checkpoints in {}",
+        s.epoch,
+        s.step,
+        s.elapsed_s,
+        100.0 * s.best_val_acc,
+        s.best_epoch,
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn eval(args: EvalArgs, device: &str) -> anyhow::Result<()> {
+    let device = parse_device(device)?;
+    let (result, run) = run_eval(&args.checkpoint, &args.data, args.batch_size, &device)?;
+    println!("model {} on {} test split ({} images)", run.model_name, args.data, result.count);
+    println!("top-1 {:.2}%  top-5 {:.2}%  loss {:.4}", 100.0 * result.top1, 100.0 * result.top5, result.loss);
+    println!("per-class accuracy:");
+    for (name, acc) in run.data.class_names.iter().zip(result.per_class()) {
+        println!("  {name:<20} {:>6.2}%", 100.0 * acc);
+    }
+    let png = args.confusion_png.unwrap_or_else(|| {
+        let dir = if args.checkpoint.is_dir() { args.checkpoint.clone() } else { PathBuf::from(".") };
+        dir.join("confusion_matrix.png")
+    });
+    let title = format!("{} on {}: top-1 {:.2}%", run.model_name, args.data, 100.0 * result.top1);
+    confusion_matrix_png(&png, &result.confusion, &run.data.class_names, &title).context("writing the confusion matrix")?;
+    println!("confusion matrix: {}", png.display());
+    Ok(())
+}
+
+fn predict(args: PredictArgs, device: &str) -> anyhow::Result<()> {
+    let device = parse_device(device)?;
+    for (path, ranked) in run_predict(&args.checkpoint, &args.images, args.top_k, &device)? {
+        println!("{}", path.display());
+        for (name, p) in ranked {
+            println!("  {:>6.2}%  {name}", 100.0 * p);
+        }
+    }
+    Ok(())
+}
+
+fn models() {
+    println!("{:<26} {:>13}  {:>9}  description", "name", "parameters", "input");
+    for p in PRESETS {
+        let config = (p.config)();
+        let [h, w] = config.img_size();
+        println!("{:<26} {:>13}  {:>9}  {}", p.name, group_digits(param_count(&config)), format!("{h}x{w}"), p.description);
+    }
+}
+
+fn group_digits(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Models => {
+            models();
+            Ok(())
+        }
+        Command::Train(a) => train(a, &cli.device),
+        Command::Eval(a) => eval(a, &cli.device),
+        Command::Predict(a) => predict(a, &cli.device),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

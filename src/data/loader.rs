@@ -1,0 +1,164 @@
+//! Batches of normalised f32 images, assembled on a background thread so the model never
+//! waits for augmentation.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
+use std::thread::JoinHandle;
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::ImageDataset;
+
+/// Training-time augmentation: random crop after zero padding, and horizontal flip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Augment {
+    pub crop_padding: usize,
+    pub hflip: bool,
+}
+
+/// Pixel scaling `(x/255 - mean) / std` per data channel, then conversion to the model's
+/// channel count (grey replicated to RGB, or RGB to luma).
+#[derive(Debug, Clone)]
+pub struct Normalize {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    pub out_channels: usize,
+}
+
+impl Normalize {
+    /// Normalises one `[C, H, W]` byte image into `out` (`[out_channels, H, W]`).
+    /// `fetch(c, y, x)` returns the source byte or `None` for padding (which reads as black).
+    fn write(&self, channels: usize, h: usize, w: usize, fetch: impl Fn(usize, usize, usize) -> Option<u8>, out: &mut [f32]) {
+        let plane = h * w;
+        let value = |c: usize, y: usize, x: usize| (fetch(c, y, x).unwrap_or(0) as f32 / 255.0 - self.mean[c]) / self.std[c];
+        match (channels, self.out_channels) {
+            (a, b) if a == b => {
+                for c in 0..a {
+                    for y in 0..h {
+                        for x in 0..w {
+                            out[c * plane + y * w + x] = value(c, y, x);
+                        }
+                    }
+                }
+            }
+            (1, n) => {
+                for y in 0..h {
+                    for x in 0..w {
+                        let v = value(0, y, x);
+                        for c in 0..n {
+                            out[c * plane + y * w + x] = v;
+                        }
+                    }
+                }
+            }
+            (3, 1) => {
+                for y in 0..h {
+                    for x in 0..w {
+                        out[y * w + x] = 0.299 * value(0, y, x) + 0.587 * value(1, y, x) + 0.114 * value(2, y, x);
+                    }
+                }
+            }
+            (a, b) => panic!("channel conversion {a} -> {b} must be rejected before loading"),
+        }
+    }
+
+    pub fn supports(&self, data_channels: usize) -> bool {
+        data_channels == self.out_channels || data_channels == 1 || (data_channels == 3 && self.out_channels == 1)
+    }
+
+    /// One image as model input.
+    pub fn image(&self, img: &[u8], channels: usize, h: usize, w: usize) -> Vec<f32> {
+        let mut out = vec![0f32; self.out_channels * h * w];
+        self.write(channels, h, w, |c, y, x| Some(img[c * h * w + y * w + x]), &mut out);
+        out
+    }
+}
+
+pub struct Batch {
+    /// `[B, C, H, W]` row-major.
+    pub images: Vec<f32>,
+    pub labels: Vec<u32>,
+    pub shape: [usize; 4],
+}
+
+/// Iterates over batches of `data` in `order`, with up to two batches prepared ahead.
+pub struct BatchLoader {
+    rx: Receiver<Batch>,
+    worker: Option<JoinHandle<()>>,
+    pub num_batches: usize,
+}
+
+/// A permutation of `0..n` fixed by `seed`.
+pub fn shuffled_indices(n: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(seed));
+    order
+}
+
+impl BatchLoader {
+    /// `augment` is `(augmentation, seed)`; batches are reproducible from the seed.
+    pub fn new(data: Arc<ImageDataset>, order: Vec<usize>, batch_size: usize, augment: Option<(Augment, u64)>, norm: Normalize, drop_last: bool) -> Self {
+        assert!(norm.supports(data.channels), "channel conversion must be checked by the caller");
+        let batch_size = batch_size.max(1);
+        let num_batches = if drop_last { order.len() / batch_size } else { order.len().div_ceil(batch_size) };
+        let (tx, rx) = sync_channel(2);
+        let worker = std::thread::spawn(move || {
+            let (c, h, w) = (data.channels, data.height, data.width);
+            let out_len = norm.out_channels * h * w;
+            for (bi, idx) in order.chunks(batch_size).take(num_batches).enumerate() {
+                let mut rng = augment.map(|(_, seed)| StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(bi as u64)));
+                let mut images = vec![0f32; idx.len() * out_len];
+                let mut labels = Vec::with_capacity(idx.len());
+                for (k, &i) in idx.iter().enumerate() {
+                    let img = data.image(i);
+                    let out = &mut images[k * out_len..(k + 1) * out_len];
+                    match (augment, rng.as_mut()) {
+                        (Some((aug, _)), Some(rng)) => {
+                            let p = aug.crop_padding as i64;
+                            let dy = if p > 0 { rng.random_range(0..=2 * p) - p } else { 0 };
+                            let dx = if p > 0 { rng.random_range(0..=2 * p) - p } else { 0 };
+                            let flip = aug.hflip && rng.random_bool(0.5);
+                            norm.write(c, h, w, |ch, y, x| {
+                                let x = if flip { w - 1 - x } else { x };
+                                let (sy, sx) = (y as i64 + dy, x as i64 + dx);
+                                (sy >= 0 && sx >= 0 && (sy as usize) < h && (sx as usize) < w).then(|| img[ch * h * w + sy as usize * w + sx as usize])
+                            }, out);
+                        }
+                        _ => norm.write(c, h, w, |ch, y, x| Some(img[ch * h * w + y * w + x]), out),
+                    }
+                    labels.push(data.labels[i]);
+                }
+                let shape = [idx.len(), norm.out_channels, h, w];
+                if tx.send(Batch { images, labels, shape }).is_err() {
+                    return; // the consumer stopped early
+                }
+            }
+        });
+        Self {
+            rx,
+            worker: Some(worker),
+            num_batches,
+        }
+    }
+}
+
+impl Iterator for BatchLoader {
+    type Item = Batch;
+    fn next(&mut self) -> Option<Batch> {
+        self.rx.recv().ok()
+    }
+}
+
+impl Drop for BatchLoader {
+    fn drop(&mut self) {
+        // Dropping the receiver first makes a blocked worker's send fail, so join returns.
+        let (_, dummy) = sync_channel(0);
+        drop(std::mem::replace(&mut self.rx, dummy));
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Datasets held in memory as 8-bit images, their readers, augmentation and the batch loader.
+
+mod cifar;
+mod folder;
+mod idx;
+mod loader;
+mod synthetic;
+
+pub use cifar::{load_cifar10, load_cifar100};
+pub use folder::{FolderOptions, load_image_file, load_image_folder};
+pub use idx::{load_fashion_mnist, read_idx_images, read_idx_labels};
+pub use loader::{Augment, Batch, BatchLoader, Normalize, shuffled_indices};
+pub use synthetic::{SYNTHETIC_CLASSES, generate_shapes};
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Result, VitError};
+
+/// Where the Debian package `dataset-fashion-mnist` puts its files.
+pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
+pub const FASHION_MNIST_CLASSES: [&str; 10] = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+];
+
+/// Images stored channel-first (`[N, C, H, W]`, row-major) as bytes, with integer labels.
+#[derive(Debug, Clone)]
+pub struct ImageDataset {
+    pub pixels: Vec<u8>,
+    pub labels: Vec<u32>,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+impl ImageDataset {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub fn image_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.image_len();
+        &self.pixels[i * n..(i + 1) * n]
+    }
+
+    /// Per-channel mean and standard deviation of the pixels scaled to [0, 1].
+    pub fn channel_stats(&self) -> (Vec<f32>, Vec<f32>) {
+        let plane = self.height * self.width;
+        let mut sum = vec![0f64; self.channels];
+        let mut sq = vec![0f64; self.channels];
+        for img in self.pixels.chunks_exact(self.image_len()) {
+            for (c, chan) in img.chunks_exact(plane).enumerate() {
+                for &p in chan {
+                    let v = p as f64 / 255.0;
+                    sum[c] += v;
+                    sq[c] += v * v;
+                }
+            }
+        }
+        let count = (self.len() * plane).max(1) as f64;
+        let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
+        let std = sq.iter().zip(&mean).map(|(s, m)| ((s / count - m * m).max(1e-12)).sqrt() as f32).collect();
+        (mean.into_iter().map(|m| m as f32).collect(), std)
+    }
+
+    /// The same images resized (bilinear) to `height` x `width`; a no-op when they already are.
+    pub fn resized(self, height: usize, width: usize) -> Self {
+        if self.height == height && self.width == width {
+            return self;
+        }
+        let mut pixels = Vec::with_capacity(self.len() * self.channels * height * width);
+        for i in 0..self.len() {
+            pixels.extend(resize_bilinear(self.image(i), self.channels, self.height, self.width, height, width));
+        }
+        Self { pixels, height, width, ..self }
+    }
+}
+
+/// Bilinear resize of one `[C, H, W]` byte image, pixel centres aligned (align_corners=False).
+pub fn resize_bilinear(src: &[u8], c: usize, h: usize, w: usize, nh: usize, nw: usize) -> Vec<u8> {
+    let mut out = vec![0u8; c * nh * nw];
+    let sy = h as f32 / nh as f32;
+    let sx = w as f32 / nw as f32;
+    for y in 0..nh {
+        let fy = ((y as f32 + 0.5) * sy - 0.5).clamp(0.0, (h - 1) as f32);
+        let (y0, wy) = (fy.floor() as usize, fy - fy.floor());
+        let y1 = (y0 + 1).min(h - 1);
+        for x in 0..nw {
+            let fx = ((x as f32 + 0.5) * sx - 0.5).clamp(0.0, (w - 1) as f32);
+            let (x0, wx) = (fx.floor() as usize, fx - fx.floor());
+            let x1 = (x0 + 1).min(w - 1);
+            for ch in 0..c {
+                let p = |yy: usize, xx: usize| src[ch * h * w + yy * w + xx] as f32;
+                let v = (1.0 - wy) * ((1.0 - wx) * p(y0, x0) + wx * p(y0, x1)) + wy * ((1.0 - wx) * p(y1, x0) + wx * p(y1, x1));
+                out[ch * nh * nw + y * nw + x] = v.round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    out
+}
+
+/// A dataset with its train and test splits and what a model needs to know about it.
+#[derive(Debug, Clone)]
+pub struct DatasetSplits {
+    pub info: DataInfo,
+    pub train: ImageDataset,
+    pub test: ImageDataset,
+}
+
+/// Saved with each checkpoint: how to turn an image into the model's input, and what the
+/// outputs mean.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataInfo {
+    pub name: String,
+    pub class_names: Vec<String>,
+    pub channels: usize,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+pub const DATASET_NAMES: &str = "synthetic, fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR, folder:DIR";
+
+/// Which dataset a `--data` argument names.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataSource {
+    Synthetic,
+    FashionMnist(PathBuf),
+    Cifar10(PathBuf),
+    Cifar100(PathBuf),
+    Folder(PathBuf),
+}
+
+impl DataSource {
+    pub fn parse(spec: &str) -> Result<Self> {
+        let (name, dir) = match spec.split_once(':') {
+            Some((n, d)) => (n, Some(PathBuf::from(d))),
+            None => (spec, None),
+        };
+        let need_dir = |dir: Option<PathBuf>| {
+            dir.ok_or_else(|| VitError::Config(format!("dataset '{name}' needs a directory: {name}:DIR")))
+        };
+        Ok(match name {
+            "synthetic" | "shapes" => DataSource::Synthetic,
+            "fashion-mnist" | "fashion_mnist" | "fmnist" => DataSource::FashionMnist(dir.unwrap_or_else(|| PathBuf::from(FASHION_MNIST_DIR))),
+            "cifar10" | "cifar-10" => DataSource::Cifar10(need_dir(dir)?),
+            "cifar100" | "cifar-100" => DataSource::Cifar100(need_dir(dir)?),
+            "folder" | "imagefolder" => DataSource::Folder(need_dir(dir)?),
+            _ => {
+                return Err(VitError::UnknownDataset {
+                    name: spec.to_string(),
+                    valid: DATASET_NAMES.to_string(),
+                });
+            }
+        })
+    }
+
+    /// Default training augmentation for this kind of data.
+    pub fn default_augment(&self) -> Augment {
+        match self {
+            DataSource::Synthetic => Augment { crop_padding: 0, hflip: false },
+            DataSource::FashionMnist(_) => Augment { crop_padding: 2, hflip: true },
+            _ => Augment { crop_padding: 4, hflip: true },
+        }
+    }
+
+    /// Reads both splits. `img_size` is the size ImageFolder images are resized to.
+    pub fn load(&self, img_size: [usize; 2], folder: &FolderOptions) -> Result<DatasetSplits> {
+        let (name, train, test, class_names, stats) = match self {
+            DataSource::Synthetic => {
+                let train = generate_shapes(6000, 32, 1);
+                let test = generate_shapes(1000, 32, 2);
+                ("synthetic", train, test, SYNTHETIC_CLASSES.iter().map(|s| s.to_string()).collect(), None)
+            }
+            DataSource::FashionMnist(dir) => {
+                let (train, test) = load_fashion_mnist(dir)?;
+                let names = FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect();
+                ("fashion-mnist", train, test, names, Some((vec![0.2860], vec![0.3530])))
+            }
+            DataSource::Cifar10(dir) => {
+                let (train, test, names) = load_cifar10(dir)?;
+                ("cifar10", train, test, names, Some((vec![0.4914, 0.4822, 0.4465], vec![0.2470, 0.2435, 0.2616])))
+            }
+            DataSource::Cifar100(dir) => {
+                let (train, test, names) = load_cifar100(dir)?;
+                ("cifar100", train, test, names, Some((vec![0.5071, 0.4865, 0.4409], vec![0.2673, 0.2564, 0.2762])))
+            }
+            DataSource::Folder(dir) => {
+                let (train, test, names) = load_image_folder(dir, img_size, folder)?;
+                ("folder", train, test, names, None)
+            }
+        };
+        let (mean, std) = stats.unwrap_or_else(|| train.channel_stats());
+        Ok(DatasetSplits {
+            info: DataInfo {
+                name: name.to_string(),
+                class_names,
+                channels: train.channels,
+                mean,
+                std,
+            },
+            train,
+            test,
+        })
+    }
+}
+
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| VitError::io(path, e))
+}

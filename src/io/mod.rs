@@ -1,0 +1,11 @@
+//! Checkpoints: weights as safetensors under timm's key names, configs as JSON, optimizer
+//! state as Burn's burnpack bytes; every file written atomically.
+
+mod atomic;
+mod checkpoint;
+mod weights;
+
+pub use atomic::{write_atomic, write_json_atomic};
+pub use checkpoint::{CheckpointPaths, RunConfig, TrainState, Which, find_checkpoint, read_json};
+pub(crate) use checkpoint::Pointer;
+pub use weights::{FileTensor, LoadReport, named_tensors, load_weights, load_weights_from_bytes, read_safetensors, save_weights, weights_to_bytes};

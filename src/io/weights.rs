@@ -1,0 +1,224 @@
+//! Model weights ⇄ safetensors, by parameter path (`blocks.0.attn.qkv.weight`).
+//!
+//! Linear weights are built with Burn's column layout, whose save/load mappers convert to and
+//! from PyTorch's `[out, in]`: the file has timm's names and shapes. Parameter ids are kept in
+//! the file's metadata so a resumed optimizer finds its state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::tensor::{Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors};
+
+use super::write_atomic;
+use crate::{Result, VitError};
+
+const PARAM_IDS_KEY: &str = "vitkit.param_ids";
+
+/// What a load matched, in the spirit of PyTorch's `load_state_dict(strict=False)` report.
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    pub loaded: Vec<String>,
+    /// In the model, not in the file (left as initialised).
+    pub missing: Vec<String>,
+    /// In the file, not in the model.
+    pub unexpected: Vec<String>,
+    /// In both with different shapes: (name, file shape, model shape).
+    pub mismatched: Vec<(String, Vec<usize>, Vec<usize>)>,
+}
+
+impl LoadReport {
+    pub fn is_exact(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty()
+    }
+
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.missing.is_empty() {
+            parts.push(format!("missing keys: {}", self.missing.join(", ")));
+        }
+        if !self.unexpected.is_empty() {
+            parts.push(format!("unexpected keys: {}", self.unexpected.join(", ")));
+        }
+        for (name, file, model) in &self.mismatched {
+            parts.push(format!("shape mismatch for {name}: file {file:?}, model {model:?}"));
+        }
+        if parts.is_empty() { "all keys matched".into() } else { parts.join("; ") }
+    }
+}
+
+#[derive(Default)]
+struct Path_ {
+    stack: Vec<String>,
+}
+
+impl Path_ {
+    fn name(&self, leaf: Option<&str>) -> String {
+        let mut parts: Vec<&str> = self.stack.iter().map(String::as_str).collect();
+        if let Some(l) = leaf {
+            parts.push(l);
+        }
+        parts.join(".")
+    }
+}
+
+struct Collector {
+    path: Path_,
+    tensors: Vec<(String, ParamId, TensorData)>,
+}
+
+impl ModuleVisitor for Collector {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.stack.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.stack.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let saved = param.transform_for_save().val();
+        self.tensors.push((self.path.name(None), param.id, saved.into_data()));
+    }
+}
+
+/// `(name, tensor)` of every float parameter, in saved layout.
+pub fn named_tensors<M: Module>(model: &M) -> Vec<(String, ParamId, TensorData)> {
+    let mut c = Collector {
+        path: Path_::default(),
+        tensors: Vec::new(),
+    };
+    model.visit(&mut c);
+    c.tensors
+}
+
+/// The model's weights as safetensors bytes, with `metadata` added to the header.
+pub fn weights_to_bytes<M: Module>(model: &M, metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+    let tensors = named_tensors(model);
+    let mut ids = BTreeMap::new();
+    let mut buffers = Vec::with_capacity(tensors.len());
+    for (name, id, data) in &tensors {
+        let values: Vec<f32> = data.clone().convert::<f32>().try_into_vec::<f32>().map_err(|e| VitError::Other(format!("{name}: {e:?}")))?;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        buffers.push((name.clone(), data.shape().to_vec(), bytes));
+        ids.insert(name.clone(), id.val());
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = buffers
+        .iter()
+        .map(|(name, shape, bytes)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| VitError::Other(format!("{name}: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let mut meta: HashMap<String, String> = metadata.clone().into_iter().collect();
+    meta.insert(PARAM_IDS_KEY.into(), serde_json::to_string(&ids).unwrap_or_default());
+    meta.entry("format".into()).or_insert_with(|| "pt".into());
+    safetensors::serialize(views, Some(meta)).map_err(|e| VitError::Other(e.to_string()))
+}
+
+/// Saves the weights atomically.
+pub fn save_weights<M: Module>(model: &M, path: &Path, metadata: &BTreeMap<String, String>) -> Result<()> {
+    write_atomic(path, &weights_to_bytes(model, metadata)?)
+}
+
+/// One tensor read from a file, converted to f32.
+pub struct FileTensor {
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+/// All tensors of a safetensors file (F32, F16, BF16, F64 converted to f32) and its metadata.
+pub fn read_safetensors(path: &Path) -> Result<(BTreeMap<String, FileTensor>, BTreeMap<String, String>)> {
+    let bytes = std::fs::read(path).map_err(|e| VitError::io(path, e))?;
+    parse_safetensors(&bytes).map_err(|reason| VitError::Checkpoint {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+fn parse_safetensors(bytes: &[u8]) -> std::result::Result<(BTreeMap<String, FileTensor>, BTreeMap<String, String>), String> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| format!("not a valid safetensors file ({e})"))?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| format!("not a valid safetensors file ({e})"))?;
+    let metadata = header.metadata().clone().unwrap_or_default().into_iter().collect();
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let data = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F64 => data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32).collect(),
+            Dtype::F16 => data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            other => return Err(format!("tensor {name} has unsupported dtype {other:?}")),
+        };
+        out.insert(name, FileTensor { shape: view.shape().to_vec(), values });
+    }
+    Ok((out, metadata))
+}
+
+struct Loader {
+    path: Path_,
+    tensors: BTreeMap<String, FileTensor>,
+    ids: HashMap<String, u64>,
+    report: LoadReport,
+}
+
+impl ModuleMapper for Loader {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.stack.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.stack.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let name = self.path.name(None);
+        let expected = param.transform_for_save().val().dims().to_vec();
+        let Some(t) = self.tensors.remove(&name) else {
+            self.report.missing.push(name);
+            return param;
+        };
+        if t.shape != expected {
+            self.report.mismatched.push((name, t.shape, expected));
+            return param;
+        }
+        let id = self.ids.get(&name).map(|&v| ParamId::from(v)).unwrap_or(param.id);
+        let device = param.lazy_device();
+        let tensor = Tensor::<D>::from_data(TensorData::new(t.values, t.shape), &device);
+        self.report.loaded.push(name);
+        param.transform_for_load(tensor, id)
+    }
+}
+
+/// Loads weights from safetensors bytes into `model` by parameter name. Returns the model
+/// with every matching parameter replaced, and what did not match.
+pub fn load_weights_from_bytes<M: Module>(model: M, bytes: &[u8]) -> std::result::Result<(M, LoadReport), String> {
+    let (tensors, metadata) = parse_safetensors(bytes)?;
+    Ok(apply_tensors(model, tensors, &metadata))
+}
+
+pub(crate) fn apply_tensors<M: Module>(model: M, tensors: BTreeMap<String, FileTensor>, metadata: &BTreeMap<String, String>) -> (M, LoadReport) {
+    let ids: HashMap<String, u64> = metadata.get(PARAM_IDS_KEY).and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
+    let mut loader = Loader {
+        path: Path_::default(),
+        tensors,
+        ids,
+        report: LoadReport::default(),
+    };
+    let model = model.map(&mut loader);
+    let mut report = loader.report;
+    report.unexpected = loader.tensors.into_keys().collect();
+    (model, report)
+}
+
+/// Loads a safetensors file into `model`; with `strict`, any missing, unexpected or
+/// mismatched key is an error naming them.
+pub fn load_weights<M: Module>(model: M, path: &Path, strict: bool) -> Result<(M, LoadReport)> {
+    let (tensors, metadata) = read_safetensors(path)?;
+    let (model, report) = apply_tensors(model, tensors, &metadata);
+    if strict && !report.is_exact() {
+        return Err(VitError::CheckpointMismatch {
+            path: path.to_path_buf(),
+            reason: report.describe(),
+        });
+    }
+    Ok((model, report))
+}

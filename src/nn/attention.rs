@@ -1,0 +1,46 @@
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Tensor};
+
+use super::timm_linear;
+
+/// Multi-head self-attention with a fused qkv projection, laid out as timm's: the rows of
+/// `qkv.weight` are all q rows, then all k rows, then all v rows, each head-major.
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub qkv: Linear,
+    pub proj: Linear,
+    pub attn_drop: Dropout,
+    pub proj_drop: Dropout,
+    pub num_heads: usize,
+}
+
+impl Attention {
+    pub fn new(dim: usize, num_heads: usize, qkv_bias: bool, attn_drop: f64, proj_drop: f64, device: &Device) -> Self {
+        Self {
+            qkv: timm_linear(dim, 3 * dim, qkv_bias, device),
+            proj: timm_linear(dim, dim, true, device),
+            attn_drop: DropoutConfig::new(attn_drop).init(),
+            proj_drop: DropoutConfig::new(proj_drop).init(),
+            num_heads,
+        }
+    }
+
+    /// `x: [B, N, D]` → `[B, N, D]`, plus the post-softmax attention `[B, heads, N, N]`.
+    /// Handing the weights back costs nothing: the softmax output exists either way.
+    pub fn forward(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
+        let [b, n, d] = x.dims();
+        let h = self.num_heads;
+        let dh = d / h;
+        let qkv = self.qkv.forward(x).reshape([b, n, 3, h, dh]).permute([2, 0, 3, 1, 4]);
+        let q = qkv.clone().narrow(0, 0, 1).reshape([b, h, n, dh]);
+        let k = qkv.clone().narrow(0, 1, 1).reshape([b, h, n, dh]);
+        let v = qkv.narrow(0, 2, 1).reshape([b, h, n, dh]);
+        let scale = (dh as f64).powf(-0.5);
+        let attn = softmax(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)), 3);
+        let out = self.attn_drop.forward(attn.clone()).matmul(v);
+        let out = out.swap_dims(1, 2).reshape([b, n, d]);
+        (self.proj_drop.forward(self.proj.forward(out)), attn)
+    }
+}

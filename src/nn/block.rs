@@ -1,0 +1,99 @@
+use burn::module::{Flag, Module, Param};
+use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::tensor::activation::gelu;
+use burn::tensor::{Device, Distribution, Tensor};
+
+use super::{Attention, LayerNorm, timm_linear};
+
+/// Stochastic depth: drops the whole residual branch of a sample with probability `prob`
+/// while training, and rescales the kept ones.
+#[derive(Module, Debug)]
+pub struct DropPath {
+    pub prob: f64,
+    pub training: Param<Flag>,
+}
+
+impl DropPath {
+    pub fn new(prob: f64) -> Self {
+        Self {
+            prob,
+            training: Param::from_bool(true),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        if self.prob == 0.0 || !self.training.is_enabled() || !x.device().is_autodiff() {
+            return x;
+        }
+        let keep = 1.0 - self.prob;
+        let [b, _, _] = x.dims();
+        let mask = Tensor::<3>::random([b, 1, 1], Distribution::Bernoulli(keep), &x.device());
+        x * mask.div_scalar(keep)
+    }
+}
+
+/// The transformer MLP: fc1, exact (erf) GELU, dropout, fc2, dropout.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub drop: Dropout,
+}
+
+impl Mlp {
+    pub fn new(dim: usize, hidden: usize, drop: f64, device: &Device) -> Self {
+        Self {
+            fc1: timm_linear(dim, hidden, true, device),
+            fc2: timm_linear(hidden, dim, true, device),
+            drop: DropoutConfig::new(drop).init(),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let x = self.drop.forward(gelu(self.fc1.forward(x)));
+        self.drop.forward(self.fc2.forward(x))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BlockConfig {
+    pub dim: usize,
+    pub num_heads: usize,
+    pub mlp_ratio: f64,
+    pub qkv_bias: bool,
+    pub drop: f64,
+    pub attn_drop: f64,
+    pub drop_path: f64,
+    pub norm_eps: f64,
+}
+
+/// Pre-LN transformer block: `x + DropPath(Attn(LN(x)))`, then `x + DropPath(MLP(LN(x)))`.
+#[derive(Module, Debug)]
+pub struct Block {
+    pub norm1: LayerNorm,
+    pub attn: Attention,
+    pub norm2: LayerNorm,
+    pub mlp: Mlp,
+    pub drop_path: DropPath,
+}
+
+impl Block {
+    pub fn new(c: &BlockConfig, device: &Device) -> Self {
+        let hidden = (c.dim as f64 * c.mlp_ratio) as usize;
+        Self {
+            norm1: LayerNorm::new(c.dim, c.norm_eps, device),
+            attn: Attention::new(c.dim, c.num_heads, c.qkv_bias, c.attn_drop, c.drop, device),
+            norm2: LayerNorm::new(c.dim, c.norm_eps, device),
+            mlp: Mlp::new(c.dim, hidden, c.drop, device),
+            drop_path: DropPath::new(c.drop_path),
+        }
+    }
+
+    /// Returns the block output and the block's post-softmax attention.
+    pub fn forward(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
+        let (a, attn) = self.attn.forward(self.norm1.forward(x.clone()));
+        let x = x + self.drop_path.forward(a);
+        let x = x.clone() + self.drop_path.forward(self.mlp.forward(self.norm2.forward(x)));
+        (x, attn)
+    }
+}

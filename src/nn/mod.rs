@@ -1,0 +1,39 @@
+//! Building blocks shared by the transformer families (ViT today; SiT, NesT and CLIP reuse them).
+//!
+//! Parameter names follow timm's (`norm1.weight`, `attn.qkv.weight`, `mlp.fc1.bias`, ...) and
+//! linear weights are kept in PyTorch's `[out, in]` layout when saved, so a checkpoint written
+//! by vitkit and one written by timm differ only in their key sets.
+
+mod attention;
+mod block;
+mod norm;
+
+pub use attention::Attention;
+pub use block::{Block, BlockConfig, DropPath, Mlp};
+pub use norm::LayerNorm;
+
+use burn::module::Param;
+use burn::nn::{Initializer, Linear, LinearConfig, LinearLayout};
+use burn::tensor::{Device, Tensor};
+
+/// A linear layer initialised as timm does (weights N(0, 0.02), bias zero) and saved in
+/// PyTorch's `[out, in]` layout.
+pub fn timm_linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Linear {
+    let mut linear = LinearConfig::new(d_in, d_out)
+        .with_bias(bias)
+        .with_layout(LinearLayout::Col)
+        .with_initializer(Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        })
+        .init(device);
+    if bias {
+        linear.bias = Some(Initializer::Zeros.init([d_out], device));
+    }
+    linear
+}
+
+/// A parameter drawn from N(0, std²).
+pub fn normal_param<const D: usize>(shape: [usize; D], std: f64, device: &Device) -> Param<Tensor<D>> {
+    Initializer::Normal { mean: 0.0, std }.init(shape, device)
+}

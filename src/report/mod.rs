@@ -1,0 +1,83 @@
+//! PNG outputs drawn with plotters. Text uses the DejaVu Sans font compiled into the binary,
+//! so a chart looks the same on every machine.
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::{Result, VitError};
+
+static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+static REGISTER: Once = Once::new();
+
+/// Makes "sans-serif" resolve to the embedded font.
+pub fn register_fonts() {
+    REGISTER.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+fn plot_err(path: &Path, e: impl std::fmt::Display) -> VitError {
+    VitError::Other(format!("cannot draw {}: {e}", path.display()))
+}
+
+/// White → dark blue.
+fn blue(t: f64) -> RGBColor {
+    let t = t.clamp(0.0, 1.0);
+    let lerp = |a: f64, b: f64| (a + (b - a) * t).round() as u8;
+    RGBColor(lerp(247.0, 8.0), lerp(251.0, 48.0), lerp(255.0, 107.0))
+}
+
+/// A confusion matrix as a heat map: rows are true classes, columns predictions, cells
+/// coloured by the row-normalised rate and labelled with counts.
+pub fn confusion_matrix_png(path: &Path, confusion: &[Vec<u64>], class_names: &[String], title: &str) -> Result<()> {
+    register_fonts();
+    let k = confusion.len();
+    let cell = if k <= 12 { 56 } else if k <= 30 { 24 } else { 8 };
+    let margin_left = 150u32;
+    let margin_top = 70u32;
+    let grid = (cell * k) as u32;
+    let (w, h) = (margin_left + grid + 40, margin_top + grid + 150);
+    let root = BitMapBackend::new(path, (w, h)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let font = |size: u32| ("sans-serif", size).into_font();
+    root.draw(&Text::new(title.to_string(), (margin_left as i32, 20), font(20).color(&BLACK)))
+        .map_err(|e| plot_err(path, e))?;
+    let show_numbers = k <= 30;
+    for (i, row) in confusion.iter().enumerate() {
+        let total: u64 = row.iter().sum::<u64>().max(1);
+        for (j, &count) in row.iter().enumerate() {
+            let rate = count as f64 / total as f64;
+            let x0 = (margin_left + (j * cell) as u32) as i32;
+            let y0 = (margin_top + (i * cell) as u32) as i32;
+            root.draw(&Rectangle::new([(x0, y0), (x0 + cell as i32, y0 + cell as i32)], blue(rate).filled()))
+                .map_err(|e| plot_err(path, e))?;
+            if show_numbers {
+                let colour = if rate > 0.5 { WHITE } else { BLACK };
+                let size = if cell >= 40 { 13 } else { 9 };
+                root.draw(&Text::new(
+                    count.to_string(),
+                    (x0 + cell as i32 / 2 - 4 * count.to_string().len() as i32, y0 + cell as i32 / 2 - 6),
+                    font(size).color(&colour),
+                ))
+                .map_err(|e| plot_err(path, e))?;
+            }
+        }
+    }
+    if k <= 30 {
+        for (i, name) in class_names.iter().enumerate().take(k) {
+            let y = (margin_top + (i * cell) as u32) as i32 + cell as i32 / 2 - 7;
+            root.draw(&Text::new(name.clone(), (8, y), font(13).color(&BLACK))).map_err(|e| plot_err(path, e))?;
+            let x = (margin_left + (i * cell) as u32) as i32 + cell as i32 / 2 - 5;
+            let style = font(13).transform(FontTransform::Rotate90).color(&BLACK);
+            root.draw(&Text::new(name.clone(), (x, (margin_top + grid + 8) as i32), style)).map_err(|e| plot_err(path, e))?;
+        }
+    }
+    root.draw(&Text::new("predicted →".to_string(), ((margin_left + grid / 2) as i32 - 40, 48), font(14).color(&BLACK)))
+        .map_err(|e| plot_err(path, e))?;
+    root.draw(&Text::new("true ↓".to_string(), (8, 48), font(14).color(&BLACK))).map_err(|e| plot_err(path, e))?;
+    root.present().map_err(|e| plot_err(path, e))?;
+    Ok(())
+}

@@ -1,0 +1,78 @@
+use serde::{Deserialize, Serialize};
+
+use crate::data::Augment;
+use crate::{Result, VitError};
+
+/// The recipe: saved in the run's `config.json`, and reused as is by `--resume`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Peak learning rate, reached at the end of warmup.
+    pub lr: f64,
+    /// Learning rate at the end of the cosine decay.
+    pub min_lr: f64,
+    pub warmup_epochs: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub adam_eps: f64,
+    pub label_smoothing: f64,
+    /// Global gradient-norm clipping threshold (none when absent).
+    pub grad_clip: Option<f64>,
+    pub augment: Option<Augment>,
+    pub seed: u64,
+    /// Cap on training batches per epoch (for quick trials); none means all.
+    #[serde(default)]
+    pub max_steps_per_epoch: Option<usize>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            batch_size: 128,
+            lr: 1e-3,
+            min_lr: 1e-5,
+            warmup_epochs: 1.0,
+            weight_decay: 0.05,
+            beta1: 0.9,
+            beta2: 0.999,
+            adam_eps: 1e-8,
+            label_smoothing: 0.1,
+            grad_clip: Some(1.0),
+            augment: None,
+            seed: 0,
+            max_steps_per_epoch: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(VitError::Config(m.to_string()));
+        if self.epochs == 0 || self.batch_size == 0 {
+            return bad("epochs and batch size must be positive");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("learning rate must be a positive number");
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return bad("label smoothing must be in [0, 1)");
+        }
+        if self.warmup_epochs < 0.0 || self.weight_decay < 0.0 {
+            return bad("warmup and weight decay must not be negative");
+        }
+        Ok(())
+    }
+}
+
+/// Linear warmup to `lr` over `warmup` steps, then cosine decay to `min_lr` at `total`.
+pub fn lr_at(step: usize, warmup: usize, total: usize, lr: f64, min_lr: f64) -> f64 {
+    if step < warmup {
+        return lr * (step + 1) as f64 / warmup as f64;
+    }
+    let span = total.saturating_sub(warmup).max(1);
+    let progress = ((step - warmup) as f64 / span as f64).min(1.0);
+    min_lr + 0.5 * (lr - min_lr) * (1.0 + (std::f64::consts::PI * progress).cos())
+}

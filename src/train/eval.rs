@@ -1,0 +1,96 @@
+use std::sync::Arc;
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::data::{BatchLoader, ImageDataset, Normalize};
+use crate::models::ImageClassifier;
+use crate::{Result, VitError};
+
+/// Accuracy, loss and confusion counts over a dataset.
+#[derive(Debug, Clone)]
+pub struct EvalResult {
+    pub count: usize,
+    pub loss: f64,
+    pub top1: f64,
+    pub top5: f64,
+    /// `confusion[true][predicted]`.
+    pub confusion: Vec<Vec<u64>>,
+}
+
+impl EvalResult {
+    /// Accuracy per true class (NaN for a class with no samples).
+    pub fn per_class(&self) -> Vec<f64> {
+        self.confusion
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let n: u64 = row.iter().sum();
+                if n == 0 { f64::NAN } else { row[i] as f64 / n as f64 }
+            })
+            .collect()
+    }
+}
+
+/// Softmax probabilities of `logits` rows (host side; rows are short).
+pub struct Predictions {
+    pub probs: Vec<Vec<f32>>,
+}
+
+fn softmax_rows(values: &[f32], classes: usize) -> Vec<Vec<f32>> {
+    values
+        .chunks_exact(classes)
+        .map(|row| {
+            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let exps: Vec<f32> = row.iter().map(|v| (v - max).exp()).collect();
+            let sum: f32 = exps.iter().sum();
+            exps.into_iter().map(|e| e / sum).collect()
+        })
+        .collect()
+}
+
+/// Runs `model` on one batch `[B, C, H, W]` and returns the class probabilities.
+pub fn predict_batch<M: ImageClassifier>(model: &M, images: Vec<f32>, shape: [usize; 4], device: &Device) -> Result<Predictions> {
+    let [_, _, h, w] = shape;
+    if [h, w] != model.input_size() {
+        return Err(VitError::Config(format!("input is {h}x{w} but the model takes {:?}", model.input_size())));
+    }
+    let x = Tensor::<4>::from_data(TensorData::new(images, shape), device);
+    let logits = model.forward(x);
+    let [_, classes] = logits.dims();
+    let values = logits.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| VitError::Other(format!("{e:?}")))?;
+    Ok(Predictions { probs: softmax_rows(&values, classes) })
+}
+
+/// Evaluates `model` (in validation mode) on every image of `data`.
+pub fn evaluate<M: ImageClassifier>(model: &M, data: Arc<ImageDataset>, norm: &Normalize, batch_size: usize, num_classes: usize, device: &Device) -> Result<EvalResult> {
+    let order: Vec<usize> = (0..data.len()).collect();
+    let loader = BatchLoader::new(data, order, batch_size, None, norm.clone(), false);
+    let mut confusion = vec![vec![0u64; num_classes]; num_classes];
+    let (mut loss, mut top1, mut top5, mut count) = (0f64, 0usize, 0usize, 0usize);
+    for batch in loader {
+        let preds = predict_batch(model, batch.images, batch.shape, device)?;
+        for (p, &label) in preds.probs.iter().zip(&batch.labels) {
+            let label = label as usize;
+            if label >= p.len() {
+                return Err(VitError::Config(format!("label {label} but the model has {} classes", p.len())));
+            }
+            loss -= (p[label].max(1e-12)) .ln() as f64;
+            let target = p[label];
+            // Rank of the true class: how many classes score strictly higher.
+            let rank = p.iter().filter(|&&q| q > target).count();
+            top1 += (rank == 0) as usize;
+            top5 += (rank < 5) as usize;
+            let predicted = p.iter().enumerate().fold(0, |best, (i, &q)| if q > p[best] { i } else { best });
+            confusion[label][predicted] += 1;
+            count += 1;
+        }
+    }
+    let n = count.max(1) as f64;
+    Ok(EvalResult {
+        count,
+        loss: loss / n,
+        top1: top1 as f64 / n,
+        top5: top5 as f64 / n,
+        confusion,
+    })
+}
