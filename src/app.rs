@@ -10,7 +10,7 @@ use burn::module::Module;
 use crate::data::{Augment, DataSource, DatasetSplits, FolderOptions, ImageDataset, Normalize, load_image_file};
 use crate::io::{RunConfig, Which, find_checkpoint, load_weights, read_json};
 use crate::models::{ModelConfig, preset};
-use crate::train::{EvalResult, TrainConfig, TrainOutcome, evaluate, predict_batch, train};
+use crate::train::{EvalResult, Session, TrainConfig, TrainOutcome, evaluate, predict_batch, train};
 use crate::{Result, VitError};
 
 /// What `vitkit train` needs beyond the recipe.
@@ -21,7 +21,7 @@ pub struct TrainRequest {
     pub out: PathBuf,
     pub img_size: Option<usize>,
     pub drop_path: Option<f64>,
-    pub resume: bool,
+    pub session: Session,
     pub skip_bad_images: bool,
     pub recipe: TrainConfig,
 }
@@ -63,7 +63,7 @@ pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
     };
     let train_device = device.clone().autodiff();
     match &config {
-        ModelConfig::Vit(c) => train(c.init(&train_device)?, run, &splits, &req.out, req.resume, &train_device),
+        ModelConfig::Vit(c) => train(c.init(&train_device)?, run, &splits, &req.out, &req.session, &train_device),
     }
 }
 

@@ -26,3 +26,18 @@ pub fn parse_device(name: &str) -> crate::Result<Device> {
         ))),
     }
 }
+
+/// Process-wide settings that make training faster; call once at start-up.
+///
+/// glibc returns every freed block above 128 KiB to the kernel, so each training step paid
+/// for fresh zeroed pages for each activation (measured: 20% of the step in page faults,
+/// memset and memmove). Keeping freed memory in the heap removes that.
+pub fn init_runtime() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tunables; it is called before other threads allocate.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}

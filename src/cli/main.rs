@@ -33,12 +33,24 @@ enum Command {
     Eval(EvalArgs),
     /// Classify image files with a checkpoint.
     Predict(PredictArgs),
+    /// Write a PNG grid of a dataset's first training images with their labels.
+    ShowData(ShowDataArgs),
+}
+
+#[derive(Args)]
+struct ShowDataArgs {
+    #[arg(long, default_value = "synthetic")]
+    data: String,
+    #[arg(long, default_value_t = 40)]
+    count: usize,
+    #[arg(long, default_value = "data_preview.png")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
 struct TrainArgs {
     /// Model preset (see `vitkit models`).
-    #[arg(long, default_value = "vit_nano_patch4_32")]
+    #[arg(long, default_value = "vit_nano_patch8_32")]
     model: String,
     /// Dataset: synthetic, fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR, folder:DIR.
     #[arg(long, default_value = "synthetic")]
@@ -46,12 +58,12 @@ struct TrainArgs {
     /// Run directory for checkpoints and logs.
     #[arg(long, default_value = "runs/synthetic")]
     out: PathBuf,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 12)]
     epochs: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 64)]
     batch_size: usize,
     /// Peak learning rate (after warmup).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 2e-3)]
     lr: f64,
     #[arg(long, default_value_t = 1e-5)]
     min_lr: f64,
@@ -87,6 +99,9 @@ struct TrainArgs {
     /// Continue the run in --out from its last checkpoint, with its saved recipe.
     #[arg(long)]
     resume: bool,
+    /// Stop after this epoch of the schedule; continue later with --resume.
+    #[arg(long)]
+    stop_after_epoch: Option<usize>,
     /// Skip ImageFolder images that cannot be decoded (counted) instead of failing.
     #[arg(long)]
     skip_bad_images: bool,
@@ -149,7 +164,7 @@ fn train(args: TrainArgs, device: &str) -> anyhow::Result<()> {
         out: args.out.clone(),
         img_size: args.img_size,
         drop_path: args.drop_path,
-        resume: args.resume,
+        session: vitkit::train::Session { resume: args.resume, stop_after_epoch: args.stop_after_epoch },
         skip_bad_images: args.skip_bad_images,
         recipe,
     };
@@ -197,6 +212,19 @@ fn predict(args: PredictArgs, device: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn show_data(args: ShowDataArgs) -> anyhow::Result<()> {
+    let source = vitkit::data::DataSource::parse(&args.data)?;
+    let splits = source.load([32, 32], &vitkit::data::FolderOptions { skip_bad_images: true, channels: 3 })?;
+    let ds = &splits.train;
+    let tiles: Vec<(&[u8], String)> = (0..args.count.min(ds.len()))
+        .map(|i| (ds.image(i), splits.info.class_names[ds.labels[i] as usize].clone()))
+        .collect();
+    let zoom = (96 / ds.height.max(1)).max(1);
+    vitkit::report::image_grid_png(&args.out, &tiles, ds.channels, ds.height, ds.width, 10, zoom)?;
+    println!("wrote {} ({} of {} training images)", args.out.display(), tiles.len(), ds.len());
+    Ok(())
+}
+
 fn models() {
     println!("{:<26} {:>13}  {:>9}  description", "name", "parameters", "input");
     for p in PRESETS {
@@ -219,6 +247,7 @@ fn group_digits(n: usize) -> String {
 }
 
 fn main() -> ExitCode {
+    vitkit::device::init_runtime();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Models => {
@@ -228,6 +257,7 @@ fn main() -> ExitCode {
         Command::Train(a) => train(a, &cli.device),
         Command::Eval(a) => eval(a, &cli.device),
         Command::Predict(a) => predict(a, &cli.device),
+        Command::ShowData(a) => show_data(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -127,6 +127,10 @@ pub struct DataInfo {
     pub std: Vec<f32>,
 }
 
+/// Sizes of the built-in dataset's fixed splits.
+pub const SYNTHETIC_TRAIN: usize = 20_000;
+pub const SYNTHETIC_TEST: usize = 2_000;
+
 pub const DATASET_NAMES: &str = "synthetic, fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR, folder:DIR";
 
 /// Which dataset a `--data` argument names.
@@ -176,8 +180,8 @@ impl DataSource {
     pub fn load(&self, img_size: [usize; 2], folder: &FolderOptions) -> Result<DatasetSplits> {
         let (name, train, test, class_names, stats) = match self {
             DataSource::Synthetic => {
-                let train = generate_shapes(6000, 32, 1);
-                let test = generate_shapes(1000, 32, 2);
+                let train = generate_shapes(SYNTHETIC_TRAIN, 32, 1);
+                let test = generate_shapes(SYNTHETIC_TEST, 32, 2);
                 ("synthetic", train, test, SYNTHETIC_CLASSES.iter().map(|s| s.to_string()).collect(), None)
             }
             DataSource::FashionMnist(dir) => {

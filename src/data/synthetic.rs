@@ -45,12 +45,13 @@ fn luma(c: [f32; 3]) -> f32 {
 
 fn draw(rng: &mut StdRng, class: usize, size: usize, out: &mut [u8]) {
     let s = size as f32;
-    let bg: [f32; 3] = [rng.random_range(0.0..1.0), rng.random_range(0.0..1.0), rng.random_range(0.0..1.0)];
-    // Redraw the foreground colour until it stands out from the background.
-    let fg = loop {
-        let c = [rng.random_range(0.0..1.0), rng.random_range(0.0..1.0), rng.random_range(0.0..1.0)];
-        if (luma(c) - luma(bg)).abs() > 0.25 {
-            break c;
+    // Random colours, redrawn until the shape is clearly brighter than the background, so
+    // the classes differ by shape alone.
+    let (bg, fg) = loop {
+        let bg: [f32; 3] = [rng.random_range(0.0..1.0), rng.random_range(0.0..1.0), rng.random_range(0.0..1.0)];
+        let fg: [f32; 3] = [rng.random_range(0.0..1.0), rng.random_range(0.0..1.0), rng.random_range(0.0..1.0)];
+        if luma(fg) - luma(bg) > 0.3 {
+            break (bg, fg);
         }
     };
     let radius = rng.random_range(0.22..0.4) * s;
@@ -73,7 +74,7 @@ fn draw(rng: &mut StdRng, class: usize, size: usize, out: &mut [u8]) {
                 }
             }
             for c in 0..3 {
-                let noise: f32 = rng.random_range(-0.06..0.06);
+                let noise: f32 = rng.random_range(-0.04..0.04);
                 let value = cover * fg[c] + (1.0 - cover) * bg[c] + noise;
                 out[c * plane + y * size + x] = (value.clamp(0.0, 1.0) * 255.0).round() as u8;
             }

@@ -130,9 +130,9 @@ pub const PRESETS: &[Preset] = &[
         config: || ModelConfig::Vit(vit(28, 7, 128, 6, 4, 10)),
     },
     Preset {
-        name: "vit_nano_patch4_32",
-        description: "dim 64, depth 4, 2 heads, 4x4 patches on 32x32: the built-in demo preset",
-        config: || ModelConfig::Vit(vit(32, 4, 64, 4, 2, 10)),
+        name: "vit_nano_patch8_32",
+        description: "dim 64, depth 4, 2 heads, 8x8 patches on 32x32: the built-in demo preset",
+        config: || ModelConfig::Vit(vit(32, 8, 64, 4, 2, 10)),
     },
 ];
 

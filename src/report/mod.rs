@@ -81,3 +81,33 @@ pub fn confusion_matrix_png(path: &Path, confusion: &[Vec<u64>], class_names: &[
     root.present().map_err(|e| plot_err(path, e))?;
     Ok(())
 }
+
+/// A grid of dataset images (`[C, H, W]` bytes each, 1 or 3 channels), `cols` per row,
+/// each scaled up by `zoom`, with `label` text above each tile.
+pub fn image_grid_png(path: &Path, images: &[(&[u8], String)], channels: usize, height: usize, width: usize, cols: usize, zoom: usize) -> Result<()> {
+    register_fonts();
+    let cols = cols.max(1);
+    let rows = images.len().div_ceil(cols);
+    let (tw, th) = (width * zoom, height * zoom + 16);
+    let (w, h) = ((cols * (tw + 6)) as u32 + 6, (rows * (th + 6)) as u32 + 6);
+    let root = BitMapBackend::new(path, (w, h)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let plane = height * width;
+    for (k, (img, label)) in images.iter().enumerate() {
+        let x0 = 6 + (k % cols) * (tw + 6);
+        let y0 = 6 + (k / cols) * (th + 6);
+        root.draw(&Text::new(label.clone(), (x0 as i32, y0 as i32), ("sans-serif", 11).into_font().color(&BLACK)))
+            .map_err(|e| plot_err(path, e))?;
+        for y in 0..height {
+            for x in 0..width {
+                let px = |c: usize| img[(if channels == 1 { 0 } else { c }) * plane + y * width + x];
+                let colour = RGBColor(px(0), px(1), px(2));
+                let (px0, py0) = ((x0 + x * zoom) as i32, (y0 + 16 + y * zoom) as i32);
+                root.draw(&Rectangle::new([(px0, py0), (px0 + zoom as i32, py0 + zoom as i32)], colour.filled()))
+                    .map_err(|e| plot_err(path, e))?;
+            }
+        }
+    }
+    root.present().map_err(|e| plot_err(path, e))?;
+    Ok(())
+}

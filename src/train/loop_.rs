@@ -182,9 +182,18 @@ fn append_logs(run_dir: &Path, rec: &EpochRecord) -> Result<()> {
     .map_err(|e| VitError::io(&csv, e))
 }
 
+/// How one invocation of [`train`] treats the run directory.
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    /// Continue from the run's last checkpoint, with its saved recipe.
+    pub resume: bool,
+    /// Return after this epoch of the schedule (the run can be resumed later).
+    pub stop_after_epoch: Option<usize>,
+}
+
 /// Trains `model` (built on `device`, which must have autodiff) on `splits` into `run_dir`.
-/// With `resume`, continues from the run's last checkpoint with its saved recipe.
-pub fn train<M: ImageClassifier>(model: M, run: RunConfig, splits: &DatasetSplits, run_dir: &Path, resume: bool, device: &Device) -> Result<TrainOutcome> {
+pub fn train<M: ImageClassifier>(model: M, run: RunConfig, splits: &DatasetSplits, run_dir: &Path, session: &Session, device: &Device) -> Result<TrainOutcome> {
+    let resume = session.resume;
     let fresh_cfg = run.train.clone().ok_or_else(|| VitError::Config("no training configuration".into()))?;
     fresh_cfg.validate()?;
     let has_checkpoints = run_dir.join("last.json").exists();
@@ -228,7 +237,8 @@ pub fn train<M: ImageClassifier>(model: M, run: RunConfig, splits: &DatasetSplit
     let session_start = Instant::now();
     let elapsed_before = state.elapsed_s;
 
-    while state.epoch < cfg.epochs {
+    let last_epoch = session.stop_after_epoch.map_or(cfg.epochs, |e| e.min(cfg.epochs));
+    while state.epoch < last_epoch {
         let epoch = state.epoch;
         let epoch_start = Instant::now();
         device.seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));

@@ -1,0 +1,114 @@
+//! Presets, shapes and parameter counts, and numerical parity with timm fixtures.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use vitkit::io::{load_weights, read_safetensors};
+use vitkit::models::{GlobalPool, ModelConfig, PRESETS, VitConfig, param_count, preset};
+
+#[test]
+fn every_preset_builds_with_the_counted_parameters() {
+    let device = Device::flex();
+    for p in PRESETS {
+        let ModelConfig::Vit(c) = (p.config)();
+        let model = c.init(&device).unwrap();
+        // num_params does not materialise lazily initialised tensors, so this is cheap.
+        assert_eq!(model.num_params(), param_count(&(p.config)()), "{}", p.name);
+    }
+}
+
+#[test]
+fn parameter_counts_match_the_reference_values() {
+    // Values from the spec's param_check.py (timm, 1000 classes) and the Fashion-MNIST calibration model.
+    let expected = [
+        ("vit_tiny_patch16_224", 5_717_416),
+        ("vit_small_patch16_224", 22_050_664),
+        ("vit_base_patch16_224", 86_567_656),
+        ("vit_base_patch32_224", 88_224_232),
+        ("vit_large_patch16_224", 304_326_632),
+        ("vit_tiny_patch4_32", 5_362_762),
+    ];
+    for (name, count) in expected {
+        assert_eq!(param_count(&preset(name).unwrap()), count, "{name}");
+    }
+}
+
+#[test]
+fn forward_shapes_of_small_presets() {
+    let device = Device::flex();
+    for name in ["vit_tiny_patch4_32", "vit_micro_patch7_28", "vit_nano_patch8_32"] {
+        let ModelConfig::Vit(c) = preset(name).unwrap();
+        let model = c.init(&device).unwrap();
+        let x = Tensor::<4>::zeros([2, c.in_chans, c.img_size[0], c.img_size[1]], &device);
+        let out = model.forward_detailed(x, true);
+        assert_eq!(out.logits.dims(), [2, c.num_classes], "{name}");
+        assert_eq!(out.pre_logits.dims(), [2, c.embed_dim], "{name}");
+        assert_eq!(out.attentions.len(), c.depth);
+        let n = c.num_patches() + 1;
+        assert_eq!(out.attentions[0].dims(), [2, c.num_heads, n, n]);
+    }
+}
+
+#[test]
+fn base_patch16_224_forward_shape() {
+    let device = Device::flex();
+    let ModelConfig::Vit(c) = preset("vit_base_patch16_224").unwrap();
+    let model = c.init(&device).unwrap();
+    let logits = model.forward(Tensor::<4>::zeros([1, 3, 224, 224], &device));
+    assert_eq!(logits.dims(), [1, 1000]);
+}
+
+#[test]
+fn attention_rows_are_distributions_and_do_not_change_logits() {
+    let device = Device::flex();
+    let c = VitConfig { num_classes: 4, ..VitConfig::new(16, 4, 32, 2, 2) };
+    let model = c.init(&device).unwrap();
+    let x = Tensor::<4>::random([3, 3, 16, 16], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let plain = model.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
+    let detailed = model.forward_detailed(x, true);
+    assert_eq!(plain, detailed.logits.into_data().try_to_vec::<f32>().unwrap());
+    let sums = detailed.attentions[1].clone().sum_dim(3).into_data().try_to_vec::<f32>().unwrap();
+    assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5));
+}
+
+#[test]
+fn invalid_shapes_are_rejected_with_a_message() {
+    let device = Device::flex();
+    let bad_patch = VitConfig::new(30, 4, 32, 1, 2);
+    let err = bad_patch.init(&device).unwrap_err().to_string();
+    assert!(err.contains("not divisible by the patch size 4"), "{err}");
+    let bad_heads = VitConfig::new(32, 4, 30, 1, 4);
+    assert!(bad_heads.init(&device).unwrap_err().to_string().contains("num_heads"));
+    let err = preset("vit_gigantic").unwrap_err().to_string();
+    assert!(err.contains("vit_gigantic") && err.contains("vit_base_patch16_224"), "{err}");
+}
+
+/// Loads a timm fixture into the matching vitkit model and compares logits and pooled features.
+fn check_parity(case: &str, pool: GlobalPool) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let device = Device::flex();
+    let config = VitConfig { num_classes: 5, global_pool: pool, ..VitConfig::new(32, 8, 48, 2, 3) };
+    let (model, report) = load_weights(config.init(&device).unwrap(), &dir.join(format!("{case}.weights.safetensors")), false).unwrap();
+    assert!(report.is_exact(), "{}", report.describe());
+    let (io, _) = read_safetensors(&dir.join(format!("{case}.io.safetensors"))).unwrap();
+    let x = &io["pixel_values"];
+    let input = Tensor::<4>::from_data(TensorData::new(x.values.clone(), x.shape.clone()), &device);
+    let out = model.forward_detailed(input, false);
+    for (name, got) in [("logits", out.logits), ("pre_logits", out.pre_logits)] {
+        let got = got.into_data().try_to_vec::<f32>().unwrap();
+        let want = &io[name].values;
+        let max = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(max <= 1e-4, "{case} {name}: max |Δ| = {max}");
+    }
+}
+
+#[test]
+fn matches_timm_with_class_token_pooling() {
+    check_parity("vit_token", GlobalPool::Token);
+}
+
+#[test]
+fn matches_timm_with_average_pooling() {
+    check_parity("vit_avg", GlobalPool::Avg);
+}
