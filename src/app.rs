@@ -7,7 +7,9 @@ use burn::tensor::Device;
 
 use burn::module::Module;
 
-use crate::data::{Augment, DataSource, DatasetSplits, FolderOptions, ImageDataset, Normalize, load_image_file};
+use crate::data::{
+    Augment, DataSource, DatasetSplits, FolderOptions, ImageDataset, Normalize, load_image_file,
+};
 use crate::io::{RunConfig, Which, find_checkpoint, load_weights, read_json};
 use crate::models::{ModelConfig, preset};
 use crate::train::{EvalResult, Session, TrainConfig, TrainOutcome, evaluate, predict_batch, train};
@@ -26,10 +28,12 @@ pub struct TrainRequest {
     pub recipe: TrainConfig,
 }
 
-/// Reads `data` for a model taking `config`'s input size.
-pub fn load_data(source: &DataSource, config: &ModelConfig, skip_bad_images: bool) -> Result<DatasetSplits> {
-    let size = config.img_size();
-    let opts = FolderOptions { skip_bad_images, channels: config.in_chans() };
+/// Reads `source` with its images at `size` (ImageFolder trees are read as RGB).
+pub fn load_data(source: &DataSource, size: [usize; 2], skip_bad_images: bool) -> Result<DatasetSplits> {
+    let opts = FolderOptions {
+        skip_bad_images,
+        channels: 3,
+    };
     let mut splits = source.load(size, &opts)?;
     if [splits.train.height, splits.train.width] != size {
         splits.train = splits.train.resized(size[0], size[1]);
@@ -47,14 +51,13 @@ pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
     if let (Some(dp), ModelConfig::Vit(c)) = (req.drop_path, &mut config) {
         c.drop_path_rate = dp;
     }
+    let splits = load_data(&source, config.img_size(), req.skip_bad_images)?;
     // Data decides the head and input channels, as timm's create_model(num_classes=, in_chans=).
-    let probe_channels = match source {
-        DataSource::FashionMnist(_) => 1,
-        _ => 3,
-    };
-    let config = config.adapted(None, Some(probe_channels), None)?;
-    let splits = load_data(&source, &config, req.skip_bad_images)?;
-    let config = config.adapted(Some(splits.info.class_names.len()), Some(splits.info.channels), None)?;
+    let config = config.adapted(
+        Some(splits.info.class_names.len()),
+        Some(splits.info.channels),
+        None,
+    )?;
     let run = RunConfig {
         model_name: req.model.clone(),
         model: config.clone(),
@@ -63,7 +66,14 @@ pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
     };
     let train_device = device.clone().autodiff();
     match &config {
-        ModelConfig::Vit(c) => train(c.init(&train_device)?, run, &splits, &req.out, &req.session, &train_device),
+        ModelConfig::Vit(c) => train(
+            c.init(&train_device)?,
+            run,
+            &splits,
+            &req.out,
+            &req.session,
+            &train_device,
+        ),
     }
 }
 
@@ -80,7 +90,9 @@ impl LoadedModel {
         let run: RunConfig = read_json(&ck.config())?;
         run.model.validate()?;
         let model = match &run.model {
-            ModelConfig::Vit(c) => LoadedModel::Vit(load_weights(c.init(device)?, &ck.model(), true)?.0.valid()),
+            ModelConfig::Vit(c) => {
+                LoadedModel::Vit(load_weights(c.init(device)?, &ck.model(), true)?.0.valid())
+            }
         };
         Ok((model, run))
     }
@@ -91,7 +103,14 @@ impl LoadedModel {
         }
     }
 
-    pub fn evaluate(&self, data: Arc<ImageDataset>, norm: &Normalize, batch_size: usize, classes: usize, device: &Device) -> Result<EvalResult> {
+    pub fn evaluate(
+        &self,
+        data: Arc<ImageDataset>,
+        norm: &Normalize,
+        batch_size: usize,
+        classes: usize,
+        device: &Device,
+    ) -> Result<EvalResult> {
         match self {
             LoadedModel::Vit(m) => evaluate(m, data, norm, batch_size, classes, device),
         }
@@ -99,55 +118,95 @@ impl LoadedModel {
 }
 
 /// Evaluates a checkpoint on the test split of `data`.
-pub fn run_eval(checkpoint: &Path, data: &str, batch_size: usize, device: &Device) -> Result<(EvalResult, RunConfig)> {
+pub fn run_eval(
+    checkpoint: &Path,
+    data: &str,
+    batch_size: usize,
+    device: &Device,
+) -> Result<(EvalResult, RunConfig)> {
     let (model, run) = LoadedModel::load(checkpoint, device)?;
-    {
-        let source = DataSource::parse(data)?;
-        let splits = load_data(&source, &run.model, false)?;
-        if splits.info.class_names.len() != run.model.num_classes() {
-            return Err(VitError::Config(format!(
-                "the dataset has {} classes but the model was trained for {}",
-                splits.info.class_names.len(),
-                run.model.num_classes()
-            )));
-        }
-        let norm = Normalize { mean: run.data.mean.clone(), std: run.data.std.clone(), out_channels: run.model.in_chans() };
-        if !norm.supports(splits.test.channels) {
-            return Err(VitError::Config(format!("cannot feed {}-channel images to a {}-channel model", splits.test.channels, norm.out_channels)));
-        }
-        let result = model.evaluate(Arc::new(splits.test), &norm, batch_size, run.model.num_classes(), device)?;
-        Ok((result, run))
+    let source = DataSource::parse(data)?;
+    let splits = load_data(&source, run.model.img_size(), false)?;
+    if splits.info.class_names.len() != run.model.num_classes() {
+        return Err(VitError::Config(format!(
+            "the dataset has {} classes but the model was trained for {}",
+            splits.info.class_names.len(),
+            run.model.num_classes()
+        )));
     }
+    let norm = Normalize {
+        mean: run.data.mean.clone(),
+        std: run.data.std.clone(),
+        out_channels: run.model.in_chans(),
+    };
+    norm.check_channels(splits.test.channels)?;
+    let result = model.evaluate(
+        Arc::new(splits.test),
+        &norm,
+        batch_size,
+        run.model.num_classes(),
+        device,
+    )?;
+    Ok((result, run))
+}
+
+/// The most likely classes for one image file.
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    pub path: PathBuf,
+    /// (class name, probability), most likely first.
+    pub top: Vec<(String, f32)>,
 }
 
 /// Top-`k` (class name, probability) for each image file.
-pub fn run_predict(checkpoint: &Path, images: &[PathBuf], k: usize, device: &Device) -> Result<Vec<(PathBuf, Vec<(String, f32)>)>> {
+pub fn run_predict(
+    checkpoint: &Path,
+    images: &[PathBuf],
+    k: usize,
+    device: &Device,
+) -> Result<Vec<Prediction>> {
     let (model, run) = LoadedModel::load(checkpoint, device)?;
-    {
-        let [h, w] = run.model.img_size();
-        let channels = run.model.in_chans();
-        let norm = Normalize { mean: run.data.mean.clone(), std: run.data.std.clone(), out_channels: channels };
-        // Images are decoded straight into the model's channel count.
-        let norm = Normalize {
-            mean: if run.data.channels == channels { norm.mean } else { vec![run.data.mean[0]; channels] },
-            std: if run.data.channels == channels { norm.std } else { vec![run.data.std[0]; channels] },
-            ..norm
-        };
-        let mut out = Vec::new();
-        for path in images {
-            let bytes = load_image_file(path, channels, [h, w])?;
-            let x = norm.image(&bytes, channels, h, w);
-            let probs = model.predict(x, [1, channels, h, w], device)?.remove(0);
-            let mut ranked: Vec<(String, f32)> = probs.iter().enumerate().map(|(i, &p)| (run.data.class_names.get(i).cloned().unwrap_or_else(|| i.to_string()), p)).collect();
-            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-            ranked.truncate(k);
-            out.push((path.clone(), ranked));
-        }
-        Ok(out)
+    let [h, w] = run.model.img_size();
+    let channels = run.model.in_chans();
+    let norm = Normalize {
+        mean: run.data.mean.clone(),
+        std: run.data.std.clone(),
+        out_channels: channels,
+    };
+    let mut out = Vec::new();
+    for path in images {
+        // Decoded as the training data was stored, then normalised and converted as in training.
+        let bytes = load_image_file(path, run.data.channels, [h, w])?;
+        let x = norm.image(&bytes, run.data.channels, h, w);
+        let probs = model.predict(x, [1, channels, h, w], device)?.remove(0);
+        let mut ranked: Vec<(String, f32)> = probs
+            .iter()
+            .enumerate()
+            .map(|(i, &p)| {
+                (
+                    run.data
+                        .class_names
+                        .get(i)
+                        .cloned()
+                        .unwrap_or_else(|| i.to_string()),
+                    p,
+                )
+            })
+            .collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        ranked.truncate(k);
+        out.push(Prediction {
+            path: path.clone(),
+            top: ranked,
+        });
     }
+    Ok(out)
 }
 
 /// The default augmentation for a `--data` argument (none for unknown names).
 pub fn default_augment(data: &str) -> Option<Augment> {
-    DataSource::parse(data).ok().map(|s| s.default_augment()).filter(|a| a.crop_padding > 0 || a.hflip)
+    DataSource::parse(data)
+        .ok()
+        .map(|s| s.default_augment())
+        .filter(|a| a.crop_padding > 0 || a.hflip)
 }

@@ -5,7 +5,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn vitkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vitkit")).args(args).output().expect("run vitkit")
+    Command::new(env!("CARGO_BIN_EXE_vitkit"))
+        .args(args)
+        .output()
+        .expect("run vitkit")
 }
 
 fn fails_with(args: &[&str], needles: &[&str]) {
@@ -24,8 +27,14 @@ fn unknown_model_and_dataset_list_the_valid_names() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("r");
     let out = out.to_str().unwrap();
-    fails_with(&["train", "--model", "vit_huge_patch99", "--out", out], &["unknown model 'vit_huge_patch99'", "vit_base_patch16_224"]);
-    fails_with(&["train", "--data", "mnist-ish", "--out", out], &["unknown dataset 'mnist-ish'", "fashion-mnist"]);
+    fails_with(
+        &["train", "--model", "vit_huge_patch99", "--out", out],
+        &["unknown model 'vit_huge_patch99'", "vit_base_patch16_224"],
+    );
+    fails_with(
+        &["train", "--data", "mnist-ish", "--out", out],
+        &["unknown dataset 'mnist-ish'", "fashion-mnist"],
+    );
 }
 
 #[test]
@@ -33,8 +42,14 @@ fn missing_dataset_and_bad_sizes_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("r");
     let out = out.to_str().unwrap();
-    fails_with(&["train", "--data", "fashion-mnist:/no/such/dir", "--out", out], &["/no/such/dir", "apt-get install dataset-fashion-mnist"]);
-    fails_with(&["train", "--img-size", "30", "--out", out], &["not divisible by the patch size"]);
+    fails_with(
+        &["train", "--data", "fashion-mnist:/no/such/dir", "--out", out],
+        &["/no/such/dir", "apt-get install dataset-fashion-mnist"],
+    );
+    fails_with(
+        &["train", "--img-size", "30", "--out", out],
+        &["not divisible by the patch size"],
+    );
     fails_with(&["eval", "--checkpoint", "/no/such/run"], &["/no/such/run"]);
 }
 
@@ -43,31 +58,68 @@ fn train_eval_predict_on_the_built_in_data() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let run_s = run.to_str().unwrap();
-    let out = vitkit(&["train", "--out", run_s, "--epochs", "1", "--max-steps-per-epoch", "3", "--batch-size", "16"]);
+    let out = vitkit(&[
+        "train",
+        "--out",
+        run_s,
+        "--epochs",
+        "1",
+        "--max-steps-per-epoch",
+        "3",
+        "--batch-size",
+        "16",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("trained 1 epochs (3 steps)"));
 
     let png = dir.path().join("cm.png");
-    let out = vitkit(&["eval", "--checkpoint", run_s, "--data", "synthetic", "--confusion-png", png.to_str().unwrap()]);
+    let out = vitkit(&[
+        "eval",
+        "--checkpoint",
+        run_s,
+        "--data",
+        "synthetic",
+        "--confusion-png",
+        png.to_str().unwrap(),
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("top-1") && stdout.contains("top-5") && stdout.contains("half disc"), "{stdout}");
+    assert!(
+        stdout.contains("top-1") && stdout.contains("top-5") && stdout.contains("half disc"),
+        "{stdout}"
+    );
     assert!(image::open(&png).unwrap().width() > 300);
 
     // A PNG to classify, and a file that is not an image.
     let img = dir.path().join("x.png");
-    image::RgbImage::from_pixel(50, 40, image::Rgb([200, 30, 30])).save(&img).unwrap();
+    image::RgbImage::from_pixel(50, 40, image::Rgb([200, 30, 30]))
+        .save(&img)
+        .unwrap();
     let out = vitkit(&["predict", "--checkpoint", run_s, img.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(stdout.lines().filter(|l| l.trim_end().ends_with('%') || l.contains("% ")).count(), 5, "{stdout}");
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.trim_end().ends_with('%') || l.contains("% "))
+            .count(),
+        5,
+        "{stdout}"
+    );
     let bad = dir.path().join("notes.png");
     std::fs::write(&bad, "not an image").unwrap();
-    fails_with(&["predict", "--checkpoint", run_s, bad.to_str().unwrap()], &["notes.png"]);
+    fails_with(
+        &["predict", "--checkpoint", run_s, bad.to_str().unwrap()],
+        &["notes.png"],
+    );
 
     // Training again into the same directory without --resume is refused; nothing is lost.
     fails_with(&["train", "--out", run_s, "--epochs", "1"], &["--resume"]);
-    assert!(Path::new(run_s).join("checkpoints/epoch-0001/model.safetensors").is_file());
+    assert!(
+        Path::new(run_s)
+            .join("checkpoints/epoch-0001/model.safetensors")
+            .is_file()
+    );
 }
 
 #[test]
@@ -75,5 +127,8 @@ fn models_lists_presets_with_counts() {
     let out = vitkit(&["models"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(stdout.contains("vit_base_patch16_224") && stdout.contains("86,567,656"), "{stdout}");
+    assert!(
+        stdout.contains("vit_base_patch16_224") && stdout.contains("86,567,656"),
+        "{stdout}"
+    );
 }

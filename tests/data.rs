@@ -59,10 +59,16 @@ fn reads_fashion_mnist_gzipped_and_raw() {
 
 #[test]
 fn missing_fashion_mnist_names_the_path_and_the_package() {
-    let err = DataSource::parse("fashion-mnist:/nonexistent/fm").unwrap().load([28, 28], &FolderOptions::default()).unwrap_err();
+    let err = DataSource::parse("fashion-mnist:/nonexistent/fm")
+        .unwrap()
+        .load([28, 28], &FolderOptions::default())
+        .unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, VitError::MissingDataset { .. }));
-    assert!(msg.contains("/nonexistent/fm") && msg.contains("apt-get install dataset-fashion-mnist"), "{msg}");
+    assert!(
+        msg.contains("/nonexistent/fm") && msg.contains("apt-get install dataset-fashion-mnist"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -86,13 +92,29 @@ fn reads_cifar10_binary_batches() {
         r.extend(std::iter::repeat_n(fill, 3072));
         r
     };
-    for (i, name) in ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"].iter().enumerate() {
+    for (i, name) in [
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "data_batch_3.bin",
+        "data_batch_4.bin",
+        "data_batch_5.bin",
+        "test_batch.bin",
+    ]
+    .iter()
+    .enumerate()
+    {
         let mut bytes = record(i as u8, 10 * i as u8);
         bytes.extend(record(9, 1));
         std::fs::write(dir.path().join(name), bytes).unwrap();
     }
-    std::fs::write(dir.path().join("batches.meta.txt"), "airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n").unwrap();
-    let splits = DataSource::Cifar10(dir.path().into()).load([32, 32], &FolderOptions::default()).unwrap();
+    std::fs::write(
+        dir.path().join("batches.meta.txt"),
+        "airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n",
+    )
+    .unwrap();
+    let splits = DataSource::Cifar10(dir.path().into())
+        .load([32, 32], &FolderOptions::default())
+        .unwrap();
     assert_eq!(splits.train.len(), 10);
     assert_eq!(splits.test.len(), 2);
     assert_eq!(splits.train.labels[..4], [0, 9, 1, 9]);
@@ -100,12 +122,20 @@ fn reads_cifar10_binary_batches() {
     assert_eq!(splits.info.class_names[9], "truck");
     // A truncated batch is an error naming the file.
     std::fs::write(dir.path().join("test_batch.bin"), vec![0u8; 3000]).unwrap();
-    let msg = DataSource::Cifar10(dir.path().into()).load([32, 32], &FolderOptions::default()).unwrap_err().to_string();
-    assert!(msg.contains("test_batch.bin") && msg.contains("truncated"), "{msg}");
+    let msg = DataSource::Cifar10(dir.path().into())
+        .load([32, 32], &FolderOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("test_batch.bin") && msg.contains("truncated"),
+        "{msg}"
+    );
 }
 
 fn write_png(path: &Path, colour: [u8; 3], size: u32) {
-    image::RgbImage::from_pixel(size, size, image::Rgb(colour)).save(path).unwrap();
+    image::RgbImage::from_pixel(size, size, image::Rgb(colour))
+        .save(path)
+        .unwrap();
 }
 
 fn image_folder(root: &Path) {
@@ -115,7 +145,9 @@ fn image_folder(root: &Path) {
         for i in 0..10 {
             write_png(&dir.join(format!("{i}.png")), colour, 20 + i);
         }
-        image::RgbImage::from_pixel(24, 24, image::Rgb(colour)).save(dir.join("extra.jpg")).unwrap();
+        image::RgbImage::from_pixel(24, 24, image::Rgb(colour))
+            .save(dir.join("extra.jpg"))
+            .unwrap();
     }
 }
 
@@ -123,11 +155,22 @@ fn image_folder(root: &Path) {
 fn reads_an_image_folder_resizing_and_splitting() {
     let dir = tempfile::tempdir().unwrap();
     image_folder(dir.path());
-    let splits = DataSource::Folder(dir.path().into()).load([16, 16], &FolderOptions { skip_bad_images: false, channels: 3 }).unwrap();
+    let splits = DataSource::Folder(dir.path().into())
+        .load(
+            [16, 16],
+            &FolderOptions {
+                skip_bad_images: false,
+                channels: 3,
+            },
+        )
+        .unwrap();
     assert_eq!(splits.info.class_names, vec!["cat", "dog"]);
     assert_eq!(splits.train.len() + splits.test.len(), 22);
     assert_eq!(splits.test.len(), 2, "every 10th image per class is held out");
-    assert_eq!((splits.train.height, splits.train.width, splits.train.channels), (16, 16, 3));
+    assert_eq!(
+        (splits.train.height, splits.train.width, splits.train.channels),
+        (16, 16, 3)
+    );
     let first_dog = splits.train.labels.iter().position(|&l| l == 1).unwrap();
     let img = splits.train.image(first_dog);
     assert!(img[2 * 256] > 150 && img[0] < 60, "dog images are blue");
@@ -139,17 +182,45 @@ fn corrupt_image_is_an_error_naming_it_unless_skipped() {
     image_folder(dir.path());
     let bad = dir.path().join("cat/broken.png");
     std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really a png").unwrap();
-    let err = DataSource::Folder(dir.path().into()).load([16, 16], &FolderOptions { skip_bad_images: false, channels: 3 }).unwrap_err();
+    let err = DataSource::Folder(dir.path().into())
+        .load(
+            [16, 16],
+            &FolderOptions {
+                skip_bad_images: false,
+                channels: 3,
+            },
+        )
+        .unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, VitError::BadImage { .. }) && msg.contains("broken.png") && msg.contains("--skip-bad-images"), "{msg}");
-    let splits = DataSource::Folder(dir.path().into()).load([16, 16], &FolderOptions { skip_bad_images: true, channels: 3 }).unwrap();
-    assert_eq!(splits.train.len() + splits.test.len(), 22, "the broken file is skipped");
+    assert!(
+        matches!(err, VitError::BadImage { .. })
+            && msg.contains("broken.png")
+            && msg.contains("--skip-bad-images"),
+        "{msg}"
+    );
+    let splits = DataSource::Folder(dir.path().into())
+        .load(
+            [16, 16],
+            &FolderOptions {
+                skip_bad_images: true,
+                channels: 3,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        splits.train.len() + splits.test.len(),
+        22,
+        "the broken file is skipped"
+    );
 }
 
 #[test]
 fn unknown_dataset_lists_the_valid_ones() {
     let msg = DataSource::parse("imagenet21k").unwrap_err().to_string();
-    assert!(msg.contains("imagenet21k") && msg.contains("fashion-mnist") && msg.contains("folder:DIR"), "{msg}");
+    assert!(
+        msg.contains("imagenet21k") && msg.contains("fashion-mnist") && msg.contains("folder:DIR"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -62,13 +62,25 @@ fn base_patch16_224_forward_shape() {
 #[test]
 fn attention_rows_are_distributions_and_do_not_change_logits() {
     let device = Device::flex();
-    let c = VitConfig { num_classes: 4, ..VitConfig::new(16, 4, 32, 2, 2) };
+    let c = VitConfig {
+        num_classes: 4,
+        ..VitConfig::new(16, 4, 32, 2, 2)
+    };
     let model = c.init(&device).unwrap();
-    let x = Tensor::<4>::random([3, 3, 16, 16], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let x = Tensor::<4>::random(
+        [3, 3, 16, 16],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
     let plain = model.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
     let detailed = model.forward_detailed(x, true);
     assert_eq!(plain, detailed.logits.into_data().try_to_vec::<f32>().unwrap());
-    let sums = detailed.attentions[1].clone().sum_dim(3).into_data().try_to_vec::<f32>().unwrap();
+    let sums = detailed.attentions[1]
+        .clone()
+        .sum_dim(3)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
     assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5));
 }
 
@@ -79,17 +91,35 @@ fn invalid_shapes_are_rejected_with_a_message() {
     let err = bad_patch.init(&device).unwrap_err().to_string();
     assert!(err.contains("not divisible by the patch size 4"), "{err}");
     let bad_heads = VitConfig::new(32, 4, 30, 1, 4);
-    assert!(bad_heads.init(&device).unwrap_err().to_string().contains("num_heads"));
+    assert!(
+        bad_heads
+            .init(&device)
+            .unwrap_err()
+            .to_string()
+            .contains("num_heads")
+    );
     let err = preset("vit_gigantic").unwrap_err().to_string();
-    assert!(err.contains("vit_gigantic") && err.contains("vit_base_patch16_224"), "{err}");
+    assert!(
+        err.contains("vit_gigantic") && err.contains("vit_base_patch16_224"),
+        "{err}"
+    );
 }
 
 /// Loads a timm fixture into the matching vitkit model and compares logits and pooled features.
 fn check_parity(case: &str, pool: GlobalPool) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let device = Device::flex();
-    let config = VitConfig { num_classes: 5, global_pool: pool, ..VitConfig::new(32, 8, 48, 2, 3) };
-    let (model, report) = load_weights(config.init(&device).unwrap(), &dir.join(format!("{case}.weights.safetensors")), false).unwrap();
+    let config = VitConfig {
+        num_classes: 5,
+        global_pool: pool,
+        ..VitConfig::new(32, 8, 48, 2, 3)
+    };
+    let (model, report) = load_weights(
+        config.init(&device).unwrap(),
+        &dir.join(format!("{case}.weights.safetensors")),
+        false,
+    )
+    .unwrap();
     assert!(report.is_exact(), "{}", report.describe());
     let (io, _) = read_safetensors(&dir.join(format!("{case}.io.safetensors"))).unwrap();
     let x = &io["pixel_values"];
@@ -98,7 +128,11 @@ fn check_parity(case: &str, pool: GlobalPool) {
     for (name, got) in [("logits", out.logits), ("pre_logits", out.pre_logits)] {
         let got = got.into_data().try_to_vec::<f32>().unwrap();
         let want = &io[name].values;
-        let max = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let max = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(max <= 1e-4, "{case} {name}: max |Δ| = {max}");
     }
 }

@@ -14,7 +14,11 @@ use vitkit::report::confusion_matrix_png;
 use vitkit::train::TrainConfig;
 
 #[derive(Parser)]
-#[command(name = "vitkit", version, about = "Train, evaluate and run vision transformers")]
+#[command(
+    name = "vitkit",
+    version,
+    about = "Train, evaluate and run vision transformers"
+)]
 struct Cli {
     /// Compute device: cpu (default), or cuda / cuda:N when built with --features cuda.
     #[arg(long, global = true, default_value = "cpu")]
@@ -137,7 +141,10 @@ fn train(args: TrainArgs, device: &str) -> anyhow::Result<()> {
     let augment = if args.no_augment {
         None
     } else {
-        let base = default_augment(&args.data).unwrap_or(Augment { crop_padding: 0, hflip: false });
+        let base = default_augment(&args.data).unwrap_or(Augment {
+            crop_padding: 0,
+            hflip: false,
+        });
         let aug = Augment {
             crop_padding: args.crop_padding.unwrap_or(base.crop_padding),
             hflip: args.hflip.unwrap_or(base.hflip),
@@ -164,7 +171,10 @@ fn train(args: TrainArgs, device: &str) -> anyhow::Result<()> {
         out: args.out.clone(),
         img_size: args.img_size,
         drop_path: args.drop_path,
-        session: vitkit::train::Session { resume: args.resume, stop_after_epoch: args.stop_after_epoch },
+        session: vitkit::train::Session {
+            resume: args.resume,
+            stop_after_epoch: args.stop_after_epoch,
+        },
         skip_bad_images: args.skip_bad_images,
         recipe,
     };
@@ -185,27 +195,45 @@ fn train(args: TrainArgs, device: &str) -> anyhow::Result<()> {
 fn eval(args: EvalArgs, device: &str) -> anyhow::Result<()> {
     let device = parse_device(device)?;
     let (result, run) = run_eval(&args.checkpoint, &args.data, args.batch_size, &device)?;
-    println!("model {} on {} test split ({} images)", run.model_name, args.data, result.count);
-    println!("top-1 {:.2}%  top-5 {:.2}%  loss {:.4}", 100.0 * result.top1, 100.0 * result.top5, result.loss);
+    println!(
+        "model {} on {} test split ({} images)",
+        run.model_name, args.data, result.count
+    );
+    println!(
+        "top-1 {:.2}%  top-5 {:.2}%  loss {:.4}",
+        100.0 * result.top1,
+        100.0 * result.top5,
+        result.loss
+    );
     println!("per-class accuracy:");
     for (name, acc) in run.data.class_names.iter().zip(result.per_class()) {
         println!("  {name:<20} {:>6.2}%", 100.0 * acc);
     }
     let png = args.confusion_png.unwrap_or_else(|| {
-        let dir = if args.checkpoint.is_dir() { args.checkpoint.clone() } else { PathBuf::from(".") };
+        let dir = if args.checkpoint.is_dir() {
+            args.checkpoint.clone()
+        } else {
+            PathBuf::from(".")
+        };
         dir.join("confusion_matrix.png")
     });
-    let title = format!("{} on {}: top-1 {:.2}%", run.model_name, args.data, 100.0 * result.top1);
-    confusion_matrix_png(&png, &result.confusion, &run.data.class_names, &title).context("writing the confusion matrix")?;
+    let title = format!(
+        "{} on {}: top-1 {:.2}%",
+        run.model_name,
+        args.data,
+        100.0 * result.top1
+    );
+    confusion_matrix_png(&png, &result.confusion, &run.data.class_names, &title)
+        .context("writing the confusion matrix")?;
     println!("confusion matrix: {}", png.display());
     Ok(())
 }
 
 fn predict(args: PredictArgs, device: &str) -> anyhow::Result<()> {
     let device = parse_device(device)?;
-    for (path, ranked) in run_predict(&args.checkpoint, &args.images, args.top_k, &device)? {
-        println!("{}", path.display());
-        for (name, p) in ranked {
+    for prediction in run_predict(&args.checkpoint, &args.images, args.top_k, &device)? {
+        println!("{}", prediction.path.display());
+        for (name, p) in prediction.top {
             println!("  {:>6.2}%  {name}", 100.0 * p);
         }
     }
@@ -214,14 +242,30 @@ fn predict(args: PredictArgs, device: &str) -> anyhow::Result<()> {
 
 fn show_data(args: ShowDataArgs) -> anyhow::Result<()> {
     let source = vitkit::data::DataSource::parse(&args.data)?;
-    let splits = source.load([32, 32], &vitkit::data::FolderOptions { skip_bad_images: true, channels: 3 })?;
+    let splits = source.load(
+        [32, 32],
+        &vitkit::data::FolderOptions {
+            skip_bad_images: true,
+            channels: 3,
+        },
+    )?;
     let ds = &splits.train;
     let tiles: Vec<(&[u8], String)> = (0..args.count.min(ds.len()))
-        .map(|i| (ds.image(i), splits.info.class_names[ds.labels[i] as usize].clone()))
+        .map(|i| {
+            (
+                ds.image(i),
+                splits.info.class_names[ds.labels[i] as usize].clone(),
+            )
+        })
         .collect();
     let zoom = (96 / ds.height.max(1)).max(1);
     vitkit::report::image_grid_png(&args.out, &tiles, ds.channels, ds.height, ds.width, 10, zoom)?;
-    println!("wrote {} ({} of {} training images)", args.out.display(), tiles.len(), ds.len());
+    println!(
+        "wrote {} ({} of {} training images)",
+        args.out.display(),
+        tiles.len(),
+        ds.len()
+    );
     Ok(())
 }
 
@@ -230,7 +274,13 @@ fn models() {
     for p in PRESETS {
         let config = (p.config)();
         let [h, w] = config.img_size();
-        println!("{:<26} {:>13}  {:>9}  {}", p.name, group_digits(param_count(&config)), format!("{h}x{w}"), p.description);
+        println!(
+            "{:<26} {:>13}  {:>9}  {}",
+            p.name,
+            group_digits(param_count(&config)),
+            format!("{h}x{w}"),
+            p.description
+        );
     }
 }
 
@@ -238,7 +288,7 @@ fn group_digits(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -28,7 +28,10 @@ fn read_batches(dir: &Path, files: &[&str], label_bytes: usize, classes: u32) ->
         if data.is_empty() || data.len() % record != 0 {
             return Err(VitError::BadData {
                 path,
-                reason: format!("{} bytes is not a whole number of {record}-byte records (truncated?)", data.len()),
+                reason: format!(
+                    "{} bytes is not a whole number of {record}-byte records (truncated?)",
+                    data.len()
+                ),
             });
         }
         for rec in data.chunks_exact(record) {
@@ -54,11 +57,26 @@ fn class_names(dir: &Path, file: &str, count: usize) -> Vec<String> {
         .map(|l| l.trim().to_string())
         .filter(|l| !l.is_empty())
         .collect();
-    if names.len() == count { names } else { (0..count).map(|i| i.to_string()).collect() }
+    if names.len() == count {
+        names
+    } else {
+        (0..count).map(|i| i.to_string()).collect()
+    }
 }
 
 pub fn load_cifar10(dir: &Path) -> Result<(ImageDataset, ImageDataset, Vec<String>)> {
-    let train = read_batches(dir, &["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"], 1, 10)?;
+    let train = read_batches(
+        dir,
+        &[
+            "data_batch_1.bin",
+            "data_batch_2.bin",
+            "data_batch_3.bin",
+            "data_batch_4.bin",
+            "data_batch_5.bin",
+        ],
+        1,
+        10,
+    )?;
     let test = read_batches(dir, &["test_batch.bin"], 1, 10)?;
     Ok((train, test, class_names(dir, "batches.meta.txt", 10)))
 }

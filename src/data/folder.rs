@@ -29,7 +29,11 @@ pub fn load_image_file(path: &Path, channels: usize, size: [usize; 2]) -> Result
         .decode()
         .map_err(|e| bad(e.to_string()))?;
     let (h, w) = (size[0] as u32, size[1] as u32);
-    let img = if img.height() != h || img.width() != w { img.resize_exact(w, h, FilterType::Triangle) } else { img };
+    let img = if img.height() != h || img.width() != w {
+        img.resize_exact(w, h, FilterType::Triangle)
+    } else {
+        img
+    };
     let plane = size[0] * size[1];
     Ok(match channels {
         1 => img.to_luma8().into_raw(),
@@ -43,7 +47,11 @@ pub fn load_image_file(path: &Path, channels: usize, size: [usize; 2]) -> Result
             }
             chw
         }
-        other => return Err(VitError::Config(format!("cannot load images with {other} channels (use 1 or 3)"))),
+        other => {
+            return Err(VitError::Config(format!(
+                "cannot load images with {other} channels (use 1 or 3)"
+            )));
+        }
     })
 }
 
@@ -102,11 +110,18 @@ fn list_images(root: &Path, classes: &[String]) -> Result<Vec<(PathBuf, u32)>> {
     Ok(out)
 }
 
-fn decode_all(files: &[(PathBuf, u32)], size: [usize; 2], opts: &FolderOptions, skipped: &mut Vec<PathBuf>) -> Result<ImageDataset> {
+fn decode_all(
+    files: &[(PathBuf, u32)],
+    size: [usize; 2],
+    opts: &FolderOptions,
+    skipped: &mut Vec<PathBuf>,
+) -> Result<ImageDataset> {
     use rayon::prelude::*;
     let channels = if opts.channels == 0 { 3 } else { opts.channels };
-    let decoded: Vec<(Result<Vec<u8>>, u32, &PathBuf)> =
-        files.par_iter().map(|(p, l)| (load_image_file(p, channels, size), *l, p)).collect();
+    let decoded: Vec<(Result<Vec<u8>>, u32, &PathBuf)> = files
+        .par_iter()
+        .map(|(p, l)| (load_image_file(p, channels, size), *l, p))
+        .collect();
     let mut ds = ImageDataset {
         pixels: Vec::new(),
         labels: Vec::new(),
@@ -136,11 +151,19 @@ fn decode_all(files: &[(PathBuf, u32)], size: [usize; 2], opts: &FolderOptions, 
 /// Loads `dir/train` and `dir/val` (or `dir/test`) when present; otherwise one class tree
 /// at `dir`, of which every 10th image (in sorted order per class) is held out for testing.
 /// Returns (train, test, class names, skipped files).
-pub fn load_image_folder(dir: &Path, size: [usize; 2], opts: &FolderOptions) -> Result<(ImageDataset, ImageDataset, Vec<String>)> {
+pub fn load_image_folder(
+    dir: &Path,
+    size: [usize; 2],
+    opts: &FolderOptions,
+) -> Result<(ImageDataset, ImageDataset, Vec<String>)> {
     let mut skipped = Vec::new();
     let out = load_image_folder_counting(dir, size, opts, &mut skipped)?;
     if !skipped.is_empty() {
-        eprintln!("skipped {} image(s) that could not be decoded, e.g. {}", skipped.len(), skipped[0].display());
+        eprintln!(
+            "skipped {} image(s) that could not be decoded, e.g. {}",
+            skipped.len(),
+            skipped[0].display()
+        );
     }
     Ok(out)
 }
@@ -153,12 +176,20 @@ pub(crate) fn load_image_folder_counting(
 ) -> Result<(ImageDataset, ImageDataset, Vec<String>)> {
     let train_dir = dir.join("train");
     let (train_files, test_files, classes) = if train_dir.is_dir() {
-        let test_dir = ["val", "test"].iter().map(|s| dir.join(s)).find(|p| p.is_dir()).ok_or_else(|| VitError::MissingDataset {
-            path: dir.join("val"),
-            hint: "a folder with train/ also needs val/ or test/".into(),
-        })?;
+        let test_dir = ["val", "test"]
+            .iter()
+            .map(|s| dir.join(s))
+            .find(|p| p.is_dir())
+            .ok_or_else(|| VitError::MissingDataset {
+                path: dir.join("val"),
+                hint: "a folder with train/ also needs val/ or test/".into(),
+            })?;
         let classes = class_dirs(&train_dir)?;
-        (list_images(&train_dir, &classes)?, list_images(&test_dir, &classes)?, classes)
+        (
+            list_images(&train_dir, &classes)?,
+            list_images(&test_dir, &classes)?,
+            classes,
+        )
     } else {
         let classes = class_dirs(dir)?;
         let all = list_images(dir, &classes)?;
@@ -167,7 +198,11 @@ pub(crate) fn load_image_folder_counting(
         let mut seen = vec![0usize; classes.len()];
         for (path, label) in all {
             let k = &mut seen[label as usize];
-            if *k % 10 == 9 { test.push((path, label)) } else { train.push((path, label)) }
+            if *k % 10 == 9 {
+                test.push((path, label))
+            } else {
+                train.push((path, label))
+            }
             *k += 1;
         }
         (train, test, classes)

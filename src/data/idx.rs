@@ -34,12 +34,21 @@ fn header(path: &Path, data: &[u8], magic: u32, dims: usize) -> Result<Vec<usize
     }
     let word = |i: usize| u32::from_be_bytes([data[i], data[i + 1], data[i + 2], data[i + 3]]);
     if word(0) != magic {
-        return Err(bad(path, format!("IDX magic {:#010x}, expected {magic:#010x}", word(0))));
+        return Err(bad(
+            path,
+            format!("IDX magic {:#010x}, expected {magic:#010x}", word(0)),
+        ));
     }
     let shape: Vec<usize> = (0..dims).map(|d| word(4 + 4 * d) as usize).collect();
     let expected = len + shape.iter().product::<usize>();
     if data.len() != expected {
-        return Err(bad(path, format!("{} bytes, header says {expected} (truncated or corrupt)", data.len())));
+        return Err(bad(
+            path,
+            format!(
+                "{} bytes, header says {expected} (truncated or corrupt)",
+                data.len()
+            ),
+        ));
     }
     Ok(shape)
 }
@@ -86,7 +95,10 @@ fn split(dir: &Path, prefix: &str) -> Result<ImageDataset> {
     let mut images = read_idx_images(&images_path)?;
     let labels = read_idx_labels(&labels_path)?;
     if labels.len() != images.len() {
-        return Err(bad(&labels_path, format!("{} labels for {} images", labels.len(), images.len())));
+        return Err(bad(
+            &labels_path,
+            format!("{} labels for {} images", labels.len(), images.len()),
+        ));
     }
     if let Some(&l) = labels.iter().find(|&&l| l >= 10) {
         return Err(bad(&labels_path, format!("label {l} out of range 0..10")));

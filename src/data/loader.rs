@@ -31,9 +31,18 @@ pub struct Normalize {
 impl Normalize {
     /// Normalises one `[C, H, W]` byte image into `out` (`[out_channels, H, W]`).
     /// `fetch(c, y, x)` returns the source byte or `None` for padding (which reads as black).
-    fn write(&self, channels: usize, h: usize, w: usize, fetch: impl Fn(usize, usize, usize) -> Option<u8>, out: &mut [f32]) {
+    fn write(
+        &self,
+        channels: usize,
+        h: usize,
+        w: usize,
+        fetch: impl Fn(usize, usize, usize) -> Option<u8>,
+        out: &mut [f32],
+    ) {
         let plane = h * w;
-        let value = |c: usize, y: usize, x: usize| (fetch(c, y, x).unwrap_or(0) as f32 / 255.0 - self.mean[c]) / self.std[c];
+        let value = |c: usize, y: usize, x: usize| {
+            (fetch(c, y, x).unwrap_or(0) as f32 / 255.0 - self.mean[c]) / self.std[c]
+        };
         match (channels, self.out_channels) {
             (a, b) if a == b => {
                 for c in 0..a {
@@ -57,7 +66,8 @@ impl Normalize {
             (3, 1) => {
                 for y in 0..h {
                     for x in 0..w {
-                        out[y * w + x] = 0.299 * value(0, y, x) + 0.587 * value(1, y, x) + 0.114 * value(2, y, x);
+                        out[y * w + x] =
+                            0.299 * value(0, y, x) + 0.587 * value(1, y, x) + 0.114 * value(2, y, x);
                     }
                 }
             }
@@ -65,14 +75,34 @@ impl Normalize {
         }
     }
 
+    /// An error unless images with `data_channels` channels can be converted for the model.
+    pub fn check_channels(&self, data_channels: usize) -> crate::Result<()> {
+        if self.supports(data_channels) {
+            Ok(())
+        } else {
+            Err(crate::VitError::Config(format!(
+                "cannot feed {data_channels}-channel images to a {}-channel model",
+                self.out_channels
+            )))
+        }
+    }
+
     pub fn supports(&self, data_channels: usize) -> bool {
-        data_channels == self.out_channels || data_channels == 1 || (data_channels == 3 && self.out_channels == 1)
+        data_channels == self.out_channels
+            || data_channels == 1
+            || (data_channels == 3 && self.out_channels == 1)
     }
 
     /// One image as model input.
     pub fn image(&self, img: &[u8], channels: usize, h: usize, w: usize) -> Vec<f32> {
         let mut out = vec![0f32; self.out_channels * h * w];
-        self.write(channels, h, w, |c, y, x| Some(img[c * h * w + y * w + x]), &mut out);
+        self.write(
+            channels,
+            h,
+            w,
+            |c, y, x| Some(img[c * h * w + y * w + x]),
+            &mut out,
+        );
         out
     }
 }
@@ -100,16 +130,32 @@ pub fn shuffled_indices(n: usize, seed: u64) -> Vec<usize> {
 
 impl BatchLoader {
     /// `augment` is `(augmentation, seed)`; batches are reproducible from the seed.
-    pub fn new(data: Arc<ImageDataset>, order: Vec<usize>, batch_size: usize, augment: Option<(Augment, u64)>, norm: Normalize, drop_last: bool) -> Self {
-        assert!(norm.supports(data.channels), "channel conversion must be checked by the caller");
+    pub fn new(
+        data: Arc<ImageDataset>,
+        order: Vec<usize>,
+        batch_size: usize,
+        augment: Option<(Augment, u64)>,
+        norm: Normalize,
+        drop_last: bool,
+    ) -> Self {
+        assert!(
+            norm.supports(data.channels),
+            "channel conversion must be checked by the caller"
+        );
         let batch_size = batch_size.max(1);
-        let num_batches = if drop_last { order.len() / batch_size } else { order.len().div_ceil(batch_size) };
+        let num_batches = if drop_last {
+            order.len() / batch_size
+        } else {
+            order.len().div_ceil(batch_size)
+        };
         let (tx, rx) = sync_channel(2);
         let worker = std::thread::spawn(move || {
             let (c, h, w) = (data.channels, data.height, data.width);
             let out_len = norm.out_channels * h * w;
             for (bi, idx) in order.chunks(batch_size).take(num_batches).enumerate() {
-                let mut rng = augment.map(|(_, seed)| StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(bi as u64)));
+                let mut rng = augment.map(|(_, seed)| {
+                    StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(bi as u64))
+                });
                 let mut images = vec![0f32; idx.len() * out_len];
                 let mut labels = Vec::with_capacity(idx.len());
                 for (k, &i) in idx.iter().enumerate() {
@@ -121,18 +167,32 @@ impl BatchLoader {
                             let dy = if p > 0 { rng.random_range(0..=2 * p) - p } else { 0 };
                             let dx = if p > 0 { rng.random_range(0..=2 * p) - p } else { 0 };
                             let flip = aug.hflip && rng.random_bool(0.5);
-                            norm.write(c, h, w, |ch, y, x| {
-                                let x = if flip { w - 1 - x } else { x };
-                                let (sy, sx) = (y as i64 + dy, x as i64 + dx);
-                                (sy >= 0 && sx >= 0 && (sy as usize) < h && (sx as usize) < w).then(|| img[ch * h * w + sy as usize * w + sx as usize])
-                            }, out);
+                            norm.write(
+                                c,
+                                h,
+                                w,
+                                |ch, y, x| {
+                                    let x = if flip { w - 1 - x } else { x };
+                                    let (sy, sx) = (y as i64 + dy, x as i64 + dx);
+                                    (sy >= 0 && sx >= 0 && (sy as usize) < h && (sx as usize) < w)
+                                        .then(|| img[ch * h * w + sy as usize * w + sx as usize])
+                                },
+                                out,
+                            );
                         }
                         _ => norm.write(c, h, w, |ch, y, x| Some(img[ch * h * w + y * w + x]), out),
                     }
                     labels.push(data.labels[i]);
                 }
                 let shape = [idx.len(), norm.out_channels, h, w];
-                if tx.send(Batch { images, labels, shape }).is_err() {
+                if tx
+                    .send(Batch {
+                        images,
+                        labels,
+                        shape,
+                    })
+                    .is_err()
+                {
                     return; // the consumer stopped early
                 }
             }

@@ -21,7 +21,16 @@ use crate::{Result, VitError};
 /// Where the Debian package `dataset-fashion-mnist` puts its files.
 pub const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 pub const FASHION_MNIST_CLASSES: [&str; 10] = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ];
 
 /// Images stored channel-first (`[N, C, H, W]`, row-major) as bytes, with integer labels.
@@ -68,7 +77,11 @@ impl ImageDataset {
         }
         let count = (self.len() * plane).max(1) as f64;
         let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
-        let std = sq.iter().zip(&mean).map(|(s, m)| ((s / count - m * m).max(1e-12)).sqrt() as f32).collect();
+        let std = sq
+            .iter()
+            .zip(&mean)
+            .map(|(s, m)| ((s / count - m * m).max(1e-12)).sqrt() as f32)
+            .collect();
         (mean.into_iter().map(|m| m as f32).collect(), std)
     }
 
@@ -79,9 +92,21 @@ impl ImageDataset {
         }
         let mut pixels = Vec::with_capacity(self.len() * self.channels * height * width);
         for i in 0..self.len() {
-            pixels.extend(resize_bilinear(self.image(i), self.channels, self.height, self.width, height, width));
+            pixels.extend(resize_bilinear(
+                self.image(i),
+                self.channels,
+                self.height,
+                self.width,
+                height,
+                width,
+            ));
         }
-        Self { pixels, height, width, ..self }
+        Self {
+            pixels,
+            height,
+            width,
+            ..self
+        }
     }
 }
 
@@ -100,7 +125,8 @@ pub fn resize_bilinear(src: &[u8], c: usize, h: usize, w: usize, nh: usize, nw: 
             let x1 = (x0 + 1).min(w - 1);
             for ch in 0..c {
                 let p = |yy: usize, xx: usize| src[ch * h * w + yy * w + xx] as f32;
-                let v = (1.0 - wy) * ((1.0 - wx) * p(y0, x0) + wx * p(y0, x1)) + wy * ((1.0 - wx) * p(y1, x0) + wx * p(y1, x1));
+                let v = (1.0 - wy) * ((1.0 - wx) * p(y0, x0) + wx * p(y0, x1))
+                    + wy * ((1.0 - wx) * p(y1, x0) + wx * p(y1, x1));
                 out[ch * nh * nw + y * nw + x] = v.round().clamp(0.0, 255.0) as u8;
             }
         }
@@ -154,7 +180,9 @@ impl DataSource {
         };
         Ok(match name {
             "synthetic" | "shapes" => DataSource::Synthetic,
-            "fashion-mnist" | "fashion_mnist" | "fmnist" => DataSource::FashionMnist(dir.unwrap_or_else(|| PathBuf::from(FASHION_MNIST_DIR))),
+            "fashion-mnist" | "fashion_mnist" | "fmnist" => {
+                DataSource::FashionMnist(dir.unwrap_or_else(|| PathBuf::from(FASHION_MNIST_DIR)))
+            }
             "cifar10" | "cifar-10" => DataSource::Cifar10(need_dir(dir)?),
             "cifar100" | "cifar-100" => DataSource::Cifar100(need_dir(dir)?),
             "folder" | "imagefolder" => DataSource::Folder(need_dir(dir)?),
@@ -170,9 +198,18 @@ impl DataSource {
     /// Default training augmentation for this kind of data.
     pub fn default_augment(&self) -> Augment {
         match self {
-            DataSource::Synthetic => Augment { crop_padding: 0, hflip: false },
-            DataSource::FashionMnist(_) => Augment { crop_padding: 2, hflip: true },
-            _ => Augment { crop_padding: 4, hflip: true },
+            DataSource::Synthetic => Augment {
+                crop_padding: 0,
+                hflip: false,
+            },
+            DataSource::FashionMnist(_) => Augment {
+                crop_padding: 2,
+                hflip: true,
+            },
+            _ => Augment {
+                crop_padding: 4,
+                hflip: true,
+            },
         }
     }
 
@@ -182,20 +219,44 @@ impl DataSource {
             DataSource::Synthetic => {
                 let train = generate_shapes(SYNTHETIC_TRAIN, 32, 1);
                 let test = generate_shapes(SYNTHETIC_TEST, 32, 2);
-                ("synthetic", train, test, SYNTHETIC_CLASSES.iter().map(|s| s.to_string()).collect(), None)
+                (
+                    "synthetic",
+                    train,
+                    test,
+                    SYNTHETIC_CLASSES.iter().map(|s| s.to_string()).collect(),
+                    None,
+                )
             }
             DataSource::FashionMnist(dir) => {
                 let (train, test) = load_fashion_mnist(dir)?;
                 let names = FASHION_MNIST_CLASSES.iter().map(|s| s.to_string()).collect();
-                ("fashion-mnist", train, test, names, Some((vec![0.2860], vec![0.3530])))
+                (
+                    "fashion-mnist",
+                    train,
+                    test,
+                    names,
+                    Some((vec![0.2860], vec![0.3530])),
+                )
             }
             DataSource::Cifar10(dir) => {
                 let (train, test, names) = load_cifar10(dir)?;
-                ("cifar10", train, test, names, Some((vec![0.4914, 0.4822, 0.4465], vec![0.2470, 0.2435, 0.2616])))
+                (
+                    "cifar10",
+                    train,
+                    test,
+                    names,
+                    Some((vec![0.4914, 0.4822, 0.4465], vec![0.2470, 0.2435, 0.2616])),
+                )
             }
             DataSource::Cifar100(dir) => {
                 let (train, test, names) = load_cifar100(dir)?;
-                ("cifar100", train, test, names, Some((vec![0.5071, 0.4865, 0.4409], vec![0.2673, 0.2564, 0.2762])))
+                (
+                    "cifar100",
+                    train,
+                    test,
+                    names,
+                    Some((vec![0.5071, 0.4865, 0.4409], vec![0.2673, 0.2564, 0.2762])),
+                )
             }
             DataSource::Folder(dir) => {
                 let (train, test, names) = load_image_folder(dir, img_size, folder)?;

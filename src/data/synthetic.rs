@@ -8,7 +8,16 @@ use rand::{Rng, SeedableRng};
 use super::ImageDataset;
 
 pub const SYNTHETIC_CLASSES: [&str; 10] = [
-    "disc", "ring", "square", "square outline", "triangle", "cross", "star", "bar", "two dots", "half disc",
+    "disc",
+    "ring",
+    "square",
+    "square outline",
+    "triangle",
+    "cross",
+    "star",
+    "bar",
+    "two dots",
+    "half disc",
 ];
 
 /// Whether the point (u, v), in shape coordinates (shape radius 1, unrotated), lies inside
@@ -23,8 +32,13 @@ fn inside(class: usize, u: f32, v: f32) -> bool {
         4 => {
             // Equilateral triangle with vertices on the unit circle at 90°, 210° and 330°.
             let verts = [(0.0f32, 1.0f32), (-0.866, -0.5), (0.866, -0.5)];
-            let edge = |(ax, ay): (f32, f32), (bx, by): (f32, f32)| (bx - ax) * (v - ay) - (by - ay) * (u - ax);
-            let d = [edge(verts[0], verts[1]), edge(verts[1], verts[2]), edge(verts[2], verts[0])];
+            let edge =
+                |(ax, ay): (f32, f32), (bx, by): (f32, f32)| (bx - ax) * (v - ay) - (by - ay) * (u - ax);
+            let d = [
+                edge(verts[0], verts[1]),
+                edge(verts[1], verts[2]),
+                edge(verts[2], verts[0]),
+            ];
             d.iter().all(|&x| x >= 0.0) || d.iter().all(|&x| x <= 0.0)
         }
         5 => (u.abs() <= 0.25 && v.abs() <= 1.0) || (v.abs() <= 0.25 && u.abs() <= 1.0),
@@ -48,8 +62,16 @@ fn draw(rng: &mut StdRng, class: usize, size: usize, out: &mut [u8]) {
     // Random colours, redrawn until the shape is clearly brighter than the background, so
     // the classes differ by shape alone.
     let (bg, fg) = loop {
-        let bg: [f32; 3] = [rng.random_range(0.0..1.0), rng.random_range(0.0..1.0), rng.random_range(0.0..1.0)];
-        let fg: [f32; 3] = [rng.random_range(0.0..1.0), rng.random_range(0.0..1.0), rng.random_range(0.0..1.0)];
+        let bg: [f32; 3] = [
+            rng.random_range(0.0..1.0),
+            rng.random_range(0.0..1.0),
+            rng.random_range(0.0..1.0),
+        ];
+        let fg: [f32; 3] = [
+            rng.random_range(0.0..1.0),
+            rng.random_range(0.0..1.0),
+            rng.random_range(0.0..1.0),
+        ];
         if luma(fg) - luma(bg) > 0.3 {
             break (bg, fg);
         }

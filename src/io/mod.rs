@@ -6,6 +6,9 @@ mod checkpoint;
 mod weights;
 
 pub use atomic::{write_atomic, write_json_atomic};
-pub use checkpoint::{CheckpointPaths, RunConfig, TrainState, Which, find_checkpoint, read_json};
 pub(crate) use checkpoint::Pointer;
-pub use weights::{FileTensor, LoadReport, named_tensors, load_weights, load_weights_from_bytes, read_safetensors, save_weights, weights_to_bytes};
+pub use checkpoint::{CheckpointPaths, RunConfig, TrainState, Which, find_checkpoint, read_json};
+pub use weights::{
+    FileTensor, LoadReport, SafetensorsContents, load_weights, load_weights_from_bytes, named_tensors,
+    read_safetensors, save_weights, weights_to_bytes,
+};

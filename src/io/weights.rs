@@ -42,9 +42,15 @@ impl LoadReport {
             parts.push(format!("unexpected keys: {}", self.unexpected.join(", ")));
         }
         for (name, file, model) in &self.mismatched {
-            parts.push(format!("shape mismatch for {name}: file {file:?}, model {model:?}"));
+            parts.push(format!(
+                "shape mismatch for {name}: file {file:?}, model {model:?}"
+            ));
         }
-        if parts.is_empty() { "all keys matched".into() } else { parts.join("; ") }
+        if parts.is_empty() {
+            "all keys matched".into()
+        } else {
+            parts.join("; ")
+        }
     }
 }
 
@@ -77,7 +83,8 @@ impl ModuleVisitor for Collector {
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let saved = param.transform_for_save().val();
-        self.tensors.push((self.path.name(None), param.id, saved.into_data()));
+        self.tensors
+            .push((self.path.name(None), param.id, saved.into_data()));
     }
 }
 
@@ -97,7 +104,11 @@ pub fn weights_to_bytes<M: Module>(model: &M, metadata: &BTreeMap<String, String
     let mut ids = BTreeMap::new();
     let mut buffers = Vec::with_capacity(tensors.len());
     for (name, id, data) in &tensors {
-        let values: Vec<f32> = data.clone().convert::<f32>().try_into_vec::<f32>().map_err(|e| VitError::Other(format!("{name}: {e:?}")))?;
+        let values: Vec<f32> = data
+            .clone()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| VitError::Other(format!("{name}: {e:?}")))?;
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         buffers.push((name.clone(), data.shape().to_vec(), bytes));
         ids.insert(name.clone(), id.val());
@@ -111,7 +122,10 @@ pub fn weights_to_bytes<M: Module>(model: &M, metadata: &BTreeMap<String, String
         })
         .collect::<Result<_>>()?;
     let mut meta: HashMap<String, String> = metadata.clone().into_iter().collect();
-    meta.insert(PARAM_IDS_KEY.into(), serde_json::to_string(&ids).unwrap_or_default());
+    meta.insert(
+        PARAM_IDS_KEY.into(),
+        serde_json::to_string(&ids).unwrap_or_default(),
+    );
     meta.entry("format".into()).or_insert_with(|| "pt".into());
     safetensors::serialize(views, Some(meta)).map_err(|e| VitError::Other(e.to_string()))
 }
@@ -121,6 +135,9 @@ pub fn save_weights<M: Module>(model: &M, path: &Path, metadata: &BTreeMap<Strin
     write_atomic(path, &weights_to_bytes(model, metadata)?)
 }
 
+/// A safetensors file's tensors by name, and its header metadata.
+pub type SafetensorsContents = (BTreeMap<String, FileTensor>, BTreeMap<String, String>);
+
 /// One tensor read from a file, converted to f32.
 pub struct FileTensor {
     pub shape: Vec<usize>,
@@ -128,7 +145,7 @@ pub struct FileTensor {
 }
 
 /// All tensors of a safetensors file (F32, F16, BF16, F64 converted to f32) and its metadata.
-pub fn read_safetensors(path: &Path) -> Result<(BTreeMap<String, FileTensor>, BTreeMap<String, String>)> {
+pub fn read_safetensors(path: &Path) -> Result<SafetensorsContents> {
     let bytes = std::fs::read(path).map_err(|e| VitError::io(path, e))?;
     parse_safetensors(&bytes).map_err(|reason| VitError::Checkpoint {
         path: path.to_path_buf(),
@@ -136,21 +153,45 @@ pub fn read_safetensors(path: &Path) -> Result<(BTreeMap<String, FileTensor>, BT
     })
 }
 
-fn parse_safetensors(bytes: &[u8]) -> std::result::Result<(BTreeMap<String, FileTensor>, BTreeMap<String, String>), String> {
+fn parse_safetensors(bytes: &[u8]) -> std::result::Result<SafetensorsContents, String> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| format!("not a valid safetensors file ({e})"))?;
-    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| format!("not a valid safetensors file ({e})"))?;
-    let metadata = header.metadata().clone().unwrap_or_default().into_iter().collect();
+    let (_, header) =
+        SafeTensors::read_metadata(bytes).map_err(|e| format!("not a valid safetensors file ({e})"))?;
+    let metadata = header
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         let data = view.data();
         let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F64 => data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32).collect(),
-            Dtype::F16 => data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::BF16 => data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F64 => data
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32)
+                .collect(),
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
             other => return Err(format!("tensor {name} has unsupported dtype {other:?}")),
         };
-        out.insert(name, FileTensor { shape: view.shape().to_vec(), values });
+        out.insert(
+            name,
+            FileTensor {
+                shape: view.shape().to_vec(),
+                values,
+            },
+        );
     }
     Ok((out, metadata))
 }
@@ -190,13 +231,23 @@ impl ModuleMapper for Loader {
 
 /// Loads weights from safetensors bytes into `model` by parameter name. Returns the model
 /// with every matching parameter replaced, and what did not match.
-pub fn load_weights_from_bytes<M: Module>(model: M, bytes: &[u8]) -> std::result::Result<(M, LoadReport), String> {
+pub fn load_weights_from_bytes<M: Module>(
+    model: M,
+    bytes: &[u8],
+) -> std::result::Result<(M, LoadReport), String> {
     let (tensors, metadata) = parse_safetensors(bytes)?;
     Ok(apply_tensors(model, tensors, &metadata))
 }
 
-pub(crate) fn apply_tensors<M: Module>(model: M, tensors: BTreeMap<String, FileTensor>, metadata: &BTreeMap<String, String>) -> (M, LoadReport) {
-    let ids: HashMap<String, u64> = metadata.get(PARAM_IDS_KEY).and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
+pub(crate) fn apply_tensors<M: Module>(
+    model: M,
+    tensors: BTreeMap<String, FileTensor>,
+    metadata: &BTreeMap<String, String>,
+) -> (M, LoadReport) {
+    let ids: HashMap<String, u64> = metadata
+        .get(PARAM_IDS_KEY)
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
     let mut loader = Loader {
         path: Path_::default(),
         tensors,

@@ -49,7 +49,12 @@ impl ModelConfig {
     }
     /// The same architecture with another head size, input channel count or input size, as
     /// timm's `create_model(name, num_classes=…, in_chans=…, img_size=…)`.
-    pub fn adapted(&self, num_classes: Option<usize>, in_chans: Option<usize>, img_size: Option<[usize; 2]>) -> Result<Self> {
+    pub fn adapted(
+        &self,
+        num_classes: Option<usize>,
+        in_chans: Option<usize>,
+        img_size: Option<[usize; 2]>,
+    ) -> Result<Self> {
         let mut out = self.clone();
         match &mut out {
             ModelConfig::Vit(c) => {

@@ -58,7 +58,10 @@ impl VitConfig {
     }
 
     pub fn grid(&self) -> [usize; 2] {
-        [self.img_size[0] / self.patch_size, self.img_size[1] / self.patch_size]
+        [
+            self.img_size[0] / self.patch_size,
+            self.img_size[1] / self.patch_size,
+        ]
     }
 
     pub fn num_patches(&self) -> usize {
@@ -69,19 +72,31 @@ impl VitConfig {
     /// Checks the shapes fit together; every user-supplied override passes through here.
     pub fn validate(&self) -> Result<()> {
         let err = |m: String| Err(VitError::Config(m));
-        if self.patch_size == 0 || self.img_size.iter().any(|&s| s == 0 || s % self.patch_size != 0) {
+        if self.patch_size == 0
+            || self
+                .img_size
+                .iter()
+                .any(|&s| s == 0 || !s.is_multiple_of(self.patch_size))
+        {
             return err(format!(
                 "image size {}x{} is not divisible by the patch size {}",
                 self.img_size[0], self.img_size[1], self.patch_size
             ));
         }
-        if self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
-            return err(format!("embed_dim {} is not divisible by num_heads {}", self.embed_dim, self.num_heads));
+        if self.num_heads == 0 || !self.embed_dim.is_multiple_of(self.num_heads) {
+            return err(format!(
+                "embed_dim {} is not divisible by num_heads {}",
+                self.embed_dim, self.num_heads
+            ));
         }
         if self.in_chans == 0 || self.num_classes == 0 || self.depth == 0 {
             return err("in_chans, num_classes and depth must be positive".into());
         }
-        for (name, p) in [("drop_rate", self.drop_rate), ("attn_drop_rate", self.attn_drop_rate), ("drop_path_rate", self.drop_path_rate)] {
+        for (name, p) in [
+            ("drop_rate", self.drop_rate),
+            ("attn_drop_rate", self.attn_drop_rate),
+            ("drop_path_rate", self.drop_path_rate),
+        ] {
             if !(0.0..1.0).contains(&p) {
                 return err(format!("{name} must be in [0, 1), got {p}"));
             }
@@ -95,7 +110,11 @@ impl VitConfig {
         let n = self.num_patches();
         let blocks = (0..self.depth)
             .map(|i| {
-                let dpr = if self.depth > 1 { self.drop_path_rate * i as f64 / (self.depth - 1) as f64 } else { 0.0 };
+                let dpr = if self.depth > 1 {
+                    self.drop_path_rate * i as f64 / (self.depth - 1) as f64
+                } else {
+                    0.0
+                };
                 Block::new(
                     &BlockConfig {
                         dim: d,
@@ -150,7 +169,10 @@ impl PatchEmbed {
     fn new(in_chans: usize, dim: usize, patch: usize, device: &Device) -> Self {
         // PyTorch's Conv2d default init, which timm keeps: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
         let bound = 1.0 / ((in_chans * patch * patch) as f64).sqrt();
-        let init = Initializer::Uniform { min: -bound, max: bound };
+        let init = Initializer::Uniform {
+            min: -bound,
+            max: bound,
+        };
         Self {
             proj: ConvWeights {
                 weight: init.init([dim, in_chans, patch, patch], device),
@@ -207,7 +229,9 @@ impl Vit {
         let x = self.patch_embed.forward(x);
         let [b, _, d] = x.dims();
         let cls = self.cls_token.val().expand([b, 1, d]);
-        let mut x = self.pos_drop.forward(Tensor::cat(vec![cls, x], 1) + self.pos_embed.val());
+        let mut x = self
+            .pos_drop
+            .forward(Tensor::cat(vec![cls, x], 1) + self.pos_embed.val());
         let mut attentions = Vec::new();
         for block in &self.blocks {
             let (y, attn) = block.forward(x);

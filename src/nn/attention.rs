@@ -17,7 +17,14 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn new(dim: usize, num_heads: usize, qkv_bias: bool, attn_drop: f64, proj_drop: f64, device: &Device) -> Self {
+    pub fn new(
+        dim: usize,
+        num_heads: usize,
+        qkv_bias: bool,
+        attn_drop: f64,
+        proj_drop: f64,
+        device: &Device,
+    ) -> Self {
         Self {
             qkv: timm_linear(dim, 3 * dim, qkv_bias, device),
             proj: timm_linear(dim, dim, true, device),
@@ -33,7 +40,11 @@ impl Attention {
         let [b, n, d] = x.dims();
         let h = self.num_heads;
         let dh = d / h;
-        let qkv = self.qkv.forward(x).reshape([b, n, 3, h, dh]).permute([2, 0, 3, 1, 4]);
+        let qkv = self
+            .qkv
+            .forward(x)
+            .reshape([b, n, 3, h, dh])
+            .permute([2, 0, 3, 1, 4]);
         let q = qkv.clone().narrow(0, 0, 1).reshape([b, h, n, dh]);
         let k = qkv.clone().narrow(0, 1, 1).reshape([b, h, n, dh]);
         let v = qkv.narrow(0, 2, 1).reshape([b, h, n, dh]);

@@ -22,10 +22,7 @@ pub fn timm_linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Li
     let mut linear = LinearConfig::new(d_in, d_out)
         .with_bias(bias)
         .with_layout(LinearLayout::Col)
-        .with_initializer(Initializer::Normal {
-            mean: 0.0,
-            std: 0.02,
-        })
+        .with_initializer(Initializer::Normal { mean: 0.0, std: 0.02 })
         .init(device);
     if bias {
         linear.bias = Some(Initializer::Zeros.init([d_out], device));

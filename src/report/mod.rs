@@ -32,10 +32,21 @@ fn blue(t: f64) -> RGBColor {
 
 /// A confusion matrix as a heat map: rows are true classes, columns predictions, cells
 /// coloured by the row-normalised rate and labelled with counts.
-pub fn confusion_matrix_png(path: &Path, confusion: &[Vec<u64>], class_names: &[String], title: &str) -> Result<()> {
+pub fn confusion_matrix_png(
+    path: &Path,
+    confusion: &[Vec<u64>],
+    class_names: &[String],
+    title: &str,
+) -> Result<()> {
     register_fonts();
     let k = confusion.len();
-    let cell = if k <= 12 { 56 } else if k <= 30 { 24 } else { 8 };
+    let cell = if k <= 12 {
+        56
+    } else if k <= 30 {
+        24
+    } else {
+        8
+    };
     let margin_left = 150u32;
     let margin_top = 70u32;
     let grid = (cell * k) as u32;
@@ -43,8 +54,12 @@ pub fn confusion_matrix_png(path: &Path, confusion: &[Vec<u64>], class_names: &[
     let root = BitMapBackend::new(path, (w, h)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
     let font = |size: u32| ("sans-serif", size).into_font();
-    root.draw(&Text::new(title.to_string(), (margin_left as i32, 20), font(20).color(&BLACK)))
-        .map_err(|e| plot_err(path, e))?;
+    root.draw(&Text::new(
+        title.to_string(),
+        (margin_left as i32, 20),
+        font(20).color(&BLACK),
+    ))
+    .map_err(|e| plot_err(path, e))?;
     let show_numbers = k <= 30;
     for (i, row) in confusion.iter().enumerate() {
         let total: u64 = row.iter().sum::<u64>().max(1);
@@ -52,14 +67,20 @@ pub fn confusion_matrix_png(path: &Path, confusion: &[Vec<u64>], class_names: &[
             let rate = count as f64 / total as f64;
             let x0 = (margin_left + (j * cell) as u32) as i32;
             let y0 = (margin_top + (i * cell) as u32) as i32;
-            root.draw(&Rectangle::new([(x0, y0), (x0 + cell as i32, y0 + cell as i32)], blue(rate).filled()))
-                .map_err(|e| plot_err(path, e))?;
+            root.draw(&Rectangle::new(
+                [(x0, y0), (x0 + cell as i32, y0 + cell as i32)],
+                blue(rate).filled(),
+            ))
+            .map_err(|e| plot_err(path, e))?;
             if show_numbers {
                 let colour = if rate > 0.5 { WHITE } else { BLACK };
                 let size = if cell >= 40 { 13 } else { 9 };
                 root.draw(&Text::new(
                     count.to_string(),
-                    (x0 + cell as i32 / 2 - 4 * count.to_string().len() as i32, y0 + cell as i32 / 2 - 6),
+                    (
+                        x0 + cell as i32 / 2 - 4 * count.to_string().len() as i32,
+                        y0 + cell as i32 / 2 - 6,
+                    ),
                     font(size).color(&colour),
                 ))
                 .map_err(|e| plot_err(path, e))?;
@@ -69,22 +90,41 @@ pub fn confusion_matrix_png(path: &Path, confusion: &[Vec<u64>], class_names: &[
     if k <= 30 {
         for (i, name) in class_names.iter().enumerate().take(k) {
             let y = (margin_top + (i * cell) as u32) as i32 + cell as i32 / 2 - 7;
-            root.draw(&Text::new(name.clone(), (8, y), font(13).color(&BLACK))).map_err(|e| plot_err(path, e))?;
+            root.draw(&Text::new(name.clone(), (8, y), font(13).color(&BLACK)))
+                .map_err(|e| plot_err(path, e))?;
             let x = (margin_left + (i * cell) as u32) as i32 + cell as i32 / 2 - 5;
             let style = font(13).transform(FontTransform::Rotate90).color(&BLACK);
-            root.draw(&Text::new(name.clone(), (x, (margin_top + grid + 8) as i32), style)).map_err(|e| plot_err(path, e))?;
+            root.draw(&Text::new(
+                name.clone(),
+                (x, (margin_top + grid + 8) as i32),
+                style,
+            ))
+            .map_err(|e| plot_err(path, e))?;
         }
     }
-    root.draw(&Text::new("predicted →".to_string(), ((margin_left + grid / 2) as i32 - 40, 48), font(14).color(&BLACK)))
+    root.draw(&Text::new(
+        "predicted →".to_string(),
+        ((margin_left + grid / 2) as i32 - 40, 48),
+        font(14).color(&BLACK),
+    ))
+    .map_err(|e| plot_err(path, e))?;
+    root.draw(&Text::new("true ↓".to_string(), (8, 48), font(14).color(&BLACK)))
         .map_err(|e| plot_err(path, e))?;
-    root.draw(&Text::new("true ↓".to_string(), (8, 48), font(14).color(&BLACK))).map_err(|e| plot_err(path, e))?;
     root.present().map_err(|e| plot_err(path, e))?;
     Ok(())
 }
 
 /// A grid of dataset images (`[C, H, W]` bytes each, 1 or 3 channels), `cols` per row,
 /// each scaled up by `zoom`, with `label` text above each tile.
-pub fn image_grid_png(path: &Path, images: &[(&[u8], String)], channels: usize, height: usize, width: usize, cols: usize, zoom: usize) -> Result<()> {
+pub fn image_grid_png(
+    path: &Path,
+    images: &[(&[u8], String)],
+    channels: usize,
+    height: usize,
+    width: usize,
+    cols: usize,
+    zoom: usize,
+) -> Result<()> {
     register_fonts();
     let cols = cols.max(1);
     let rows = images.len().div_ceil(cols);
@@ -96,15 +136,22 @@ pub fn image_grid_png(path: &Path, images: &[(&[u8], String)], channels: usize, 
     for (k, (img, label)) in images.iter().enumerate() {
         let x0 = 6 + (k % cols) * (tw + 6);
         let y0 = 6 + (k / cols) * (th + 6);
-        root.draw(&Text::new(label.clone(), (x0 as i32, y0 as i32), ("sans-serif", 11).into_font().color(&BLACK)))
-            .map_err(|e| plot_err(path, e))?;
+        root.draw(&Text::new(
+            label.clone(),
+            (x0 as i32, y0 as i32),
+            ("sans-serif", 11).into_font().color(&BLACK),
+        ))
+        .map_err(|e| plot_err(path, e))?;
         for y in 0..height {
             for x in 0..width {
                 let px = |c: usize| img[(if channels == 1 { 0 } else { c }) * plane + y * width + x];
                 let colour = RGBColor(px(0), px(1), px(2));
                 let (px0, py0) = ((x0 + x * zoom) as i32, (y0 + 16 + y * zoom) as i32);
-                root.draw(&Rectangle::new([(px0, py0), (px0 + zoom as i32, py0 + zoom as i32)], colour.filled()))
-                    .map_err(|e| plot_err(path, e))?;
+                root.draw(&Rectangle::new(
+                    [(px0, py0), (px0 + zoom as i32, py0 + zoom as i32)],
+                    colour.filled(),
+                ))
+                .map_err(|e| plot_err(path, e))?;
             }
         }
     }

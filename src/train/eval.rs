@@ -25,7 +25,11 @@ impl EvalResult {
             .enumerate()
             .map(|(i, row)| {
                 let n: u64 = row.iter().sum();
-                if n == 0 { f64::NAN } else { row[i] as f64 / n as f64 }
+                if n == 0 {
+                    f64::NAN
+                } else {
+                    row[i] as f64 / n as f64
+                }
             })
             .collect()
     }
@@ -49,20 +53,41 @@ fn softmax_rows(values: &[f32], classes: usize) -> Vec<Vec<f32>> {
 }
 
 /// Runs `model` on one batch `[B, C, H, W]` and returns the class probabilities.
-pub fn predict_batch<M: ImageClassifier>(model: &M, images: Vec<f32>, shape: [usize; 4], device: &Device) -> Result<Predictions> {
+pub fn predict_batch<M: ImageClassifier>(
+    model: &M,
+    images: Vec<f32>,
+    shape: [usize; 4],
+    device: &Device,
+) -> Result<Predictions> {
     let [_, _, h, w] = shape;
     if [h, w] != model.input_size() {
-        return Err(VitError::Config(format!("input is {h}x{w} but the model takes {:?}", model.input_size())));
+        return Err(VitError::Config(format!(
+            "input is {h}x{w} but the model takes {:?}",
+            model.input_size()
+        )));
     }
     let x = Tensor::<4>::from_data(TensorData::new(images, shape), device);
     let logits = model.forward(x);
     let [_, classes] = logits.dims();
-    let values = logits.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| VitError::Other(format!("{e:?}")))?;
-    Ok(Predictions { probs: softmax_rows(&values, classes) })
+    let values = logits
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| VitError::Other(format!("{e:?}")))?;
+    Ok(Predictions {
+        probs: softmax_rows(&values, classes),
+    })
 }
 
 /// Evaluates `model` (in validation mode) on every image of `data`.
-pub fn evaluate<M: ImageClassifier>(model: &M, data: Arc<ImageDataset>, norm: &Normalize, batch_size: usize, num_classes: usize, device: &Device) -> Result<EvalResult> {
+pub fn evaluate<M: ImageClassifier>(
+    model: &M,
+    data: Arc<ImageDataset>,
+    norm: &Normalize,
+    batch_size: usize,
+    num_classes: usize,
+    device: &Device,
+) -> Result<EvalResult> {
     let order: Vec<usize> = (0..data.len()).collect();
     let loader = BatchLoader::new(data, order, batch_size, None, norm.clone(), false);
     let mut confusion = vec![vec![0u64; num_classes]; num_classes];
@@ -72,15 +97,21 @@ pub fn evaluate<M: ImageClassifier>(model: &M, data: Arc<ImageDataset>, norm: &N
         for (p, &label) in preds.probs.iter().zip(&batch.labels) {
             let label = label as usize;
             if label >= p.len() {
-                return Err(VitError::Config(format!("label {label} but the model has {} classes", p.len())));
+                return Err(VitError::Config(format!(
+                    "label {label} but the model has {} classes",
+                    p.len()
+                )));
             }
-            loss -= (p[label].max(1e-12)) .ln() as f64;
+            loss -= (p[label].max(1e-12)).ln() as f64;
             let target = p[label];
             // Rank of the true class: how many classes score strictly higher.
             let rank = p.iter().filter(|&&q| q > target).count();
             top1 += (rank == 0) as usize;
             top5 += (rank < 5) as usize;
-            let predicted = p.iter().enumerate().fold(0, |best, (i, &q)| if q > p[best] { i } else { best });
+            let predicted = p
+                .iter()
+                .enumerate()
+                .fold(0, |best, (i, &q)| if q > p[best] { i } else { best });
             confusion[label][predicted] += 1;
             count += 1;
         }

@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{build_optimizer, clip_grad_norm, evaluate, lr_at};
 use crate::data::{BatchLoader, DatasetSplits, Normalize, shuffled_indices};
-use crate::io::{CheckpointPaths, Pointer, RunConfig, TrainState, Which, find_checkpoint, load_weights, read_json, save_weights, write_atomic, write_json_atomic};
+use crate::io::{
+    CheckpointPaths, Pointer, RunConfig, TrainState, Which, find_checkpoint, load_weights, read_json,
+    save_weights, write_atomic, write_json_atomic,
+};
 use crate::models::ImageClassifier;
 use crate::{Result, VitError};
 
@@ -42,7 +45,8 @@ pub struct TrainOutcome {
     pub last_checkpoint: PathBuf,
 }
 
-const CSV_HEADER: &str = "epoch,step,lr,train_loss,train_acc,val_loss,val_acc,val_top5,images_per_s,epoch_s,elapsed_s\n";
+const CSV_HEADER: &str =
+    "epoch,step,lr,train_loss,train_acc,val_loss,val_acc,val_top5,images_per_s,epoch_s,elapsed_s\n";
 
 fn checkpoint_name(epoch: usize) -> String {
     format!("checkpoints/epoch-{epoch:04}")
@@ -87,7 +91,12 @@ impl Progress {
 }
 
 /// Loads a run's last checkpoint for `--resume`, checking it belongs to the same model/data.
-fn load_resume<M: ImageClassifier>(model: M, run_dir: &Path, run: &RunConfig, optim: ModuleOptimizer) -> Result<(M, ModuleOptimizer, TrainState, RunConfig)> {
+fn load_resume<M: ImageClassifier>(
+    model: M,
+    run_dir: &Path,
+    run: &RunConfig,
+    optim: ModuleOptimizer,
+) -> Result<(M, ModuleOptimizer, TrainState, RunConfig)> {
     let ck = find_checkpoint(run_dir, Which::Last)?;
     let saved: RunConfig = read_json(&ck.config())?;
     if saved.model != run.model || saved.data.name != run.data.name {
@@ -101,15 +110,25 @@ fn load_resume<M: ImageClassifier>(model: M, run_dir: &Path, run: &RunConfig, op
     }
     let (model, _) = load_weights(model, &ck.model(), true)?;
     let bytes = std::fs::read(ck.optimizer()).map_err(|e| VitError::io(ck.optimizer(), e))?;
-    let optim = optim.from_bytes(Bytes::from_bytes_vec(bytes)).map_err(|e| VitError::Checkpoint {
-        path: ck.optimizer(),
-        reason: format!("optimizer state unreadable: {e:?}"),
-    })?;
+    let optim = optim
+        .from_bytes(Bytes::from_bytes_vec(bytes))
+        .map_err(|e| VitError::Checkpoint {
+            path: ck.optimizer(),
+            reason: format!("optimizer state unreadable: {e:?}"),
+        })?;
     let state: TrainState = read_json(&ck.state())?;
     Ok((model, optim, state, saved))
 }
 
-fn save_checkpoint<M: Module>(run_dir: &Path, model: &M, optim: &ModuleOptimizer, state: &TrainState, run: &RunConfig, is_best: bool, val_acc: f64) -> Result<PathBuf> {
+fn save_checkpoint<M: Module>(
+    run_dir: &Path,
+    model: &M,
+    optim: &ModuleOptimizer,
+    state: &TrainState,
+    run: &RunConfig,
+    is_best: bool,
+    val_acc: f64,
+) -> Result<PathBuf> {
     let name = checkpoint_name(state.epoch);
     let final_dir = run_dir.join(&name);
     let tmp_dir = run_dir.join(format!("{name}.partial"));
@@ -120,7 +139,9 @@ fn save_checkpoint<M: Module>(run_dir: &Path, model: &M, optim: &ModuleOptimizer
     meta.insert("vitkit.model".to_string(), run.model_name.clone());
     meta.insert("vitkit.epoch".to_string(), state.epoch.to_string());
     save_weights(model, &tmp.model(), &meta)?;
-    let bytes = optim.into_bytes().map_err(|e| VitError::Other(format!("optimizer state: {e:?}")))?;
+    let bytes = optim
+        .into_bytes()
+        .map_err(|e| VitError::Other(format!("optimizer state: {e:?}")))?;
     write_atomic(&tmp.optimizer(), &bytes)?;
     write_json_atomic(&tmp.state(), state)?;
     write_json_atomic(&tmp.config(), run)?;
@@ -129,7 +150,11 @@ fn save_checkpoint<M: Module>(run_dir: &Path, model: &M, optim: &ModuleOptimizer
         std::fs::remove_dir_all(&final_dir).map_err(|e| VitError::io(&final_dir, e))?;
     }
     std::fs::rename(&tmp_dir, &final_dir).map_err(|e| VitError::io(&final_dir, e))?;
-    let ptr = Pointer { checkpoint: name, epoch: state.epoch, val_acc: Some(val_acc) };
+    let ptr = Pointer {
+        checkpoint: name,
+        epoch: state.epoch,
+        val_acc: Some(val_acc),
+    };
     write_json_atomic(&run_dir.join("last.json"), &ptr)?;
     if is_best {
         write_json_atomic(&run_dir.join("best.json"), &ptr)?;
@@ -168,16 +193,33 @@ fn append_logs(run_dir: &Path, rec: &EpochRecord) -> Result<()> {
     let csv = run_dir.join("log.csv");
     let new_csv = !csv.exists();
     let line = serde_json::to_string(rec).map_err(|e| VitError::Other(e.to_string()))?;
-    let open = |p: &Path| OpenOptions::new().create(true).append(true).open(p).map_err(|e| VitError::io(p, e));
+    let open = |p: &Path| {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .map_err(|e| VitError::io(p, e))
+    };
     writeln!(open(&jsonl)?, "{line}").map_err(|e| VitError::io(&jsonl, e))?;
     let mut f = open(&csv)?;
     if new_csv {
-        f.write_all(CSV_HEADER.as_bytes()).map_err(|e| VitError::io(&csv, e))?;
+        f.write_all(CSV_HEADER.as_bytes())
+            .map_err(|e| VitError::io(&csv, e))?;
     }
     writeln!(
         f,
         "{},{},{:.6e},{:.5},{:.5},{:.5},{:.5},{:.5},{:.1},{:.1},{:.1}",
-        rec.epoch, rec.step, rec.lr, rec.train_loss, rec.train_acc, rec.val_loss, rec.val_acc, rec.val_top5, rec.images_per_s, rec.epoch_s, rec.elapsed_s
+        rec.epoch,
+        rec.step,
+        rec.lr,
+        rec.train_loss,
+        rec.train_acc,
+        rec.val_loss,
+        rec.val_acc,
+        rec.val_top5,
+        rec.images_per_s,
+        rec.epoch_s,
+        rec.elapsed_s
     )
     .map_err(|e| VitError::io(&csv, e))
 }
@@ -192,9 +234,19 @@ pub struct Session {
 }
 
 /// Trains `model` (built on `device`, which must have autodiff) on `splits` into `run_dir`.
-pub fn train<M: ImageClassifier>(model: M, run: RunConfig, splits: &DatasetSplits, run_dir: &Path, session: &Session, device: &Device) -> Result<TrainOutcome> {
+pub fn train<M: ImageClassifier>(
+    model: M,
+    run: RunConfig,
+    splits: &DatasetSplits,
+    run_dir: &Path,
+    session: &Session,
+    device: &Device,
+) -> Result<TrainOutcome> {
     let resume = session.resume;
-    let fresh_cfg = run.train.clone().ok_or_else(|| VitError::Config("no training configuration".into()))?;
+    let fresh_cfg = run
+        .train
+        .clone()
+        .ok_or_else(|| VitError::Config("no training configuration".into()))?;
     fresh_cfg.validate()?;
     let has_checkpoints = run_dir.join("last.json").exists();
     if !resume && has_checkpoints {
@@ -206,7 +258,12 @@ pub fn train<M: ImageClassifier>(model: M, run: RunConfig, splits: &DatasetSplit
     let optim = build_optimizer(&model, &fresh_cfg);
     let (mut model, mut optim, mut state, run) = if resume && has_checkpoints {
         let (m, o, s, saved) = load_resume(model, run_dir, &run, optim)?;
-        eprintln!("resuming {} from epoch {} (step {})", run_dir.display(), s.epoch, s.step);
+        eprintln!(
+            "resuming {} from epoch {} (step {})",
+            run_dir.display(),
+            s.epoch,
+            s.step
+        );
         (m, o, s, saved)
     } else {
         std::fs::create_dir_all(run_dir).map_err(|e| VitError::io(run_dir, e))?;
@@ -216,22 +273,35 @@ pub fn train<M: ImageClassifier>(model: M, run: RunConfig, splits: &DatasetSplit
     let cfg = run.train.clone().unwrap_or(fresh_cfg);
     let classes = run.model.num_classes();
     if let Some(&bad) = splits.train.labels.iter().find(|&&l| l as usize >= classes) {
-        return Err(VitError::Config(format!("dataset has label {bad} but the model has {classes} classes")));
+        return Err(VitError::Config(format!(
+            "dataset has label {bad} but the model has {classes} classes"
+        )));
     }
-    let norm = Normalize { mean: run.data.mean.clone(), std: run.data.std.clone(), out_channels: run.model.in_chans() };
-    if !norm.supports(splits.train.channels) {
-        return Err(VitError::Config(format!("cannot feed {}-channel images to a {}-channel model", splits.train.channels, norm.out_channels)));
-    }
+    let norm = Normalize {
+        mean: run.data.mean.clone(),
+        std: run.data.std.clone(),
+        out_channels: run.model.in_chans(),
+    };
+    norm.check_channels(splits.train.channels)?;
     let train_data = Arc::new(splits.train.clone());
     let test_data = Arc::new(splits.test.clone());
     let full_batches = train_data.len() / cfg.batch_size;
     if full_batches == 0 {
-        return Err(VitError::Config(format!("batch size {} is larger than the {} training images", cfg.batch_size, train_data.len())));
+        return Err(VitError::Config(format!(
+            "batch size {} is larger than the {} training images",
+            cfg.batch_size,
+            train_data.len()
+        )));
     }
-    let steps_per_epoch = cfg.max_steps_per_epoch.map_or(full_batches, |m| m.min(full_batches));
+    let steps_per_epoch = cfg
+        .max_steps_per_epoch
+        .map_or(full_batches, |m| m.min(full_batches));
     let total_steps = steps_per_epoch * cfg.epochs;
     let warmup = (cfg.warmup_epochs * steps_per_epoch as f64).round() as usize;
-    let mut progress = Progress { tty: std::io::stderr().is_terminal(), last: Instant::now() };
+    let mut progress = Progress {
+        tty: std::io::stderr().is_terminal(),
+        last: Instant::now(),
+    };
     let mut history = Vec::new();
     let mut last_checkpoint = run_dir.join("last.json");
     let session_start = Instant::now();
@@ -244,14 +314,27 @@ pub fn train<M: ImageClassifier>(model: M, run: RunConfig, splits: &DatasetSplit
         device.seed(cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
         let mut order = shuffled_indices(train_data.len(), cfg.seed.wrapping_add(epoch as u64 * 7919));
         order.truncate(steps_per_epoch * cfg.batch_size);
-        let loader = BatchLoader::new(train_data.clone(), order, cfg.batch_size, cfg.augment.map(|a| (a, cfg.seed ^ (epoch as u64) << 32)), norm.clone(), true);
+        let loader = BatchLoader::new(
+            train_data.clone(),
+            order,
+            cfg.batch_size,
+            cfg.augment.map(|a| (a, cfg.seed ^ (epoch as u64) << 32)),
+            norm.clone(),
+            true,
+        );
         let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
         let mut lr = cfg.lr;
         for (i, batch) in loader.enumerate() {
             lr = lr_at(state.step, warmup, total_steps, cfg.lr, cfg.min_lr);
             let b = batch.labels.len();
             let x = Tensor::<4>::from_data(TensorData::new(batch.images, batch.shape), device);
-            let targets = Tensor::<2>::from_data(TensorData::new(smoothed_targets(&batch.labels, classes, cfg.label_smoothing), [b, classes]), device);
+            let targets = Tensor::<2>::from_data(
+                TensorData::new(
+                    smoothed_targets(&batch.labels, classes, cfg.label_smoothing),
+                    [b, classes],
+                ),
+                device,
+            );
             let logits = model.forward(x);
             let loss = (log_softmax(logits.clone(), 1) * targets).sum_dim(1).mean().neg();
             let loss_value = loss.clone().into_scalar::<f32>() as f64;
@@ -261,11 +344,24 @@ pub fn train<M: ImageClassifier>(model: M, run: RunConfig, splits: &DatasetSplit
                     "loss became {loss_value} at epoch {}, step {} (lr {lr:.3e}); the last good checkpoint is intact{}",
                     epoch + 1,
                     state.step,
-                    if state.epoch > 0 { format!(" at {}", run_dir.join(checkpoint_name(state.epoch)).display()) } else { " (none was written yet)".into() }
+                    if state.epoch > 0 {
+                        format!(" at {}", run_dir.join(checkpoint_name(state.epoch)).display())
+                    } else {
+                        " (none was written yet)".into()
+                    }
                 )));
             }
-            let predicted = logits.argmax(1).into_data().convert::<i64>().try_into_vec::<i64>().unwrap_or_default();
-            correct += predicted.iter().zip(&batch.labels).filter(|(p, l)| **p == **l as i64).count();
+            let predicted = logits
+                .argmax(1)
+                .into_data()
+                .convert::<i64>()
+                .try_into_vec::<i64>()
+                .unwrap_or_default();
+            correct += predicted
+                .iter()
+                .zip(&batch.labels)
+                .filter(|(p, l)| **p == **l as i64)
+                .count();
             let grads = loss.backward();
             let mut grads = GradientsParams::from_grads(grads, &model);
             clip_grad_norm(&model, &mut grads, cfg.grad_clip);
@@ -277,13 +373,27 @@ pub fn train<M: ImageClassifier>(model: M, run: RunConfig, splits: &DatasetSplit
             progress.show(
                 &format!(
                     "epoch {}/{} [{:>4}/{}] loss {:.4} acc {:.2}% lr {:.2e} {:.0} img/s",
-                    epoch + 1, cfg.epochs, i + 1, steps_per_epoch, loss_sum / seen as f64, 100.0 * correct as f64 / seen as f64, lr, seen as f64 / secs
+                    epoch + 1,
+                    cfg.epochs,
+                    i + 1,
+                    steps_per_epoch,
+                    loss_sum / seen as f64,
+                    100.0 * correct as f64 / seen as f64,
+                    lr,
+                    seen as f64 / secs
                 ),
                 false,
             );
         }
         let train_s = epoch_start.elapsed().as_secs_f64();
-        let eval = evaluate(&model.valid(), test_data.clone(), &norm, cfg.batch_size.max(256), classes, &device.clone().inner())?;
+        let eval = evaluate(
+            &model.valid(),
+            test_data.clone(),
+            &norm,
+            cfg.batch_size.max(256),
+            classes,
+            &device.clone().inner(),
+        )?;
         state.epoch += 1;
         let epoch_s = epoch_start.elapsed().as_secs_f64();
         state.elapsed_s = elapsed_before + session_start.elapsed().as_secs_f64();
@@ -318,5 +428,9 @@ pub fn train<M: ImageClassifier>(model: M, run: RunConfig, splits: &DatasetSplit
         append_logs(run_dir, &rec)?;
         history.push(rec);
     }
-    Ok(TrainOutcome { state, history, last_checkpoint })
+    Ok(TrainOutcome {
+        state,
+        history,
+        last_checkpoint,
+    })
 }

@@ -25,7 +25,10 @@ pub fn no_decay_ids<M: Module>(model: &M) -> Vec<ParamId> {
             }
         }
     }
-    let mut v = V { path: Vec::new(), ids: Vec::new() };
+    let mut v = V {
+        path: Vec::new(),
+        ids: Vec::new(),
+    };
     model.visit(&mut v);
     v.ids
 }
@@ -38,7 +41,9 @@ pub fn build_optimizer<M: Module>(model: &M, cfg: &TrainConfig) -> ModuleOptimiz
         .with_epsilon(cfg.adam_eps as f32);
     let decayed = base.clone().with_weight_decay(cfg.weight_decay as f32);
     let undecayed = base.with_weight_decay(0.0).build();
-    decayed.init().with_group(ParamGroup::from_ids(no_decay_ids(model)), undecayed, None)
+    decayed
+        .init()
+        .with_group(ParamGroup::from_ids(no_decay_ids(model)), undecayed, None)
 }
 
 /// Scales all gradients together so their global L2 norm is at most `max_norm`, as
@@ -66,7 +71,10 @@ pub fn clip_grad_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_nor
             }
         }
     }
-    let mut norm = Norm { grads, parts: Vec::new() };
+    let mut norm = Norm {
+        grads,
+        parts: Vec::new(),
+    };
     model.visit(&mut norm);
     if norm.parts.is_empty() {
         return 0.0;
@@ -77,7 +85,10 @@ pub fn clip_grad_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_nor
         && total.is_finite()
         && total > max
     {
-        let mut scale = Scale { grads, factor: max / (total + 1e-6) };
+        let mut scale = Scale {
+            grads,
+            factor: max / (total + 1e-6),
+        };
         model.visit(&mut scale);
     }
     total
