@@ -97,6 +97,13 @@ impl LoadedModel {
         Ok((model, run))
     }
 
+    /// The ViT inside, or the family name of a model that is not one.
+    pub fn into_vit(self) -> std::result::Result<crate::models::Vit, &'static str> {
+        match self {
+            LoadedModel::Vit(m) => Ok(m),
+        }
+    }
+
     pub fn predict(&self, images: Vec<f32>, shape: [usize; 4], device: &Device) -> Result<Vec<Vec<f32>>> {
         match self {
             LoadedModel::Vit(m) => predict_batch(m, images, shape, device).map(|p| p.probs),

@@ -8,6 +8,7 @@
 pub mod app;
 pub mod data;
 pub mod device;
+pub mod explain;
 pub mod error;
 pub mod io;
 pub mod models;

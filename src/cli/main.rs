@@ -39,6 +39,52 @@ enum Command {
     Predict(PredictArgs),
     /// Write a PNG grid of a dataset's first training images with their labels.
     ShowData(ShowDataArgs),
+    /// Attention rollout of images, and with --figures the ViT paper's model-level figures.
+    Explain(ExplainArgs),
+    /// One self-contained HTML report of a run: curves, confusion matrix, figures, rollouts.
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    /// Run directory (its best checkpoint) or checkpoint directory.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// JPEG or PNG files to explain.
+    images: Vec<PathBuf>,
+    /// Output directory.
+    #[arg(long, default_value = "explain")]
+    out: PathBuf,
+    /// Also write the raw class-token attention of this block (0-based).
+    #[arg(long)]
+    layer: Option<usize>,
+    /// With --layer: one head (0-based) instead of the mean over heads.
+    #[arg(long)]
+    head: Option<usize>,
+    /// Write the patch-embedding, position-embedding and attention-distance figures.
+    #[arg(long)]
+    figures: bool,
+    /// Dataset whose test images feed the attention-distance figure (default: the run's).
+    #[arg(long)]
+    data: Option<String>,
+    /// Number of test images averaged for the attention distance.
+    #[arg(long, default_value_t = 256)]
+    samples: usize,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Run directory.
+    run: PathBuf,
+    /// Evaluation dataset (default: the one the run was trained on).
+    #[arg(long)]
+    data: Option<String>,
+    /// Output directory (default: RUN/report).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Test images averaged for the attention distance.
+    #[arg(long, default_value_t = 256)]
+    samples: usize,
 }
 
 #[derive(Args)]
@@ -269,6 +315,32 @@ fn show_data(args: ShowDataArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn explain(args: ExplainArgs, device: &str) -> anyhow::Result<()> {
+    let device = parse_device(device)?;
+    if args.images.is_empty() && !args.figures {
+        anyhow::bail!("nothing to do: give image files and/or --figures");
+    }
+    let ex = vitkit::explain::Explainer::load(&args.checkpoint, &device)?;
+    ex.check_layer_head(args.layer, args.head)?;
+    let mut written = vitkit::explain::explain_images(&ex, &args.images, &args.out, args.layer, args.head)?;
+    if args.figures {
+        let data = args.data.clone().unwrap_or_else(|| ex.run.data.name.clone());
+        written.extend(vitkit::explain::explain_figures(&ex, &data, args.samples, &args.out)?);
+    }
+    for f in written {
+        println!("wrote {}", f.display());
+    }
+    Ok(())
+}
+
+fn report(args: ReportArgs, device: &str) -> anyhow::Result<()> {
+    let device = parse_device(device)?;
+    let out = args.out.unwrap_or_else(|| args.run.join("report"));
+    let html = vitkit::report::write_report(&args.run, args.data.as_deref(), &out, args.samples, &device)?;
+    println!("wrote {}", html.display());
+    Ok(())
+}
+
 fn models() {
     println!("{:<26} {:>13}  {:>9}  description", "name", "parameters", "input");
     for p in PRESETS {
@@ -308,6 +380,8 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval(a, &cli.device),
         Command::Predict(a) => predict(a, &cli.device),
         Command::ShowData(a) => show_data(a),
+        Command::Explain(a) => explain(a, &cli.device),
+        Command::Report(a) => report(a, &cli.device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
