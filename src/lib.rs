@@ -8,8 +8,8 @@
 pub mod app;
 pub mod data;
 pub mod device;
-pub mod explain;
 pub mod error;
+pub mod explain;
 pub mod io;
 pub mod models;
 pub mod nn;

@@ -113,6 +113,64 @@ fn train_eval_predict_on_the_built_in_data() {
         &["notes.png"],
     );
 
+    // Explain: a rollout per image, and clear errors for bad layers and undecodable files.
+    let ex = dir.path().join("explain");
+    let out = vitkit(&[
+        "explain",
+        "--checkpoint",
+        run_s,
+        img.to_str().unwrap(),
+        "--layer",
+        "1",
+        "--out",
+        ex.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(ex.join("x_rollout.png").is_file() && ex.join("x_attn_layer1_headmean.png").is_file());
+    fails_with(
+        &[
+            "explain",
+            "--checkpoint",
+            run_s,
+            img.to_str().unwrap(),
+            "--layer",
+            "9",
+        ],
+        &["--layer 9", "valid 0..=3"],
+    );
+    fails_with(
+        &[
+            "explain",
+            "--checkpoint",
+            run_s,
+            img.to_str().unwrap(),
+            "--layer",
+            "0",
+            "--head",
+            "2",
+        ],
+        &["valid 0..=1"],
+    );
+    fails_with(
+        &["explain", "--checkpoint", run_s, bad.to_str().unwrap()],
+        &["notes.png"],
+    );
+
+    // The report is one HTML file with its images inlined.
+    let report = dir.path().join("report");
+    let out = vitkit(&[
+        "report",
+        run_s,
+        "--samples",
+        "8",
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let html = std::fs::read_to_string(report.join("report.html")).unwrap();
+    assert!(html.contains("data:image/png;base64,") && html.contains("Mean attention distance"));
+    assert!(!html.contains("src=\"rollout"), "images are inlined, not linked");
+
     // Training again into the same directory without --resume is refused; nothing is lost.
     fails_with(&["train", "--out", run_s, "--epochs", "1"], &["--resume"]);
     assert!(

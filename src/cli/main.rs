@@ -325,7 +325,12 @@ fn explain(args: ExplainArgs, device: &str) -> anyhow::Result<()> {
     let mut written = vitkit::explain::explain_images(&ex, &args.images, &args.out, args.layer, args.head)?;
     if args.figures {
         let data = args.data.clone().unwrap_or_else(|| ex.run.data.name.clone());
-        written.extend(vitkit::explain::explain_figures(&ex, &data, args.samples, &args.out)?);
+        written.extend(vitkit::explain::explain_figures(
+            &ex,
+            &data,
+            args.samples,
+            &args.out,
+        )?);
     }
     for f in written {
         println!("wrote {}", f.display());

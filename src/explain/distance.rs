@@ -23,7 +23,13 @@ pub fn grid_distances(grid: [usize; 2], patch: usize) -> Matrix {
 
 /// Per head, the mean over queries of `Σ_j A[i, j] · dist(i, j)` for one image's attention
 /// `[heads, T, T]` with `prefix` leading non-patch tokens.
-pub fn mean_attention_distance(attn: &[f32], heads: usize, tokens: usize, prefix: usize, dist: &Matrix) -> Vec<f64> {
+pub fn mean_attention_distance(
+    attn: &[f32],
+    heads: usize,
+    tokens: usize,
+    prefix: usize,
+    dist: &Matrix,
+) -> Vec<f64> {
     let n = tokens - prefix;
     assert_eq!(dist.n, n, "distance matrix must match the patch count");
     (0..heads)
@@ -32,7 +38,11 @@ pub fn mean_attention_distance(attn: &[f32], heads: usize, tokens: usize, prefix
             let mut total = 0.0;
             for i in 0..n {
                 let row = &head[(i + prefix) * tokens + prefix..(i + prefix + 1) * tokens];
-                total += row.iter().zip(dist.row(i)).map(|(&a, &d)| a as f64 * d).sum::<f64>();
+                total += row
+                    .iter()
+                    .zip(dist.row(i))
+                    .map(|(&a, &d)| a as f64 * d)
+                    .sum::<f64>();
             }
             total / n as f64
         })

@@ -7,15 +7,27 @@ use super::Matrix;
 /// `pos_embed` is `[T, D]` row-major, the first `prefix` rows belong to class tokens.
 pub fn position_similarity(pos_embed: &[f32], tokens: usize, dim: usize, prefix: usize) -> Matrix {
     let n = tokens - prefix;
-    let rows: Vec<&[f32]> = (prefix..tokens).map(|t| &pos_embed[t * dim..(t + 1) * dim]).collect();
+    let rows: Vec<&[f32]> = (prefix..tokens)
+        .map(|t| &pos_embed[t * dim..(t + 1) * dim])
+        .collect();
     let norms: Vec<f64> = rows
         .iter()
-        .map(|r| r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt().max(1e-12))
+        .map(|r| {
+            r.iter()
+                .map(|&v| (v as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+                .max(1e-12)
+        })
         .collect();
     let mut data = vec![0.0; n * n];
     for i in 0..n {
         for j in 0..n {
-            let dot: f64 = rows[i].iter().zip(rows[j]).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let dot: f64 = rows[i]
+                .iter()
+                .zip(rows[j])
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum();
             data[i * n + j] = dot / (norms[i] * norms[j]);
         }
     }
@@ -25,7 +37,12 @@ pub fn position_similarity(pos_embed: &[f32], tokens: usize, dim: usize, prefix:
 /// The top `k` principal components of the patch-embedding filters (`weight` is `[D, K]`:
 /// D filters of K = C·P·P inputs), with the fraction of variance each explains.
 /// Subspace iteration on the K×K covariance of the mean-centred filters.
-pub fn patch_embedding_components(weight: &[f32], filters: usize, inputs: usize, k: usize) -> (Vec<Vec<f64>>, Vec<f64>) {
+pub fn patch_embedding_components(
+    weight: &[f32],
+    filters: usize,
+    inputs: usize,
+    k: usize,
+) -> (Vec<Vec<f64>>, Vec<f64>) {
     let k = k.min(inputs).min(filters);
     let mut mean = vec![0.0; inputs];
     for f in weight.chunks_exact(inputs) {
@@ -45,12 +62,20 @@ pub fn patch_embedding_components(weight: &[f32], filters: usize, inputs: usize,
     let total_variance: f64 = (0..inputs).map(|i| cov[i * inputs + i]).sum::<f64>().max(1e-30);
     // Deterministic start: a spread of unit-ish vectors.
     let mut q: Vec<Vec<f64>> = (0..k)
-        .map(|c| (0..inputs).map(|i| (((i * 7 + c * 13) % 17) as f64 - 8.0) + if i == c { 10.0 } else { 0.0 }).collect())
+        .map(|c| {
+            (0..inputs)
+                .map(|i| (((i * 7 + c * 13) % 17) as f64 - 8.0) + if i == c { 10.0 } else { 0.0 })
+                .collect()
+        })
         .collect();
     for _ in 0..300 {
         let mut z: Vec<Vec<f64>> = q
             .iter()
-            .map(|v| (0..inputs).map(|i| (0..inputs).map(|j| cov[i * inputs + j] * v[j]).sum()).collect())
+            .map(|v| {
+                (0..inputs)
+                    .map(|i| (0..inputs).map(|j| cov[i * inputs + j] * v[j]).sum())
+                    .collect()
+            })
             .collect();
         // Gram-Schmidt keeps the columns orthonormal (ordered by eigenvalue as they converge).
         for c in 0..k {
@@ -67,7 +92,9 @@ pub fn patch_embedding_components(weight: &[f32], filters: usize, inputs: usize,
     let explained = q
         .iter()
         .map(|v| {
-            let cv: f64 = (0..inputs).map(|i| v[i] * (0..inputs).map(|j| cov[i * inputs + j] * v[j]).sum::<f64>()).sum();
+            let cv: f64 = (0..inputs)
+                .map(|i| v[i] * (0..inputs).map(|j| cov[i * inputs + j] * v[j]).sum::<f64>())
+                .sum();
             cv / total_variance
         })
         .collect();

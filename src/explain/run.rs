@@ -48,7 +48,13 @@ impl Explainer {
             std: run.data.std.clone(),
             out_channels: config.in_chans,
         };
-        Ok(Self { model, config, run, norm, device: device.clone() })
+        Ok(Self {
+            model,
+            config,
+            run,
+            norm,
+            device: device.clone(),
+        })
     }
 
     pub fn depth(&self) -> usize {
@@ -73,8 +79,16 @@ impl Explainer {
         for img in images {
             x.extend(self.norm.image(img, channels, h, w));
         }
-        let input = Tensor::<4>::from_data(TensorData::new(x, [images.len(), self.config.in_chans, h, w]), &self.device);
-        self.model.forward_detailed(input, true).attentions.into_iter().map(to_vec).collect()
+        let input = Tensor::<4>::from_data(
+            TensorData::new(x, [images.len(), self.config.in_chans, h, w]),
+            &self.device,
+        );
+        self.model
+            .forward_detailed(input, true)
+            .attentions
+            .into_iter()
+            .map(to_vec)
+            .collect()
     }
 
     /// The rollout map over the patch grid for one image.
@@ -84,7 +98,8 @@ impl Explainer {
             .iter()
             .map(|a| head_mean(a, self.heads(), self.tokens()))
             .collect();
-        let joint = attention_rollout(&layers).ok_or_else(|| VitError::Other("model has no blocks".into()))?;
+        let joint =
+            attention_rollout(&layers).ok_or_else(|| VitError::Other("model has no blocks".into()))?;
         Ok(class_token_map(&joint, 1))
     }
 
@@ -95,7 +110,13 @@ impl Explainer {
         let attn = &self.attention(&[image])?[layer];
         let t = self.tokens();
         let m = match head {
-            Some(h) => Matrix { n: t, data: attn[h * t * t..(h + 1) * t * t].iter().map(|&v| v as f64).collect() },
+            Some(h) => Matrix {
+                n: t,
+                data: attn[h * t * t..(h + 1) * t * t]
+                    .iter()
+                    .map(|&v| v as f64)
+                    .collect(),
+            },
             None => head_mean(attn, self.heads(), t),
         };
         Ok(m.row(0)[1..].to_vec())
@@ -105,12 +126,18 @@ impl Explainer {
         if let Some(l) = layer
             && l >= self.depth()
         {
-            return Err(VitError::Config(format!("--layer {l} is out of range: valid 0..={}", self.depth() - 1)));
+            return Err(VitError::Config(format!(
+                "--layer {l} is out of range: valid 0..={}",
+                self.depth() - 1
+            )));
         }
         if let Some(h) = head
             && h >= self.heads()
         {
-            return Err(VitError::Config(format!("--head {h} is out of range: valid 0..={}", self.heads() - 1)));
+            return Err(VitError::Config(format!(
+                "--head {h} is out of range: valid 0..={}",
+                self.heads() - 1
+            )));
         }
         Ok(())
     }
@@ -126,19 +153,29 @@ impl Explainer {
             for (layer, attn) in self.attention(&batch)?.iter().enumerate() {
                 for b in 0..batch.len() {
                     let one = &attn[b * heads * t * t..(b + 1) * heads * t * t];
-                    for (s, d) in sums[layer].iter_mut().zip(mean_attention_distance(one, heads, t, 1, &dist)) {
+                    for (s, d) in sums[layer]
+                        .iter_mut()
+                        .zip(mean_attention_distance(one, heads, t, 1, &dist))
+                    {
                         *s += d;
                     }
                 }
             }
         }
-        Ok(sums.into_iter().map(|row| row.into_iter().map(|s| s / n as f64).collect()).collect())
+        Ok(sums
+            .into_iter()
+            .map(|row| row.into_iter().map(|s| s / n as f64).collect())
+            .collect())
     }
 
     pub fn position_similarity(&self) -> Result<Matrix> {
         let pos = self.model.pos_embed.val();
         let [_, t, d] = pos.dims();
-        let values = pos.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| VitError::Other(format!("{e:?}")))?;
+        let values = pos
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| VitError::Other(format!("{e:?}")))?;
         Ok(position_similarity(&values, t, d, 1))
     }
 
@@ -151,11 +188,20 @@ impl Explainer {
 }
 
 fn stem(path: &Path) -> String {
-    path.file_stem().and_then(|s| s.to_str()).unwrap_or("image").to_string()
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("image")
+        .to_string()
 }
 
 /// Writes the rollout overlay (and, with `layer`, the raw attention) of each image file.
-pub fn explain_images(ex: &Explainer, images: &[PathBuf], out: &Path, layer: Option<usize>, head: Option<usize>) -> Result<Vec<PathBuf>> {
+pub fn explain_images(
+    ex: &Explainer,
+    images: &[PathBuf],
+    out: &Path,
+    layer: Option<usize>,
+    head: Option<usize>,
+) -> Result<Vec<PathBuf>> {
     ex.check_layer_head(layer, head)?;
     if head.is_some() && layer.is_none() {
         return Err(VitError::Config("--head needs --layer".into()));
@@ -169,15 +215,29 @@ pub fn explain_images(ex: &Explainer, images: &[PathBuf], out: &Path, layer: Opt
         let name = stem(path);
         let map = ex.rollout(&img)?;
         let png = out.join(format!("{name}_rollout.png"));
-        overlay_png(&png, &format!("{}: attention rollout", path.display()), &img, channels, [h, w], &map, ex.grid())?;
+        overlay_png(
+            &png,
+            &format!("{}: attention rollout", path.display()),
+            &img,
+            channels,
+            [h, w],
+            &map,
+            ex.grid(),
+        )?;
         let json = serde_json::json!({"image": path, "grid": ex.grid(), "rollout": map});
-        write_atomic(&out.join(format!("{name}_rollout.json")), json.to_string().as_bytes())?;
+        write_atomic(
+            &out.join(format!("{name}_rollout.json")),
+            json.to_string().as_bytes(),
+        )?;
         written.push(png);
         if let Some(l) = layer {
             let raw = ex.raw_attention(&img, l, head)?;
             let which = head.map_or("mean".to_string(), |h| h.to_string());
             let png = out.join(format!("{name}_attn_layer{l}_head{which}.png"));
-            let title = format!("{}: class-token attention, block {l}, head {which}", path.display());
+            let title = format!(
+                "{}: class-token attention, block {l}, head {which}",
+                path.display()
+            );
             overlay_png(&png, &title, &img, channels, [h, w], &raw, ex.grid())?;
             written.push(png);
         }
@@ -200,7 +260,10 @@ fn summarise_similarity(sim: &Matrix, grid: [usize; 2]) -> PositionSimilaritySum
     let (mut near, mut nn, mut far, mut nf) = (0.0, 0usize, 0.0, 0usize);
     for i in 0..sim.n {
         for j in 0..sim.n {
-            let (dy, dx) = ((i / grid[1]) as f64 - (j / grid[1]) as f64, (i % grid[1]) as f64 - (j % grid[1]) as f64);
+            let (dy, dx) = (
+                (i / grid[1]) as f64 - (j / grid[1]) as f64,
+                (i % grid[1]) as f64 - (j % grid[1]) as f64,
+            );
             let d = (dy * dy + dx * dx).sqrt();
             if (d - 1.0).abs() < 1e-9 {
                 near += sim.at(i, j);
@@ -233,7 +296,9 @@ pub fn explain_figures(ex: &Explainer, data: &str, samples: usize, out: &Path) -
     let tiles = components
         .iter()
         .map(|v| {
-            let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+            let (lo, hi) = v
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
             let scale = |x: f64| (255.0 * (x - lo) / (hi - lo).max(1e-12)).round() as u8;
             (0..p * p)
                 .map(|i| {
@@ -259,13 +324,18 @@ pub fn explain_figures(ex: &Explainer, data: &str, samples: usize, out: &Path) -
         },
     )?;
     let json = serde_json::json!({"patch_size": p, "channels": ch, "explained_variance": explained, "components": components});
-    write_atomic(&out.join("patch_embedding_filters.json"), json.to_string().as_bytes())?;
+    write_atomic(
+        &out.join("patch_embedding_filters.json"),
+        json.to_string().as_bytes(),
+    )?;
     written.push(png);
 
     // 2. Position-embedding similarity: one tile per position.
     let grid = ex.grid();
     let sim = ex.position_similarity()?;
-    let tiles = (0..sim.n).map(|i| sim.row(i).iter().map(|&s| viridis((s + 1.0) / 2.0)).collect()).collect();
+    let tiles = (0..sim.n)
+        .map(|i| sim.row(i).iter().map(|&s| viridis((s + 1.0) / 2.0)).collect())
+        .collect();
     let png = out.join("position_embedding_similarity.png");
     tile_grid_png(
         &png,
@@ -280,7 +350,10 @@ pub fn explain_figures(ex: &Explainer, data: &str, samples: usize, out: &Path) -
             colour_bar: Some((-1.0, 1.0, "cosine")),
         },
     )?;
-    write_json_atomic(&out.join("position_embedding_similarity.json"), &summarise_similarity(&sim, grid))?;
+    write_json_atomic(
+        &out.join("position_embedding_similarity.json"),
+        &summarise_similarity(&sim, grid),
+    )?;
     written.push(png);
 
     // 3. Mean attention distance per head and block, over test images.
@@ -290,7 +363,11 @@ pub fn explain_figures(ex: &Explainer, data: &str, samples: usize, out: &Path) -
     let series: Vec<Series> = (0..c.num_heads)
         .map(|h| Series {
             name: format!("head {h}"),
-            points: distances.iter().enumerate().map(|(l, row)| ((l + 1) as f64, row[h])).collect(),
+            points: distances
+                .iter()
+                .enumerate()
+                .map(|(l, row)| ((l + 1) as f64, row[h]))
+                .collect(),
         })
         .collect();
     let png = out.join("mean_attention_distance.png");

@@ -31,7 +31,10 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Per-epoch columns of `log.csv`, by header name.
@@ -41,7 +44,13 @@ fn read_log(path: &Path) -> Result<Vec<std::collections::BTreeMap<String, f64>>>
     let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
     Ok(lines
         .filter(|l| !l.trim().is_empty())
-        .map(|l| header.iter().zip(l.split(',')).map(|(k, v)| (k.to_string(), v.parse().unwrap_or(f64::NAN))).collect())
+        .map(|l| {
+            header
+                .iter()
+                .zip(l.split(','))
+                .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(f64::NAN)))
+                .collect()
+        })
         .collect())
 }
 
@@ -58,12 +67,19 @@ fn figure(html: &mut String, path: &Path, caption: &str) -> Result<()> {
 
 /// Writes `out/report.html` (and the PNGs it inlines) for the run in `run_dir`, evaluating on
 /// `data` (default: the dataset the run was trained on). Returns the HTML path.
-pub fn write_report(run_dir: &Path, data: Option<&str>, out: &Path, samples: usize, device: &Device) -> Result<PathBuf> {
+pub fn write_report(
+    run_dir: &Path,
+    data: Option<&str>,
+    out: &Path,
+    samples: usize,
+    device: &Device,
+) -> Result<PathBuf> {
     let ck = find_checkpoint(run_dir, Which::Best)?;
     let run: RunConfig = read_json(&ck.config())?;
     let state: TrainState = read_json(&ck.state()).unwrap_or_default();
     let data = data.map(String::from).unwrap_or_else(|| run.data.name.clone());
-    DataSource::parse(&data).map_err(|e| VitError::Config(format!("{e}; pass --data to say where the evaluation data is")))?;
+    DataSource::parse(&data)
+        .map_err(|e| VitError::Config(format!("{e}; pass --data to say where the evaluation data is")))?;
     std::fs::create_dir_all(out).map_err(|e| VitError::io(out, e))?;
 
     let mut html = String::new();
@@ -100,13 +116,31 @@ pub fn write_report(run_dir: &Path, data: Option<&str>, out: &Path, samples: usi
     let log = read_log(&run_dir.join("log.csv")).unwrap_or_default();
     let col = |name: &str| Series {
         name: name.replace('_', " "),
-        points: log.iter().map(|r| (r["epoch"], r.get(name).copied().unwrap_or(f64::NAN))).collect(),
+        points: log
+            .iter()
+            .map(|r| (r["epoch"], r.get(name).copied().unwrap_or(f64::NAN)))
+            .collect(),
     };
     if !log.is_empty() {
         for (file, title, y, names) in [
-            ("curve_loss.png", "Loss per epoch", "loss", vec!["train_loss", "val_loss"]),
-            ("curve_accuracy.png", "Accuracy per epoch", "accuracy", vec!["train_acc", "val_acc", "val_top5"]),
-            ("curve_lr.png", "Learning rate at the end of each epoch", "learning rate", vec!["lr"]),
+            (
+                "curve_loss.png",
+                "Loss per epoch",
+                "loss",
+                vec!["train_loss", "val_loss"],
+            ),
+            (
+                "curve_accuracy.png",
+                "Accuracy per epoch",
+                "accuracy",
+                vec!["train_acc", "val_acc", "val_top5"],
+            ),
+            (
+                "curve_lr.png",
+                "Learning rate at the end of each epoch",
+                "learning rate",
+                vec!["lr"],
+            ),
         ] {
             let path = out.join(file);
             let series: Vec<Series> = names.iter().map(|n| col(n)).collect();
@@ -121,12 +155,23 @@ pub fn write_report(run_dir: &Path, data: Option<&str>, out: &Path, samples: usi
     html.push_str("<h2>Evaluation</h2>\n");
     let (result, _) = run_eval(&ck.dir, &data, 256, device)?;
     let cm = out.join("confusion_matrix.png");
-    let cm_title = format!("{} on {}: top-1 {:.2}%, top-5 {:.2}%", run.model_name, data, 100.0 * result.top1, 100.0 * result.top5);
+    let cm_title = format!(
+        "{} on {}: top-1 {:.2}%, top-5 {:.2}%",
+        run.model_name,
+        data,
+        100.0 * result.top1,
+        100.0 * result.top5
+    );
     confusion_matrix_png(&cm, &result.confusion, &run.data.class_names, &cm_title)?;
     figure(&mut html, &cm, &cm_title)?;
     html.push_str("<table><tr><th>class</th><th>accuracy</th></tr>");
     for (name, acc) in run.data.class_names.iter().zip(result.per_class()) {
-        let _ = write!(html, "<tr><td>{}</td><td>{:.2}%</td></tr>", escape(name), 100.0 * acc);
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{:.2}%</td></tr>",
+            escape(name),
+            100.0 * acc
+        );
     }
     html.push_str("</table>\n");
 
@@ -152,8 +197,20 @@ pub fn write_report(run_dir: &Path, data: Option<&str>, out: &Path, samples: usi
                 let map = ex.rollout(img)?;
                 let label = &run.data.class_names[splits.test.labels[i] as usize];
                 let path = out.join(format!("rollout_test_{i}.png"));
-                overlay_png(&path, &format!("test image {i} ({label})"), img, splits.test.channels, [h, w], &map, ex.grid())?;
-                figure(&mut html, &path, &format!("test image {i}, true class {label}: image and attention rollout"))?;
+                overlay_png(
+                    &path,
+                    &format!("test image {i} ({label})"),
+                    img,
+                    splits.test.channels,
+                    [h, w],
+                    &map,
+                    ex.grid(),
+                )?;
+                figure(
+                    &mut html,
+                    &path,
+                    &format!("test image {i}, true class {label}: image and attention rollout"),
+                )?;
             }
         }
         Err(e) => {
@@ -170,7 +227,13 @@ pub fn write_report(run_dir: &Path, data: Option<&str>, out: &Path, samples: usi
 mod tests {
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        for (input, want) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
+        for (input, want) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
             assert_eq!(super::base64(input.as_bytes()), want);
         }
     }

@@ -59,7 +59,14 @@ const PALETTE: [RGBColor; 8] = [
 ];
 
 /// Lines (with markers) or, with `scatter`, markers only; one colour per series, legend top right.
-pub fn xy_chart_png(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series], scatter: bool) -> Result<()> {
+pub fn xy_chart_png(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    scatter: bool,
+) -> Result<()> {
     register_fonts();
     let root = BitMapBackend::new(path, (720, 460)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
@@ -80,7 +87,12 @@ pub fn xy_chart_png(path: &Path, title: &str, x_label: &str, y_label: &str, seri
         .map_err(|e| plot_err(path, e))?;
     for (k, s) in series.iter().enumerate() {
         let colour = PALETTE[k % PALETTE.len()];
-        let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
+        let pts: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .copied()
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .collect();
         if !scatter {
             chart
                 .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))
@@ -133,8 +145,12 @@ pub fn tile_grid_png(path: &Path, grid: &TileGrid) -> Result<()> {
     let root = BitMapBackend::new(path, (w, h)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
     let font = |s: u32| ("sans-serif", s).into_font();
-    root.draw(&Text::new(grid.title.to_string(), (left as i32, 12), font(18).color(&BLACK)))
-        .map_err(|e| plot_err(path, e))?;
+    root.draw(&Text::new(
+        grid.title.to_string(),
+        (left as i32, 12),
+        font(18).color(&BLACK),
+    ))
+    .map_err(|e| plot_err(path, e))?;
     for (k, tile) in grid.tiles.iter().enumerate() {
         let (r, c) = (k / grid.cols, k % grid.cols);
         let x0 = left + c * (tw * cell + gap);
@@ -142,14 +158,21 @@ pub fn tile_grid_png(path: &Path, grid: &TileGrid) -> Result<()> {
         for (p, colour) in tile.iter().enumerate() {
             let (y, x) = (p / tw, p % tw);
             let (px, py) = ((x0 + x * cell) as i32, (y0 + y * cell) as i32);
-            root.draw(&Rectangle::new([(px, py), (px + cell as i32, py + cell as i32)], colour.filled()))
-                .map_err(|e| plot_err(path, e))?;
+            root.draw(&Rectangle::new(
+                [(px, py), (px + cell as i32, py + cell as i32)],
+                colour.filled(),
+            ))
+            .map_err(|e| plot_err(path, e))?;
         }
     }
     // Axis labels with tick numbers at the first and last tile.
     let axis = font(13).color(&BLACK);
-    root.draw(&Text::new(format!("{} →", grid.col_label), ((left + gw / 2) as i32 - 60, (top + gh + 12) as i32), axis.clone()))
-        .map_err(|e| plot_err(path, e))?;
+    root.draw(&Text::new(
+        format!("{} →", grid.col_label),
+        ((left + gw / 2) as i32 - 60, (top + gh + 12) as i32),
+        axis.clone(),
+    ))
+    .map_err(|e| plot_err(path, e))?;
     root.draw(&Text::new(
         format!("{} →", grid.row_label),
         (14, (top + gh / 2) as i32 + 40),
@@ -158,13 +181,21 @@ pub fn tile_grid_png(path: &Path, grid: &TileGrid) -> Result<()> {
     .map_err(|e| plot_err(path, e))?;
     for c in [0, grid.cols - 1] {
         let x = left + c * (tw * cell + gap) + tw * cell / 2;
-        root.draw(&Text::new(format!("{}", c + 1), (x as i32 - 4, (top - 16) as i32), axis.clone()))
-            .map_err(|e| plot_err(path, e))?;
+        root.draw(&Text::new(
+            format!("{}", c + 1),
+            (x as i32 - 4, (top - 16) as i32),
+            axis.clone(),
+        ))
+        .map_err(|e| plot_err(path, e))?;
     }
     for r in [0, grid.rows - 1] {
         let y = top + r * (th * cell + gap) + th * cell / 2;
-        root.draw(&Text::new(format!("{}", r + 1), (left as i32 - 22, y as i32 - 6), axis.clone()))
-            .map_err(|e| plot_err(path, e))?;
+        root.draw(&Text::new(
+            format!("{}", r + 1),
+            (left as i32 - 22, y as i32 - 6),
+            axis.clone(),
+        ))
+        .map_err(|e| plot_err(path, e))?;
     }
     if let Some((lo, hi, caption)) = grid.colour_bar {
         let x0 = (left + gw + 20) as i32;
@@ -172,13 +203,30 @@ pub fn tile_grid_png(path: &Path, grid: &TileGrid) -> Result<()> {
         for s in 0..steps {
             let t = 1.0 - s as f64 / steps as f64;
             let y = top as i32 + (s * gh / steps) as i32;
-            root.draw(&Rectangle::new([(x0, y), (x0 + 16, y + (gh / steps) as i32 + 1)], viridis(t).filled()))
-                .map_err(|e| plot_err(path, e))?;
-        }
-        root.draw(&Text::new(format!("{hi:.1}"), (x0 + 20, top as i32), axis.clone())).map_err(|e| plot_err(path, e))?;
-        root.draw(&Text::new(format!("{lo:.1}"), (x0 + 20, (top + gh) as i32 - 12), axis.clone()))
+            root.draw(&Rectangle::new(
+                [(x0, y), (x0 + 16, y + (gh / steps) as i32 + 1)],
+                viridis(t).filled(),
+            ))
             .map_err(|e| plot_err(path, e))?;
-        root.draw(&Text::new(caption.to_string(), (x0 - 4, (top + gh) as i32 + 12), axis)).map_err(|e| plot_err(path, e))?;
+        }
+        root.draw(&Text::new(
+            format!("{hi:.1}"),
+            (x0 + 20, top as i32),
+            axis.clone(),
+        ))
+        .map_err(|e| plot_err(path, e))?;
+        root.draw(&Text::new(
+            format!("{lo:.1}"),
+            (x0 + 20, (top + gh) as i32 - 12),
+            axis.clone(),
+        ))
+        .map_err(|e| plot_err(path, e))?;
+        root.draw(&Text::new(
+            caption.to_string(),
+            (x0 - 4, (top + gh) as i32 + 12),
+            axis,
+        ))
+        .map_err(|e| plot_err(path, e))?;
     }
     root.present().map_err(|e| plot_err(path, e))?;
     Ok(())
@@ -198,7 +246,8 @@ pub fn upsample(map: &[f64], grid: [usize; 2], size: [usize; 2]) -> Vec<f64> {
             let (x0, wx) = (fx.floor() as usize, fx - fx.floor());
             let x1 = (x0 + 1).min(gw - 1);
             let m = |yy: usize, xx: usize| map[yy * gw + xx];
-            out[y * w + x] = (1.0 - wy) * ((1.0 - wx) * m(y0, x0) + wx * m(y0, x1)) + wy * ((1.0 - wx) * m(y1, x0) + wx * m(y1, x1));
+            out[y * w + x] = (1.0 - wy) * ((1.0 - wx) * m(y0, x0) + wx * m(y0, x1))
+                + wy * ((1.0 - wx) * m(y1, x0) + wx * m(y1, x1));
         }
     }
     out
@@ -206,18 +255,32 @@ pub fn upsample(map: &[f64], grid: [usize; 2], size: [usize; 2]) -> Vec<f64> {
 
 /// The image beside the image overlaid with `map` (a patch-grid heat map, min-max scaled,
 /// upsampled to the image), shown enlarged, with a title.
-pub fn overlay_png(path: &Path, title: &str, image: &[u8], channels: usize, size: [usize; 2], map: &[f64], grid: [usize; 2]) -> Result<()> {
+pub fn overlay_png(
+    path: &Path,
+    title: &str,
+    image: &[u8],
+    channels: usize,
+    size: [usize; 2],
+    map: &[f64],
+    grid: [usize; 2],
+) -> Result<()> {
     register_fonts();
     let [h, w] = size;
     let zoom = (256 / h.max(w)).max(1);
     let heat = upsample(map, grid, size);
-    let (lo, hi) = heat.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let (lo, hi) = heat
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
     let span = (hi - lo).max(1e-12);
     let (pw, ph) = (w * zoom, h * zoom);
     let root = BitMapBackend::new(path, ((2 * pw + 30) as u32, (ph + 50) as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
-    root.draw(&Text::new(title.to_string(), (10, 8), ("sans-serif", 15).into_font().color(&BLACK)))
-        .map_err(|e| plot_err(path, e))?;
+    root.draw(&Text::new(
+        title.to_string(),
+        (10, 8),
+        ("sans-serif", 15).into_font().color(&BLACK),
+    ))
+    .map_err(|e| plot_err(path, e))?;
     let plane = h * w;
     for y in 0..h {
         for x in 0..w {
@@ -226,14 +289,20 @@ pub fn overlay_png(path: &Path, title: &str, image: &[u8], channels: usize, size
             let t = (heat[y * w + x] - lo) / span;
             let hc = viridis(t);
             let blend = |a: f64, c: u8| (0.45 * a + 0.55 * c as f64).round() as u8;
-            for (k, colour) in [RGBColor(r as u8, g as u8, b as u8), RGBColor(blend(r, hc.0), blend(g, hc.1), blend(b, hc.2))]
-                .into_iter()
-                .enumerate()
+            for (k, colour) in [
+                RGBColor(r as u8, g as u8, b as u8),
+                RGBColor(blend(r, hc.0), blend(g, hc.1), blend(b, hc.2)),
+            ]
+            .into_iter()
+            .enumerate()
             {
                 let x0 = (10 + k * (pw + 10) + x * zoom) as i32;
                 let y0 = (40 + y * zoom) as i32;
-                root.draw(&Rectangle::new([(x0, y0), (x0 + zoom as i32, y0 + zoom as i32)], colour.filled()))
-                    .map_err(|e| plot_err(path, e))?;
+                root.draw(&Rectangle::new(
+                    [(x0, y0), (x0 + zoom as i32, y0 + zoom as i32)],
+                    colour.filled(),
+                ))
+                .map_err(|e| plot_err(path, e))?;
             }
         }
     }
