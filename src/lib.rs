@@ -6,6 +6,7 @@
 //! `cli/` is a thin layer over these.
 
 pub mod app;
+pub mod bench;
 pub mod data;
 pub mod device;
 pub mod error;

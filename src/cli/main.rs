@@ -43,6 +43,29 @@ enum Command {
     Explain(ExplainArgs),
     /// One self-contained HTML report of a run: curves, confusion matrix, figures, rollouts.
     Report(ReportArgs),
+    /// Time training or inference steps of a preset on random data.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[arg(long, default_value = "vit_tiny_patch4_32")]
+    model: String,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// train (forward, backward and an AdamW step) or infer (forward only).
+    #[arg(long, default_value = "train")]
+    mode: String,
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Infer mode: also hand back every block's attention.
+    #[arg(long)]
+    attention: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -346,6 +369,42 @@ fn report(args: ReportArgs, device: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn bench(args: BenchArgs, device: &str) -> anyhow::Result<()> {
+    use vitkit::bench::{BenchMode, bench};
+    let device = parse_device(device)?;
+    let mode = match args.mode.as_str() {
+        "train" => BenchMode::Train,
+        "infer" => BenchMode::Infer,
+        other => anyhow::bail!("unknown --mode '{other}'; valid: train, infer"),
+    };
+    let r = bench(
+        &args.model,
+        mode,
+        args.batch_size,
+        args.steps,
+        args.warmup,
+        args.attention,
+        &device,
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{} {} batch {}: median {:.1} ms (min {:.1}, max {:.1}) over {} steps, {:.1} images/s, peak RSS {:.0} MiB",
+            r.model,
+            r.mode,
+            r.batch_size,
+            r.median_ms,
+            r.min_ms,
+            r.max_ms,
+            r.steps,
+            r.images_per_s,
+            r.peak_rss_mib
+        );
+    }
+    Ok(())
+}
+
 fn models() {
     println!("{:<26} {:>13}  {:>9}  description", "name", "parameters", "input");
     for p in PRESETS {
@@ -387,6 +446,7 @@ fn main() -> ExitCode {
         Command::ShowData(a) => show_data(a),
         Command::Explain(a) => explain(a, &cli.device),
         Command::Report(a) => report(a, &cli.device),
+        Command::Bench(a) => bench(a, &cli.device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

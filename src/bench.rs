@@ -1,0 +1,124 @@
+//! `vitkit bench`: step time, throughput and peak memory of a preset, for comparing with
+//! PyTorch on the same machine (ratios side by side, never in timed tests).
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Distribution, Tensor};
+use serde::Serialize;
+
+use crate::models::{ModelConfig, preset};
+use crate::train::{TrainConfig, build_optimizer};
+use crate::{Result, VitError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchMode {
+    Train,
+    Infer,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub model: String,
+    pub mode: String,
+    pub batch_size: usize,
+    pub steps: usize,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    pub images_per_s: f64,
+    /// Peak resident memory of the whole process (VmHWM), MiB.
+    pub peak_rss_mib: f64,
+    pub keep_attention: bool,
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(String::from))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Times `steps` steps after `warmup` untimed ones. In infer mode, `keep_attention` asks the
+/// model for every block's attention (to show what that costs).
+pub fn bench(
+    model: &str,
+    mode: BenchMode,
+    batch: usize,
+    steps: usize,
+    warmup: usize,
+    keep_attention: bool,
+    device: &Device,
+) -> Result<BenchResult> {
+    if batch == 0 || steps == 0 {
+        return Err(VitError::Config("batch size and steps must be positive".into()));
+    }
+    let ModelConfig::Vit(c) = preset(model)?;
+    let [h, w] = c.img_size;
+    let shape = [batch, c.in_chans, h, w];
+    let mut times = Vec::with_capacity(steps);
+    match mode {
+        BenchMode::Infer => {
+            let m = c.init(device)?;
+            let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device);
+            for i in 0..warmup + steps {
+                let t = Instant::now();
+                if keep_attention {
+                    let out = m.forward_detailed(x.clone(), true);
+                    let _ = out.logits.into_data();
+                    // The attention tensors are handed back; reading them is the caller's cost.
+                    drop(out.attentions);
+                } else {
+                    let _ = m.forward(x.clone()).into_data();
+                }
+                if i >= warmup {
+                    times.push(t.elapsed().as_secs_f64());
+                }
+            }
+        }
+        BenchMode::Train => {
+            let ad = device.clone().autodiff();
+            let mut m = c.init(&ad)?;
+            let mut optim = build_optimizer(&m, &TrainConfig::default());
+            let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &ad);
+            let labels = Tensor::<2>::random([batch, c.num_classes], Distribution::Uniform(0.0, 1.0), &ad);
+            for i in 0..warmup + steps {
+                let t = Instant::now();
+                let loss = (log_softmax(m.forward(x.clone()), 1) * labels.clone())
+                    .sum_dim(1)
+                    .mean()
+                    .neg();
+                let grads = GradientsParams::from_grads(loss.backward(), &m);
+                m = optim.step(1e-4, m, grads);
+                // Wait for the step to finish before stopping the clock.
+                let _ = m.head.weight.val().into_data();
+                if i >= warmup {
+                    times.push(t.elapsed().as_secs_f64());
+                }
+            }
+            let _ = m.num_params();
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    Ok(BenchResult {
+        model: model.to_string(),
+        mode: if mode == BenchMode::Train {
+            "train"
+        } else {
+            "infer"
+        }
+        .into(),
+        batch_size: batch,
+        steps,
+        median_ms: 1e3 * median,
+        min_ms: 1e3 * times[0],
+        max_ms: 1e3 * times[times.len() - 1],
+        images_per_s: batch as f64 / median,
+        peak_rss_mib: peak_rss_mib(),
+        keep_attention,
+    })
+}
