@@ -3,11 +3,13 @@
 
 mod atomic;
 mod checkpoint;
+mod import;
 mod weights;
 
 pub use atomic::{write_atomic, write_json_atomic};
 pub(crate) use checkpoint::Pointer;
 pub use checkpoint::{CheckpointPaths, RunConfig, TrainState, Which, find_checkpoint, read_json};
+pub use import::{ImportOptions, Resample, WeightSource, import_vit, resample_pos_embed};
 pub use weights::{
     FileTensor, LoadReport, SafetensorsContents, load_weights, load_weights_from_bytes, named_tensors,
     read_safetensors, save_weights, weights_to_bytes,

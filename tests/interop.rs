@@ -1,0 +1,234 @@
+//! timm and Hugging Face checkpoints in vitkit: numerical parity with the PyTorch references
+//! (fixtures from tools/make_vit_fixtures.py), resampled position embeddings, and errors.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use vitkit::io::{ImportOptions, Resample, WeightSource, import_vit, read_safetensors, resample_pos_embed};
+use vitkit::models::{GlobalPool, VitConfig};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn small(pool: GlobalPool, img: [usize; 2], eps: f64) -> VitConfig {
+    VitConfig {
+        num_classes: 5,
+        global_pool: pool,
+        img_size: img,
+        norm_eps: eps,
+        ..VitConfig::new(32, 8, 48, 2, 3)
+    }
+}
+
+/// Imports `weights` and compares logits and pooled features with `io`; returns max |Δ|.
+fn parity(weights: &str, io: &str, source: WeightSource, config: VitConfig) -> f32 {
+    let device = Device::flex();
+    let opts = ImportOptions {
+        strict: true,
+        ..Default::default()
+    };
+    let (model, report) = import_vit(&fixture(weights), source, &config, &opts, &device).unwrap();
+    assert!(report.is_exact(), "{}", report.describe());
+    let (io, _) = read_safetensors(&fixture(io)).unwrap();
+    let x = &io["pixel_values"];
+    let out = model.forward_detailed(
+        Tensor::<4>::from_data(TensorData::new(x.values.clone(), x.shape.clone()), &device),
+        false,
+    );
+    let mut worst = 0f32;
+    for (name, got) in [("logits", out.logits), ("pre_logits", out.pre_logits)] {
+        let got = got.into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(got.len(), io[name].values.len());
+        let max = got
+            .iter()
+            .zip(&io[name].values)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        println!("{weights} -> {name}: max |Δ| = {max:.2e}");
+        worst = worst.max(max);
+    }
+    worst
+}
+
+#[test]
+fn timm_class_token_model_matches() {
+    let d = parity(
+        "vit_token.weights.safetensors",
+        "vit_token.io.safetensors",
+        WeightSource::Timm,
+        small(GlobalPool::Token, [32, 32], 1e-6),
+    );
+    assert!(d <= 1e-4, "max |Δ| = {d}");
+}
+
+#[test]
+fn timm_average_pool_model_matches() {
+    let d = parity(
+        "vit_avg.weights.safetensors",
+        "vit_avg.io.safetensors",
+        WeightSource::Timm,
+        small(GlobalPool::Avg, [32, 32], 1e-6),
+    );
+    assert!(d <= 1e-4, "max |Δ| = {d}");
+}
+
+#[test]
+fn hugging_face_model_matches() {
+    for file in ["hf_vit.weights.safetensors", "hf_vit_v4names.weights.safetensors"] {
+        let d = parity(
+            file,
+            "hf_vit.io.safetensors",
+            WeightSource::Hf,
+            small(GlobalPool::Token, [32, 32], 1e-12),
+        );
+        assert!(d <= 1e-4, "{file}: max |Δ| = {d}");
+    }
+}
+
+#[test]
+fn timm_model_at_another_non_square_resolution_matches() {
+    // Built for 32x32 (4x4 grid), run at 48x32 (6x4 grid) with the position embedding resampled.
+    let d = parity(
+        "vit_token.weights.safetensors",
+        "vit_token_48x32.io.safetensors",
+        WeightSource::Timm,
+        small(GlobalPool::Token, [48, 32], 1e-6),
+    );
+    assert!(d <= 1e-4, "max |Δ| = {d}");
+}
+
+#[test]
+fn resampling_keeps_the_class_token_and_an_unchanged_grid() {
+    let pos: Vec<f32> = (0..(1 + 9) * 2).map(|i| i as f32 * 0.1).collect();
+    for mode in [Resample::BicubicAntialias, Resample::Bilinear] {
+        let same = resample_pos_embed(&pos, 2, 1, [3, 3], [3, 3], mode);
+        let max = same
+            .iter()
+            .zip(&pos)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(max < 1e-6, "{mode:?}: {max}");
+        let bigger = resample_pos_embed(&pos, 2, 1, [3, 3], [5, 6], mode);
+        assert_eq!(bigger.len(), (1 + 30) * 2);
+        assert_eq!(&bigger[..2], &pos[..2], "class token copied");
+    }
+    // A linear ramp stays a ramp under bilinear upsampling (away from the clamped borders).
+    let ramp: Vec<f32> = std::iter::once(0.0)
+        .chain((0..4).flat_map(|y| (0..4).map(move |x| (y * 4 + x) as f32)))
+        .collect();
+    let up = resample_pos_embed(&ramp, 1, 1, [4, 4], [8, 8], Resample::Bilinear);
+    let at = |y: usize, x: usize| up[1 + y * 8 + x];
+    assert!((at(3, 4) - at(3, 3) - 0.5).abs() < 1e-5 && (at(4, 3) - at(3, 3) - 2.0).abs() < 1e-5);
+}
+
+#[test]
+fn mismatched_files_are_explained() {
+    let device = Device::flex();
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(GlobalPool::Token, [32, 32], 1e-6);
+    let opts = ImportOptions::default();
+
+    // Not a safetensors file, and a truncated one.
+    let junk = dir.path().join("junk.safetensors");
+    std::fs::write(&junk, b"PK\x03\x04 a zip file").unwrap();
+    let msg = import_vit(&junk, WeightSource::Timm, &config, &opts, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("junk.safetensors") && msg.contains("not a valid safetensors"),
+        "{msg}"
+    );
+    let bytes = std::fs::read(fixture("vit_token.weights.safetensors")).unwrap();
+    let cut = dir.path().join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(
+        import_vit(&cut, WeightSource::Timm, &config, &opts, &device)
+            .unwrap_err()
+            .to_string()
+            .contains("cut.safetensors")
+    );
+
+    // Another architecture: nothing matches.
+    let resnet = dir.path().join("resnet.safetensors");
+    let conv = vec![0u8; 4 * 64 * 3 * 7 * 7];
+    let tensors = vec![(
+        "conv1.weight".to_string(),
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![64, 3, 7, 7], &conv).unwrap(),
+    )];
+    std::fs::write(&resnet, safetensors::serialize(tensors, None).unwrap()).unwrap();
+    let msg = import_vit(&resnet, WeightSource::Timm, &config, &opts, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("none of the ViT's parameters") && msg.contains("conv1.weight"),
+        "{msg}"
+    );
+
+    // A head of another size: loaded without it (reported), or refused with --strict.
+    let ten = VitConfig {
+        num_classes: 10,
+        ..config.clone()
+    };
+    let (_, report) = import_vit(
+        &fixture("vit_token.weights.safetensors"),
+        WeightSource::Timm,
+        &ten,
+        &opts,
+        &device,
+    )
+    .unwrap();
+    let mut names: Vec<&str> = report.mismatched.iter().map(|m| m.0.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["head.bias", "head.weight"]);
+    let strict = ImportOptions {
+        strict: true,
+        ..Default::default()
+    };
+    let msg = import_vit(
+        &fixture("vit_token.weights.safetensors"),
+        WeightSource::Timm,
+        &ten,
+        &strict,
+        &device,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        msg.contains("shape mismatch for head.weight: file [5, 48], model [10, 48]"),
+        "{msg}"
+    );
+
+    // Wrong source: HF names read as timm match nothing.
+    let msg = import_vit(
+        &fixture("hf_vit.weights.safetensors"),
+        WeightSource::Timm,
+        &config,
+        &opts,
+        &device,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        msg.contains("vit.embeddings") || msg.contains("classifier"),
+        "{msg}"
+    );
+
+    // An image size the patch size does not divide.
+    let odd = VitConfig {
+        img_size: [36, 36],
+        ..config
+    };
+    let msg = import_vit(
+        &fixture("vit_token.weights.safetensors"),
+        WeightSource::Timm,
+        &odd,
+        &opts,
+        &device,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(msg.contains("not divisible by the patch size"), "{msg}");
+}
