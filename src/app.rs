@@ -10,7 +10,9 @@ use burn::module::Module;
 use crate::data::{
     Augment, DataSource, DatasetSplits, FolderOptions, ImageDataset, Normalize, load_image_file,
 };
-use crate::io::{RunConfig, Which, find_checkpoint, load_weights, read_json};
+use crate::io::{
+    ImportOptions, RunConfig, WeightSource, Which, find_checkpoint, import_vit, load_weights, read_json,
+};
 use crate::models::{ModelConfig, preset};
 use crate::train::{EvalResult, Session, TrainConfig, TrainOutcome, evaluate, predict_batch, train};
 use crate::{Result, VitError};
@@ -24,6 +26,8 @@ pub struct TrainRequest {
     pub img_size: Option<usize>,
     pub drop_path: Option<f64>,
     pub session: Session,
+    /// Start from these weights (fine-tuning) instead of a random initialisation.
+    pub init_weights: Option<(PathBuf, WeightSource)>,
     pub skip_bad_images: bool,
     pub recipe: TrainConfig,
 }
@@ -52,12 +56,17 @@ pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
         c.drop_path_rate = dp;
     }
     let splits = load_data(&source, config.img_size(), req.skip_bad_images)?;
-    // Data decides the head and input channels, as timm's create_model(num_classes=, in_chans=).
-    let config = config.adapted(
-        Some(splits.info.class_names.len()),
-        Some(splits.info.channels),
-        None,
-    )?;
+    // Data decides the head and input channels, as timm's create_model(num_classes=, in_chans=);
+    // a pretrained model keeps its channels (grey images are replicated to RGB).
+    let channels = if req.init_weights.is_some() {
+        None
+    } else {
+        Some(splits.info.channels)
+    };
+    let mut config = config.adapted(Some(splits.info.class_names.len()), channels, None)?;
+    if let (Some((_, WeightSource::Hf)), ModelConfig::Vit(c)) = (&req.init_weights, &mut config) {
+        c.norm_eps = 1e-12;
+    }
     let run = RunConfig {
         model_name: req.model.clone(),
         model: config.clone(),
@@ -67,7 +76,18 @@ pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
     let train_device = device.clone().autodiff();
     match &config {
         ModelConfig::Vit(c) => train(
-            c.init(&train_device)?,
+            match &req.init_weights {
+                None => c.init(&train_device)?,
+                Some((file, source)) => {
+                    // Fine-tuning: everything but a head of another size comes from the file.
+                    let (vit, report) =
+                        import_vit(file, *source, c, &ImportOptions::default(), &train_device)?;
+                    if !report.is_exact() {
+                        eprintln!("note: {}: {}", file.display(), report.describe());
+                    }
+                    vit
+                }
+            },
             run,
             &splits,
             &req.out,
@@ -76,6 +96,72 @@ pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
         ),
     }
 }
+
+/// A weights file from timm or Hugging Face, read into a preset's architecture.
+#[derive(Debug, Clone)]
+pub struct WeightsSpec {
+    pub file: PathBuf,
+    pub source: WeightSource,
+    /// The preset whose architecture the file holds.
+    pub model: String,
+    /// Run at this (square) size, resampling the position embedding.
+    pub img_size: Option<usize>,
+    /// Replace the classifier head with one of this many classes (left initialised).
+    pub num_classes: Option<usize>,
+    pub strict: bool,
+}
+
+impl WeightsSpec {
+    /// The model with the file's weights, and a run configuration describing it (class names
+    /// are indices; inputs are normalised with mean = std = 0.5, as timm's and Hugging Face's
+    /// ViT checkpoints expect). Keys that did not match are printed to stderr.
+    pub fn import(&self, device: &Device) -> Result<(crate::models::Vit, RunConfig)> {
+        let ModelConfig::Vit(mut c) = preset(&self.model)?;
+        if let Some(s) = self.img_size {
+            c.img_size = [s, s];
+        }
+        if let Some(k) = self.num_classes {
+            c.num_classes = k;
+        }
+        if self.source == WeightSource::Hf {
+            // transformers' ViTConfig.layer_norm_eps default.
+            c.norm_eps = 1e-12;
+        }
+        let opts = ImportOptions {
+            strict: self.strict,
+            ..Default::default()
+        };
+        let (vit, report) = import_vit(&self.file, self.source, &c, &opts, device)?;
+        if !report.is_exact() {
+            eprintln!("note: {}: {}", self.file.display(), report.describe());
+        }
+        let run = RunConfig {
+            model_name: self.model.clone(),
+            model: ModelConfig::Vit(c.clone()),
+            data: crate::data::DataInfo {
+                name: "imported".into(),
+                class_names: (0..c.num_classes).map(|i| i.to_string()).collect(),
+                channels: c.in_chans,
+                mean: vec![0.5; c.in_chans],
+                std: vec![0.5; c.in_chans],
+            },
+            train: None,
+        };
+        Ok((vit, run))
+    }
+}
+
+/// Where a model's weights come from.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    /// A vitkit run or checkpoint directory.
+    Checkpoint(PathBuf),
+    /// A foreign weights file.
+    Weights(WeightsSpec),
+}
+
+/// A row-major matrix on the host with its `[rows, cols]`.
+pub type HostMatrix = (Vec<f32>, [usize; 2]);
 
 /// A trained classifier of any family, loaded from a checkpoint for inference.
 pub enum LoadedModel {
@@ -97,10 +183,47 @@ impl LoadedModel {
         Ok((model, run))
     }
 
+    /// Loads from a vitkit checkpoint or a foreign weights file.
+    pub fn from_source(source: &ModelSource, device: &Device) -> Result<(Self, RunConfig)> {
+        match source {
+            ModelSource::Checkpoint(dir) => Self::load(dir, device),
+            ModelSource::Weights(spec) => {
+                let (vit, run) = spec.import(device)?;
+                Ok((LoadedModel::Vit(vit.valid()), run))
+            }
+        }
+    }
+
     /// The ViT inside, or the family name of a model that is not one.
     pub fn into_vit(self) -> std::result::Result<crate::models::Vit, &'static str> {
         match self {
             LoadedModel::Vit(m) => Ok(m),
+        }
+    }
+
+    /// Logits `[B, K]` and pooled features `[B, D]` for a `[B, C, H, W]` batch.
+    pub fn logits_and_features(
+        &self,
+        images: Vec<f32>,
+        shape: [usize; 4],
+        device: &Device,
+    ) -> Result<(HostMatrix, HostMatrix)> {
+        match self {
+            LoadedModel::Vit(m) => {
+                let x = burn::tensor::Tensor::<4>::from_data(
+                    burn::tensor::TensorData::new(images, shape),
+                    device,
+                );
+                let out = m.forward_detailed(x, false);
+                let (ld, fd) = (out.logits.dims(), out.pre_logits.dims());
+                let host = |t: burn::tensor::Tensor<2>| {
+                    t.into_data()
+                        .convert::<f32>()
+                        .try_into_vec::<f32>()
+                        .map_err(|e| VitError::Other(format!("{e:?}")))
+                };
+                Ok(((host(out.logits)?, ld), (host(out.pre_logits)?, fd)))
+            }
         }
     }
 
@@ -126,12 +249,12 @@ impl LoadedModel {
 
 /// Evaluates a checkpoint on the test split of `data`.
 pub fn run_eval(
-    checkpoint: &Path,
+    checkpoint: &ModelSource,
     data: &str,
     batch_size: usize,
     device: &Device,
 ) -> Result<(EvalResult, RunConfig)> {
-    let (model, run) = LoadedModel::load(checkpoint, device)?;
+    let (model, run) = LoadedModel::from_source(checkpoint, device)?;
     let source = DataSource::parse(data)?;
     let splits = load_data(&source, run.model.img_size(), false)?;
     if splits.info.class_names.len() != run.model.num_classes() {
@@ -167,12 +290,12 @@ pub struct Prediction {
 
 /// Top-`k` (class name, probability) for each image file.
 pub fn run_predict(
-    checkpoint: &Path,
+    checkpoint: &ModelSource,
     images: &[PathBuf],
     k: usize,
     device: &Device,
 ) -> Result<Vec<Prediction>> {
-    let (model, run) = LoadedModel::load(checkpoint, device)?;
+    let (model, run) = LoadedModel::from_source(checkpoint, device)?;
     let [h, w] = run.model.img_size();
     let channels = run.model.in_chans();
     let norm = Normalize {
@@ -216,4 +339,61 @@ pub fn default_augment(data: &str) -> Option<Augment> {
         .ok()
         .map(|s| s.default_augment())
         .filter(|a| a.crop_padding > 0 || a.hflip)
+}
+
+/// `vitkit infer`: reads `pixel_values` `[B, C, H, W]` (f32, preprocessed) from a safetensors
+/// file and writes `logits` `[B, K]` and `pre_logits` `[B, D]` to another. Returns B.
+pub fn run_infer(source: &ModelSource, input: &Path, output: &Path, device: &Device) -> Result<usize> {
+    let (model, run) = LoadedModel::from_source(source, device)?;
+    let (mut tensors, _) = crate::io::read_safetensors(input)?;
+    let bad = |reason: String| VitError::BadData {
+        path: input.to_path_buf(),
+        reason,
+    };
+    let x = tensors
+        .remove("pixel_values")
+        .ok_or_else(|| bad("no tensor named pixel_values".into()))?;
+    let [h, w] = run.model.img_size();
+    let c = run.model.in_chans();
+    if x.shape.len() != 4 || x.shape[1] != c || x.shape[2] != h || x.shape[3] != w {
+        return Err(bad(format!(
+            "pixel_values has shape {:?}; the model takes [B, {c}, {h}, {w}]",
+            x.shape
+        )));
+    }
+    let batch = x.shape[0];
+    let ((logits, ld), (feats, fd)) = model.logits_and_features(x.values, [batch, c, h, w], device)?;
+    let bytes = |v: &[f32]| v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
+    let (lb, fb) = (bytes(&logits), bytes(&feats));
+    let err = |e: safetensors::SafeTensorError| VitError::Other(e.to_string());
+    let logits_view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, ld.to_vec(), &lb).map_err(err)?;
+    let feats_view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, fd.to_vec(), &fb).map_err(err)?;
+    let file = safetensors::serialize(vec![("logits", logits_view), ("pre_logits", feats_view)], None)
+        .map_err(err)?;
+    crate::io::write_atomic(output, &file)?;
+    Ok(batch)
+}
+
+/// `vitkit import`: converts a foreign weights file into a vitkit checkpoint directory
+/// (`model.safetensors` + `config.json`). Refuses to overwrite an existing checkpoint.
+pub fn run_import(spec: &WeightsSpec, out: &Path, device: &Device) -> Result<RunConfig> {
+    let target = crate::io::CheckpointPaths::new(out);
+    if target.model().exists() || target.config().exists() {
+        return Err(VitError::Config(format!(
+            "{} already holds a checkpoint; choose another --out",
+            out.display()
+        )));
+    }
+    let (vit, run) = spec.import(device)?;
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("vitkit.model".to_string(), spec.model.clone());
+    meta.insert(
+        "vitkit.imported_from".to_string(),
+        spec.file.display().to_string(),
+    );
+    crate::io::save_weights(&vit, &target.model(), &meta)?;
+    crate::io::write_json_atomic(&target.config(), &run)?;
+    Ok(run)
 }

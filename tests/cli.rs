@@ -2,6 +2,7 @@
 //! the train → eval → predict path on the built-in data.
 
 use std::path::Path;
+
 use std::process::{Command, Output};
 
 fn vitkit(args: &[&str]) -> Output {
@@ -188,5 +189,194 @@ fn models_lists_presets_with_counts() {
     assert!(
         stdout.contains("vit_base_patch16_224") && stdout.contains("86,567,656"),
         "{stdout}"
+    );
+}
+
+/// A preset's weights under timm names, written the way vitkit saves them (the same layout as
+/// a timm `state_dict()`).
+fn nano_weights(path: &Path) {
+    let ModelConfigVit(c) = vitkit::models::preset("vit_nano_patch8_32").unwrap();
+    let model = c.init(&burn::tensor::Device::flex()).unwrap();
+    vitkit::io::save_weights(&model, path, &Default::default()).unwrap();
+}
+use vitkit::models::ModelConfig::Vit as ModelConfigVit;
+
+fn pixel_values(path: &Path, shape: [usize; 4]) {
+    let n: usize = shape.iter().product();
+    let data: Vec<u8> = (0..n)
+        .flat_map(|i| ((i % 17) as f32 * 0.1 - 0.8).to_le_bytes())
+        .collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), &data).unwrap();
+    std::fs::write(
+        path,
+        safetensors::serialize(vec![("pixel_values", view)], None).unwrap(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn import_and_infer_foreign_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("model.safetensors");
+    nano_weights(&weights);
+    let (w, ck) = (weights.to_str().unwrap(), dir.path().join("imported"));
+    let out = vitkit(&[
+        "import",
+        "--from",
+        "timm",
+        "--model",
+        "vit_nano_patch8_32",
+        w,
+        "--out",
+        ck.to_str().unwrap(),
+        "--img-size",
+        "48",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("48x48, 10 classes"));
+    fails_with(
+        &[
+            "import",
+            "--model",
+            "vit_nano_patch8_32",
+            w,
+            "--out",
+            ck.to_str().unwrap(),
+        ],
+        &["already holds a checkpoint"],
+    );
+
+    // infer from the weights file and from the imported checkpoint: the same numbers.
+    let input = dir.path().join("in.safetensors");
+    pixel_values(&input, [3, 3, 48, 48]);
+    let (a, b) = (dir.path().join("a.safetensors"), dir.path().join("b.safetensors"));
+    let run = |extra: &[&str], output: &Path| {
+        let mut args = vec![
+            "infer",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = vitkit(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(
+        &[
+            "--weights",
+            w,
+            "--source",
+            "timm",
+            "--model",
+            "vit_nano_patch8_32",
+            "--img-size",
+            "48",
+        ],
+        &a,
+    );
+    run(&["--checkpoint", ck.to_str().unwrap()], &b);
+    let (ta, _) = vitkit::io::read_safetensors(&a).unwrap();
+    let (tb, _) = vitkit::io::read_safetensors(&b).unwrap();
+    assert_eq!(ta["logits"].shape, vec![3, 10]);
+    assert_eq!(ta["pre_logits"].shape, vec![3, 64]);
+    assert_eq!(ta["logits"].values, tb["logits"].values);
+
+    // Fine-tuning starts from the file: with a zero learning rate the trained weights are the file's.
+    let ft = dir.path().join("ft");
+    let out = vitkit(&[
+        "train",
+        "--weights",
+        w,
+        "--model",
+        "vit_nano_patch8_32",
+        "--out",
+        ft.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--max-steps-per-epoch",
+        "2",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-30",
+        "--weight-decay",
+        "0",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (orig, _) = vitkit::io::read_safetensors(&weights).unwrap();
+    let (tuned, _) =
+        vitkit::io::read_safetensors(&ft.join("checkpoints/epoch-0001/model.safetensors")).unwrap();
+    assert_eq!(
+        orig["blocks.3.mlp.fc2.weight"].values,
+        tuned["blocks.3.mlp.fc2.weight"].values
+    );
+
+    // Bad input: wrong input size, a file that is not safetensors, an unknown source, --strict.
+    pixel_values(&input, [1, 3, 32, 32]);
+    fails_with(
+        &[
+            "infer",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            a.to_str().unwrap(),
+        ],
+        &["[B, 3, 48, 48]"],
+    );
+    let junk = dir.path().join("junk.bin");
+    std::fs::write(&junk, "hello").unwrap();
+    fails_with(
+        &[
+            "import",
+            "--model",
+            "vit_nano_patch8_32",
+            junk.to_str().unwrap(),
+            "--out",
+            "x",
+        ],
+        &["junk.bin", "safetensors"],
+    );
+    fails_with(
+        &[
+            "import",
+            "--from",
+            "keras",
+            "--model",
+            "vit_nano_patch8_32",
+            w,
+            "--out",
+            "x",
+        ],
+        &["unknown weight source 'keras'"],
+    );
+    fails_with(
+        &[
+            "import",
+            "--model",
+            "vit_nano_patch8_32",
+            w,
+            "--out",
+            "y",
+            "--num-classes",
+            "3",
+            "--strict",
+        ],
+        &["shape mismatch for head.weight"],
+    );
+    fails_with(
+        &[
+            "import",
+            "--model",
+            "vit_nano_patch8_32",
+            w,
+            "--out",
+            "y",
+            "--img-size",
+            "50",
+        ],
+        &["not divisible by the patch size"],
     );
 }

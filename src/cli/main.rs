@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use vitkit::app::{TrainRequest, default_augment, run_eval, run_predict, run_train};
+use vitkit::app::{
+    ModelSource, TrainRequest, WeightsSpec, default_augment, run_eval, run_predict, run_train,
+};
 use vitkit::data::Augment;
 use vitkit::device::parse_device;
 use vitkit::models::{PRESETS, param_count};
@@ -45,6 +47,46 @@ enum Command {
     Report(ReportArgs),
     /// Time training or inference steps of a preset on random data.
     Bench(BenchArgs),
+    /// Convert a timm or Hugging Face ViT safetensors file into a vitkit checkpoint.
+    Import(ImportArgs),
+    /// Run a model on preprocessed `pixel_values` from a safetensors file; write logits and features.
+    Infer(InferArgs),
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// The safetensors file.
+    file: PathBuf,
+    /// Who wrote it: timm or hf.
+    #[arg(long = "from", default_value = "timm")]
+    from: String,
+    /// The preset whose architecture the file holds.
+    #[arg(long)]
+    model: String,
+    /// Output checkpoint directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Resample the position embedding for this image size.
+    #[arg(long)]
+    img_size: Option<usize>,
+    /// Replace the classifier head with one of this many classes.
+    #[arg(long)]
+    num_classes: Option<usize>,
+    /// Fail if any key is missing, unexpected or of another shape.
+    #[arg(long)]
+    strict: bool,
+}
+
+#[derive(Args)]
+struct InferArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// safetensors file with `pixel_values` [B, C, H, W] f32.
+    #[arg(long)]
+    input: PathBuf,
+    /// safetensors file to write `logits` and `pre_logits` to.
+    #[arg(long)]
+    output: PathBuf,
 }
 
 #[derive(Args)]
@@ -70,9 +112,8 @@ struct BenchArgs {
 
 #[derive(Args)]
 struct ExplainArgs {
-    /// Run directory (its best checkpoint) or checkpoint directory.
-    #[arg(long)]
-    checkpoint: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
     /// JPEG or PNG files to explain.
     images: Vec<PathBuf>,
     /// Output directory.
@@ -178,13 +219,62 @@ struct TrainArgs {
     /// Skip ImageFolder images that cannot be decoded (counted) instead of failing.
     #[arg(long)]
     skip_bad_images: bool,
+    /// Fine-tune from a timm or Hugging Face safetensors file of --model's architecture (the
+    /// head is replaced for the dataset's classes).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Who wrote --weights: timm or hf.
+    #[arg(long, default_value = "timm")]
+    source: String,
+}
+
+/// Which model to load: a vitkit checkpoint, or a timm / Hugging Face weights file.
+#[derive(Args)]
+struct ModelArgs {
+    /// Run directory (its best checkpoint) or checkpoint directory.
+    #[arg(long, required_unless_present = "weights", conflicts_with = "weights")]
+    checkpoint: Option<PathBuf>,
+    /// A timm or Hugging Face ViT safetensors file (with --model and --source).
+    #[arg(long, requires = "model")]
+    weights: Option<PathBuf>,
+    /// Who wrote --weights: timm or hf.
+    #[arg(long, default_value = "timm")]
+    source: String,
+    /// The preset whose architecture --weights holds (see `vitkit models`).
+    #[arg(long)]
+    model: Option<String>,
+    /// Run --weights at this image size (the position embedding is resampled, bicubic).
+    #[arg(long)]
+    img_size: Option<usize>,
+    /// Replace the classifier head of --weights with one of this many classes.
+    #[arg(long)]
+    num_classes: Option<usize>,
+    /// Fail if any key of --weights is missing, unexpected or of another shape.
+    #[arg(long)]
+    strict: bool,
+}
+
+impl ModelArgs {
+    fn source(&self) -> anyhow::Result<ModelSource> {
+        Ok(match (&self.checkpoint, &self.weights) {
+            (Some(dir), _) => ModelSource::Checkpoint(dir.clone()),
+            (None, Some(file)) => ModelSource::Weights(WeightsSpec {
+                file: file.clone(),
+                source: self.source.parse()?,
+                model: self.model.clone().unwrap_or_default(),
+                img_size: self.img_size,
+                num_classes: self.num_classes,
+                strict: self.strict,
+            }),
+            (None, None) => anyhow::bail!("give --checkpoint DIR or --weights FILE"),
+        })
+    }
 }
 
 #[derive(Args)]
 struct EvalArgs {
-    /// Run directory (its best checkpoint) or checkpoint directory.
-    #[arg(long)]
-    checkpoint: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
     #[arg(long, default_value = "synthetic")]
     data: String,
     #[arg(long, default_value_t = 256)]
@@ -196,8 +286,8 @@ struct EvalArgs {
 
 #[derive(Args)]
 struct PredictArgs {
-    #[arg(long)]
-    checkpoint: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
     /// JPEG or PNG files.
     #[arg(required = true)]
     images: Vec<PathBuf>,
@@ -245,6 +335,10 @@ fn train(args: TrainArgs, device: &str) -> anyhow::Result<()> {
             stop_after_epoch: args.stop_after_epoch,
         },
         skip_bad_images: args.skip_bad_images,
+        init_weights: match args.weights {
+            Some(w) => Some((w, args.source.parse()?)),
+            None => None,
+        },
         recipe,
     };
     let outcome = run_train(&req, &device)?;
@@ -263,7 +357,7 @@ fn train(args: TrainArgs, device: &str) -> anyhow::Result<()> {
 
 fn eval(args: EvalArgs, device: &str) -> anyhow::Result<()> {
     let device = parse_device(device)?;
-    let (result, run) = run_eval(&args.checkpoint, &args.data, args.batch_size, &device)?;
+    let (result, run) = run_eval(&args.model.source()?, &args.data, args.batch_size, &device)?;
     println!(
         "model {} on {} test split ({} images)",
         run.model_name, args.data, result.count
@@ -279,10 +373,9 @@ fn eval(args: EvalArgs, device: &str) -> anyhow::Result<()> {
         println!("  {name:<20} {:>6.2}%", 100.0 * acc);
     }
     let png = args.confusion_png.unwrap_or_else(|| {
-        let dir = if args.checkpoint.is_dir() {
-            args.checkpoint.clone()
-        } else {
-            PathBuf::from(".")
+        let dir = match &args.model.checkpoint {
+            Some(c) if c.is_dir() => c.clone(),
+            _ => PathBuf::from("."),
         };
         dir.join("confusion_matrix.png")
     });
@@ -300,7 +393,7 @@ fn eval(args: EvalArgs, device: &str) -> anyhow::Result<()> {
 
 fn predict(args: PredictArgs, device: &str) -> anyhow::Result<()> {
     let device = parse_device(device)?;
-    for prediction in run_predict(&args.checkpoint, &args.images, args.top_k, &device)? {
+    for prediction in run_predict(&args.model.source()?, &args.images, args.top_k, &device)? {
         println!("{}", prediction.path.display());
         for (name, p) in prediction.top {
             println!("  {:>6.2}%  {name}", 100.0 * p);
@@ -343,7 +436,7 @@ fn explain(args: ExplainArgs, device: &str) -> anyhow::Result<()> {
     if args.images.is_empty() && !args.figures {
         anyhow::bail!("nothing to do: give image files and/or --figures");
     }
-    let ex = vitkit::explain::Explainer::load(&args.checkpoint, &device)?;
+    let ex = vitkit::explain::Explainer::load(&args.model.source()?, &device)?;
     ex.check_layer_head(args.layer, args.head)?;
     let mut written = vitkit::explain::explain_images(&ex, &args.images, &args.out, args.layer, args.head)?;
     if args.figures {
@@ -405,6 +498,40 @@ fn bench(args: BenchArgs, device: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn import(args: ImportArgs, device: &str) -> anyhow::Result<()> {
+    let device = parse_device(device)?;
+    let spec = WeightsSpec {
+        file: args.file,
+        source: args.from.parse()?,
+        model: args.model,
+        img_size: args.img_size,
+        num_classes: args.num_classes,
+        strict: args.strict,
+    };
+    let run = vitkit::app::run_import(&spec, &args.out, &device)?;
+    let [h, w] = run.model.img_size();
+    println!(
+        "imported {} as {} ({}x{}, {} classes) into {}",
+        spec.file.display(),
+        run.model_name,
+        h,
+        w,
+        run.model.num_classes(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn infer(args: InferArgs, device: &str) -> anyhow::Result<()> {
+    let device = parse_device(device)?;
+    let n = vitkit::app::run_infer(&args.model.source()?, &args.input, &args.output, &device)?;
+    println!(
+        "wrote logits and pre_logits of {n} images to {}",
+        args.output.display()
+    );
+    Ok(())
+}
+
 fn models() {
     println!("{:<26} {:>13}  {:>9}  description", "name", "parameters", "input");
     for p in PRESETS {
@@ -447,6 +574,8 @@ fn main() -> ExitCode {
         Command::Explain(a) => explain(a, &cli.device),
         Command::Report(a) => report(a, &cli.device),
         Command::Bench(a) => bench(a, &cli.device),
+        Command::Import(a) => import(a, &cli.device),
+        Command::Infer(a) => infer(a, &cli.device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,7 +10,7 @@ use super::{
     Matrix, attention_rollout, class_token_map, grid_distances, head_mean, mean_attention_distance,
     patch_embedding_components, position_similarity,
 };
-use crate::app::{LoadedModel, load_data};
+use crate::app::{LoadedModel, ModelSource, load_data};
 use crate::data::{DataSource, ImageDataset, Normalize, load_image_file};
 use crate::io::{RunConfig, write_atomic, write_json_atomic};
 use crate::models::{Vit, VitConfig};
@@ -34,12 +34,11 @@ fn to_vec(t: Tensor<4>) -> Result<Vec<f32>> {
 }
 
 impl Explainer {
-    pub fn load(checkpoint: &Path, device: &Device) -> Result<Self> {
-        let (model, run) = LoadedModel::load(checkpoint, device)?;
+    pub fn load(source: &ModelSource, device: &Device) -> Result<Self> {
+        let (model, run) = LoadedModel::from_source(source, device)?;
         let model = model.into_vit().map_err(|family| {
             VitError::Config(format!(
-                "explain needs a model with attention maps (the vit family); {} is a {family} model",
-                checkpoint.display()
+                "explain needs a model with attention maps (the vit family); this is a {family} model"
             ))
         })?;
         let crate::models::ModelConfig::Vit(config) = run.model.clone();

@@ -132,6 +132,10 @@ pub fn resample_pos_embed(
     result
 }
 
+/// One naming scheme of transformers' ViT blocks: the block prefix, (HF name, timm name) of the
+/// directly renamed parts, and the q/k/v projections fused into `attn.qkv`.
+type HfBlockLayout = (&'static str, [(&'static str, &'static str); 5], [&'static str; 3]);
+
 /// Renames a Hugging Face ViT state dict to timm's names, fusing q/k/v into qkv.
 fn hf_to_timm(mut t: BTreeMap<String, FileTensor>) -> BTreeMap<String, FileTensor> {
     // ViTModel files have no "vit." prefix; ViTForImageClassification files do.
@@ -163,7 +167,7 @@ fn hf_to_timm(mut t: BTreeMap<String, FileTensor>) -> BTreeMap<String, FileTenso
     }
     // transformers 4.x names blocks `encoder.layer.N` with separate query/key/value;
     // 5.x names them `layers.N` with q_proj/k_proj/v_proj/o_proj and mlp.fc1/fc2.
-    let layouts: [(&str, [(&str, &str); 5], [&str; 3]); 2] = [
+    let layouts: [HfBlockLayout; 2] = [
         (
             "encoder.layer.",
             [

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 
 use super::{Series, confusion_matrix_png, overlay_png, xy_chart_png};
-use crate::app::{load_data, run_eval};
+use crate::app::{ModelSource, load_data, run_eval};
 use crate::data::DataSource;
 use crate::explain::{Explainer, explain_figures};
 use crate::io::{RunConfig, TrainState, Which, find_checkpoint, read_json, write_atomic};
@@ -56,9 +56,9 @@ fn read_log(path: &Path) -> Result<Vec<std::collections::BTreeMap<String, f64>>>
 
 fn figure(html: &mut String, path: &Path, caption: &str) -> Result<()> {
     let bytes = std::fs::read(path).map_err(|e| VitError::io(path, e))?;
-    let _ = write!(
+    let _ = writeln!(
         html,
-        "<figure><img alt=\"{c}\" src=\"data:image/png;base64,{}\"><figcaption>{c}</figcaption></figure>\n",
+        "<figure><img alt=\"{c}\" src=\"data:image/png;base64,{}\"><figcaption>{c}</figcaption></figure>",
         base64(&bytes),
         c = escape(caption)
     );
@@ -95,11 +95,11 @@ pub fn write_report(
     );
 
     // Summary.
-    let _ = write!(
+    let _ = writeln!(
         html,
         "<table><tr><th>model</th><td>{}</td></tr><tr><th>parameters</th><td>{}</td></tr><tr><th>data</th><td>{} ({} classes)</td></tr>\
          <tr><th>epochs trained</th><td>{}</td></tr><tr><th>best val top-1</th><td>{:.2}% (epoch {})</td></tr>\
-         <tr><th>training wall time</th><td>{:.0} s</td></tr><tr><th>checkpoint</th><td>{}</td></tr></table>\n",
+         <tr><th>training wall time</th><td>{:.0} s</td></tr><tr><th>checkpoint</th><td>{}</td></tr></table>",
         escape(&run.model_name),
         param_count(&run.model),
         escape(&run.data.name),
@@ -153,7 +153,7 @@ pub fn write_report(
 
     // Evaluation.
     html.push_str("<h2>Evaluation</h2>\n");
-    let (result, _) = run_eval(&ck.dir, &data, 256, device)?;
+    let (result, _) = run_eval(&ModelSource::Checkpoint(ck.dir.clone()), &data, 256, device)?;
     let cm = out.join("confusion_matrix.png");
     let cm_title = format!(
         "{} on {}: top-1 {:.2}%, top-5 {:.2}%",
@@ -176,7 +176,7 @@ pub fn write_report(
     html.push_str("</table>\n");
 
     // Inside the model.
-    match Explainer::load(&ck.dir, device) {
+    match Explainer::load(&ModelSource::Checkpoint(ck.dir.clone()), device) {
         Ok(ex) => {
             html.push_str("<h2>Inside the model</h2>\n");
             let files = explain_figures(&ex, &data, samples, out)?;
@@ -214,7 +214,7 @@ pub fn write_report(
             }
         }
         Err(e) => {
-            let _ = write!(html, "<p>No attention figures: {}</p>\n", escape(&e.to_string()));
+            let _ = writeln!(html, "<p>No attention figures: {}</p>", escape(&e.to_string()));
         }
     }
     html.push_str("</body></html>\n");
