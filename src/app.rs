@@ -247,15 +247,15 @@ impl LoadedModel {
     }
 }
 
-/// Evaluates a checkpoint on the test split of `data`.
+/// Evaluates on the test split of `data` (default: the dataset the model was trained on).
 pub fn run_eval(
     checkpoint: &ModelSource,
-    data: &str,
+    data: Option<&str>,
     batch_size: usize,
     device: &Device,
 ) -> Result<(EvalResult, RunConfig)> {
     let (model, run) = LoadedModel::from_source(checkpoint, device)?;
-    let source = DataSource::parse(data)?;
+    let source = DataSource::parse(data.unwrap_or(&run.data.name))?;
     let splits = load_data(&source, run.model.img_size(), false)?;
     if splits.info.class_names.len() != run.model.num_classes() {
         return Err(VitError::Config(format!(

@@ -275,8 +275,9 @@ impl ModelArgs {
 struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
-    #[arg(long, default_value = "synthetic")]
-    data: String,
+    /// Dataset whose test split is used (default: the one the checkpoint was trained on).
+    #[arg(long)]
+    data: Option<String>,
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
     /// Where to write the confusion matrix (default: CHECKPOINT/confusion_matrix.png).
@@ -357,10 +358,11 @@ fn train(args: TrainArgs, device: &str) -> anyhow::Result<()> {
 
 fn eval(args: EvalArgs, device: &str) -> anyhow::Result<()> {
     let device = parse_device(device)?;
-    let (result, run) = run_eval(&args.model.source()?, &args.data, args.batch_size, &device)?;
+    let (result, run) = run_eval(&args.model.source()?, args.data.as_deref(), args.batch_size, &device)?;
+    let data = args.data.clone().unwrap_or_else(|| run.data.name.clone());
     println!(
         "model {} on {} test split ({} images)",
-        run.model_name, args.data, result.count
+        run.model_name, data, result.count
     );
     println!(
         "top-1 {:.2}%  top-5 {:.2}%  loss {:.4}",
@@ -382,7 +384,7 @@ fn eval(args: EvalArgs, device: &str) -> anyhow::Result<()> {
     let title = format!(
         "{} on {}: top-1 {:.2}%",
         run.model_name,
-        args.data,
+        data,
         100.0 * result.top1
     );
     confusion_matrix_png(&png, &result.confusion, &run.data.class_names, &title)

@@ -153,7 +153,7 @@ pub fn write_report(
 
     // Evaluation.
     html.push_str("<h2>Evaluation</h2>\n");
-    let (result, _) = run_eval(&ModelSource::Checkpoint(ck.dir.clone()), &data, 256, device)?;
+    let (result, _) = run_eval(&ModelSource::Checkpoint(ck.dir.clone()), Some(&data), 256, device)?;
     let cm = out.join("confusion_matrix.png");
     let cm_title = format!(
         "{} on {}: top-1 {:.2}%, top-5 {:.2}%",
