@@ -118,6 +118,21 @@ fn train_session(
     )
 }
 
+/// Resumes the run in `dir` with a model of `config` and the run configuration `run`.
+fn resume_as(
+    config: VitConfig,
+    run: RunConfig,
+    data: &DatasetSplits,
+    dir: &Path,
+) -> vitkit::Result<vitkit::train::TrainOutcome> {
+    let device = Device::flex().autodiff();
+    let session = Session {
+        resume: true,
+        stop_after_epoch: None,
+    };
+    train(config.init(&device).unwrap(), run, data, dir, &session, &device)
+}
+
 #[test]
 fn a_tiny_vit_learns_generated_data() {
     let dir = tempfile::tempdir().unwrap();
@@ -228,19 +243,7 @@ fn nan_loss_stops_training_and_keeps_the_last_checkpoint() {
         serde_json::to_string(&cfg).unwrap(),
     )
     .unwrap();
-    let device = Device::flex().autodiff();
-    let err = train(
-        tiny_vit().init(&device).unwrap(),
-        cfg,
-        &data,
-        dir.path(),
-        &Session {
-            resume: true,
-            stop_after_epoch: None,
-        },
-        &device,
-    )
-    .unwrap_err();
+    let err = resume_as(tiny_vit(), cfg, &data, dir.path()).unwrap_err();
     assert!(matches!(err, VitError::Diverged(_)), "{err}");
     assert!(err.to_string().contains("epoch-0001"), "{err}");
     let last = find_checkpoint(dir.path(), Which::Last).unwrap();
@@ -254,25 +257,13 @@ fn resuming_with_another_model_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     train_run(dir.path(), &data, 1, 1e-3, false).unwrap();
     let before = std::fs::read(dir.path().join("last.json")).unwrap();
-    let device = Device::flex().autodiff();
     let other = VitConfig {
         embed_dim: 64,
         ..tiny_vit()
     };
     let mut cfg = run_config(&data, 2, 1e-3);
     cfg.model = ModelConfig::Vit(other.clone());
-    let err = train(
-        other.init(&device).unwrap(),
-        cfg,
-        &data,
-        dir.path(),
-        &Session {
-            resume: true,
-            stop_after_epoch: None,
-        },
-        &device,
-    )
-    .unwrap_err();
+    let err = resume_as(other.clone(), cfg, &data, dir.path()).unwrap_err();
     assert!(matches!(err, VitError::CheckpointMismatch { .. }), "{err}");
     assert_eq!(std::fs::read(dir.path().join("last.json")).unwrap(), before);
     assert!(!dir.path().join("checkpoints/epoch-0002").exists());

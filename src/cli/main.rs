@@ -66,7 +66,14 @@ struct ImportArgs {
     /// Output checkpoint directory.
     #[arg(long)]
     out: PathBuf,
-    /// Resample the position embedding for this image size.
+    #[command(flatten)]
+    adapt: WeightsOptions,
+}
+
+/// How a foreign weights file is fitted to the preset.
+#[derive(Args)]
+struct WeightsOptions {
+    /// Run at this image size (the position embedding is resampled, bicubic).
     #[arg(long)]
     img_size: Option<usize>,
     /// Replace the classifier head with one of this many classes.
@@ -243,15 +250,8 @@ struct ModelArgs {
     /// The preset whose architecture --weights holds (see `vitkit models`).
     #[arg(long)]
     model: Option<String>,
-    /// Run --weights at this image size (the position embedding is resampled, bicubic).
-    #[arg(long)]
-    img_size: Option<usize>,
-    /// Replace the classifier head of --weights with one of this many classes.
-    #[arg(long)]
-    num_classes: Option<usize>,
-    /// Fail if any key of --weights is missing, unexpected or of another shape.
-    #[arg(long)]
-    strict: bool,
+    #[command(flatten)]
+    adapt: WeightsOptions,
 }
 
 impl ModelArgs {
@@ -262,9 +262,9 @@ impl ModelArgs {
                 file: file.clone(),
                 source: self.source.parse()?,
                 model: self.model.clone().unwrap_or_default(),
-                img_size: self.img_size,
-                num_classes: self.num_classes,
-                strict: self.strict,
+                img_size: self.adapt.img_size,
+                num_classes: self.adapt.num_classes,
+                strict: self.adapt.strict,
             }),
             (None, None) => anyhow::bail!("give --checkpoint DIR or --weights FILE"),
         })
@@ -358,7 +358,12 @@ fn train(args: TrainArgs, device: &str) -> anyhow::Result<()> {
 
 fn eval(args: EvalArgs, device: &str) -> anyhow::Result<()> {
     let device = parse_device(device)?;
-    let (result, run) = run_eval(&args.model.source()?, args.data.as_deref(), args.batch_size, &device)?;
+    let (result, run) = run_eval(
+        &args.model.source()?,
+        args.data.as_deref(),
+        args.batch_size,
+        &device,
+    )?;
     let data = args.data.clone().unwrap_or_else(|| run.data.name.clone());
     println!(
         "model {} on {} test split ({} images)",
@@ -506,9 +511,9 @@ fn import(args: ImportArgs, device: &str) -> anyhow::Result<()> {
         file: args.file,
         source: args.from.parse()?,
         model: args.model,
-        img_size: args.img_size,
-        num_classes: args.num_classes,
-        strict: args.strict,
+        img_size: args.adapt.img_size,
+        num_classes: args.adapt.num_classes,
+        strict: args.adapt.strict,
     };
     let run = vitkit::app::run_import(&spec, &args.out, &device)?;
     let [h, w] = run.model.img_size();
