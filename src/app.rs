@@ -25,6 +25,7 @@ pub struct TrainRequest {
     pub out: PathBuf,
     pub img_size: Option<usize>,
     pub drop_path: Option<f64>,
+    pub global_pool: Option<crate::models::GlobalPool>,
     pub session: Session,
     /// Start from these weights (fine-tuning) instead of a random initialisation.
     pub init_weights: Option<(PathBuf, WeightSource)>,
@@ -52,8 +53,12 @@ pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
     if let Some(s) = req.img_size {
         config = config.adapted(None, None, Some([s, s]))?;
     }
-    if let (Some(dp), ModelConfig::Vit(c)) = (req.drop_path, &mut config) {
+    let ModelConfig::Vit(c) = &mut config;
+    if let Some(dp) = req.drop_path {
         c.drop_path_rate = dp;
+    }
+    if let Some(pool) = req.global_pool {
+        c.global_pool = pool;
     }
     let splits = load_data(&source, config.img_size(), req.skip_bad_images)?;
     // Data decides the head and input channels, as timm's create_model(num_classes=, in_chans=);

@@ -232,3 +232,98 @@ fn mismatched_files_are_explained() {
     .to_string();
     assert!(msg.contains("not divisible by the patch size"), "{msg}");
 }
+
+/// Gradients of a cross-entropy loss match timm's for every parameter: the backward pass, not
+/// only the forward, is the reference's.
+#[test]
+fn gradients_match_timm() {
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::tensor::activation::log_softmax;
+
+    let device = Device::flex().autodiff();
+    let config = small(GlobalPool::Token, [32, 32], 1e-6);
+    let opts = ImportOptions {
+        strict: true,
+        ..Default::default()
+    };
+    let (model, _) = import_vit(
+        &fixture("vit_token.weights.safetensors"),
+        WeightSource::Timm,
+        &config,
+        &opts,
+        &device,
+    )
+    .unwrap();
+    let (io, _) = read_safetensors(&fixture("vit_token.io.safetensors")).unwrap();
+    let (want, _) = read_safetensors(&fixture("vit_token.grads.safetensors")).unwrap();
+    let x = &io["pixel_values"];
+    let input = Tensor::<4>::from_data(TensorData::new(x.values.clone(), x.shape.clone()), &device);
+    let onehot = Tensor::<2>::from_data(
+        TensorData::new(vec![0f32, 1., 0., 0., 0., 0., 0., 0., 1., 0.], [2, 5]),
+        &device,
+    );
+    let loss = (log_softmax(model.forward(input), 1) * onehot)
+        .sum_dim(1)
+        .mean()
+        .neg();
+    let loss_value = loss.clone().into_scalar::<f32>();
+    assert!(
+        (loss_value - want["loss"].values[0]).abs() < 1e-5,
+        "loss {loss_value} vs {}",
+        want["loss"].values[0]
+    );
+    let grads = loss.backward();
+
+    struct Compare<'a> {
+        path: Vec<String>,
+        grads: &'a burn::tensor::Gradients,
+        want: &'a std::collections::BTreeMap<String, vitkit::io::FileTensor>,
+        checked: usize,
+        worst: f32,
+    }
+    impl ModuleVisitor for Compare<'_> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let name = self.path.join(".");
+            let grad = param
+                .val()
+                .grad(self.grads)
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
+            // Linear weights are held as [in, out]; PyTorch's gradients are [out, in].
+            let grad = if D == 2 { grad.transpose() } else { grad };
+            let got = grad.into_data().try_to_vec::<f32>().unwrap();
+            let want = &self.want[&name].values;
+            assert_eq!(got.len(), want.len(), "{name}");
+            let max = got
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            self.worst = self.worst.max(max);
+            assert!(max < 1e-5, "{name}: max |Δgrad| = {max}");
+            self.checked += 1;
+        }
+    }
+    let mut cmp = Compare {
+        path: Vec::new(),
+        grads: &grads,
+        want: &want,
+        checked: 0,
+        worst: 0.0,
+    };
+    model.visit(&mut cmp);
+    assert_eq!(
+        cmp.checked,
+        want.len() - 1,
+        "every parameter's gradient was compared"
+    );
+    println!(
+        "gradients: {} parameters, max |Δ| = {:.2e}",
+        cmp.checked, cmp.worst
+    );
+}

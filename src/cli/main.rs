@@ -200,6 +200,9 @@ struct TrainArgs {
     /// Stochastic depth rate of the last block.
     #[arg(long)]
     drop_path: Option<f64>,
+    /// Pooling before the head: token (class token, the ViT default) or avg (mean of the patch tokens).
+    #[arg(long)]
+    global_pool: Option<String>,
     /// Train at this (square) image size instead of the preset's.
     #[arg(long)]
     img_size: Option<usize>,
@@ -331,6 +334,12 @@ fn train(args: TrainArgs, device: &str) -> anyhow::Result<()> {
         out: args.out.clone(),
         img_size: args.img_size,
         drop_path: args.drop_path,
+        global_pool: match args.global_pool.as_deref() {
+            None => None,
+            Some("token") => Some(vitkit::models::GlobalPool::Token),
+            Some("avg") => Some(vitkit::models::GlobalPool::Avg),
+            Some(other) => anyhow::bail!("unknown --global-pool '{other}'; valid: token, avg"),
+        },
         session: vitkit::train::Session {
             resume: args.resume,
             stop_after_epoch: args.stop_after_epoch,

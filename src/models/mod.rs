@@ -131,8 +131,13 @@ pub const PRESETS: &[Preset] = &[
     },
     Preset {
         name: "vit_micro_patch7_28",
-        description: "dim 128, depth 6, 4 heads, 7x7 patches on 28x28: the fast Fashion-MNIST preset",
+        description: "dim 128, depth 6, 4 heads, 7x7 patches on 28x28",
         config: || ModelConfig::Vit(vit(28, 7, 128, 6, 4, 10)),
+    },
+    Preset {
+        name: "vit_mini_patch4_28",
+        description: "dim 64, depth 6, 4 heads, 4x4 patches on 28x28: the Fashion-MNIST preset",
+        config: || ModelConfig::Vit(vit(28, 4, 64, 6, 4, 10)),
     },
     Preset {
         name: "vit_nano_patch8_32",
