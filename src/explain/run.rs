@@ -13,7 +13,7 @@ use super::{
 use crate::app::{LoadedModel, ModelSource, load_data};
 use crate::data::{DataSource, ImageDataset, Normalize, load_image_file};
 use crate::io::{RunConfig, write_atomic, write_json_atomic};
-use crate::models::{Vit, VitConfig};
+use crate::models::{GlobalPool, Vit, VitConfig};
 use crate::report::{Series, TileGrid, overlay_png, tile_grid_png, viridis, xy_chart_png};
 use crate::{Result, VitError};
 
@@ -99,11 +99,26 @@ impl Explainer {
             .collect();
         let joint =
             attention_rollout(&layers).ok_or_else(|| VitError::Other("model has no blocks".into()))?;
-        Ok(class_token_map(&joint, 1))
+        Ok(self.pooled_row(&joint))
     }
 
-    /// The class token's raw attention over the patches in block `layer`, for one head or
-    /// averaged over heads.
+    /// What the pooled feature attends to over the patches: the class token's row for token
+    /// pooling; for average pooling the mean of the patch tokens' rows, since those are what is
+    /// pooled.
+    fn pooled_row(&self, m: &Matrix) -> Vec<f64> {
+        match self.config.global_pool {
+            GlobalPool::Token => class_token_map(m, 1),
+            GlobalPool::Avg => {
+                let n = m.n - 1;
+                (1..m.n)
+                    .map(|j| (1..m.n).map(|i| m.at(i, j)).sum::<f64>() / n as f64)
+                    .collect()
+            }
+        }
+    }
+
+    /// The raw attention over the patches in block `layer` (of the class token, or of the
+    /// patch tokens on average for an average-pooled model), for one head or averaged over heads.
     pub fn raw_attention(&self, image: &[u8], layer: usize, head: Option<usize>) -> Result<Vec<f64>> {
         self.check_layer_head(Some(layer), head)?;
         let attn = &self.attention(&[image])?[layer];
@@ -118,7 +133,7 @@ impl Explainer {
             },
             None => head_mean(attn, self.heads(), t),
         };
-        Ok(m.row(0)[1..].to_vec())
+        Ok(self.pooled_row(&m))
     }
 
     pub fn check_layer_head(&self, layer: Option<usize>, head: Option<usize>) -> Result<()> {
