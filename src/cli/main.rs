@@ -457,9 +457,10 @@ fn explain(args: ExplainArgs, device: &str) -> anyhow::Result<()> {
     let mut written = vitkit::explain::explain_images(&ex, &args.images, &args.out, args.layer, args.head)?;
     if args.figures {
         let data = args.data.clone().unwrap_or_else(|| ex.run.data.name.clone());
+        let test = vitkit::explain::test_images(&ex, &data)?;
         written.extend(vitkit::explain::explain_figures(
             &ex,
-            &data,
+            &test,
             args.samples,
             &args.out,
         )?);

@@ -12,7 +12,7 @@ mod run;
 pub use distance::{grid_distances, mean_attention_distance};
 pub use filters::{patch_embedding_components, position_similarity};
 pub use rollout::{attention_rollout, class_token_map, head_mean, residual_mix};
-pub use run::{Explainer, PositionSimilaritySummary, explain_figures, explain_images};
+pub use run::{Explainer, PositionSimilaritySummary, explain_figures, explain_images, test_images};
 
 /// A row-major square matrix.
 #[derive(Debug, Clone, PartialEq)]

@@ -296,8 +296,19 @@ fn summarise_similarity(sim: &Matrix, grid: [usize; 2]) -> PositionSimilaritySum
     }
 }
 
-/// The three model-level figures and their numbers. Returns the files written.
-pub fn explain_figures(ex: &Explainer, data: &str, samples: usize, out: &Path) -> Result<Vec<PathBuf>> {
+/// The model's test images from `data`, at the size the model takes.
+pub fn test_images(ex: &Explainer, data: &str) -> Result<ImageDataset> {
+    Ok(load_data(&DataSource::parse(data)?, ex.config.img_size, false)?.test)
+}
+
+/// The three model-level figures and their numbers; `test` feeds the attention distance.
+/// Returns the files written.
+pub fn explain_figures(
+    ex: &Explainer,
+    test: &ImageDataset,
+    samples: usize,
+    out: &Path,
+) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out).map_err(|e| VitError::io(out, e))?;
     let mut written = Vec::new();
     let model_name = &ex.run.model_name;
@@ -371,9 +382,7 @@ pub fn explain_figures(ex: &Explainer, data: &str, samples: usize, out: &Path) -
     written.push(png);
 
     // 3. Mean attention distance per head and block, over test images.
-    let source = DataSource::parse(data)?;
-    let splits = load_data(&source, c.img_size, false)?;
-    let distances = ex.attention_distances(&splits.test, samples)?;
+    let distances = ex.attention_distances(test, samples)?;
     let series: Vec<Series> = (0..c.num_heads)
         .map(|h| Series {
             name: format!("head {h}"),
@@ -385,7 +394,7 @@ pub fn explain_figures(ex: &Explainer, data: &str, samples: usize, out: &Path) -
         })
         .collect();
     let png = out.join("mean_attention_distance.png");
-    let n = samples.min(splits.test.len());
+    let n = samples.min(test.len());
     xy_chart_png(
         &png,
         &format!("{model_name}: mean attention distance ({n} test images)"),

@@ -11,6 +11,6 @@ pub(crate) use checkpoint::Pointer;
 pub use checkpoint::{CheckpointPaths, RunConfig, TrainState, Which, find_checkpoint, read_json};
 pub use import::{ImportOptions, Resample, WeightSource, import_vit, resample_pos_embed};
 pub use weights::{
-    FileTensor, LoadReport, SafetensorsContents, load_weights, load_weights_from_bytes, named_tensors,
-    read_safetensors, save_weights, weights_to_bytes,
+    FileTensor, LoadReport, SafetensorsContents, load_weights, named_tensors, read_safetensors, save_weights,
+    weights_to_bytes,
 };

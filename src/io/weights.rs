@@ -229,16 +229,6 @@ impl ModuleMapper for Loader {
     }
 }
 
-/// Loads weights from safetensors bytes into `model` by parameter name. Returns the model
-/// with every matching parameter replaced, and what did not match.
-pub fn load_weights_from_bytes<M: Module>(
-    model: M,
-    bytes: &[u8],
-) -> std::result::Result<(M, LoadReport), String> {
-    let (tensors, metadata) = parse_safetensors(bytes)?;
-    Ok(apply_tensors(model, tensors, &metadata))
-}
-
 pub(crate) fn apply_tensors<M: Module>(
     model: M,
     tensors: BTreeMap<String, FileTensor>,

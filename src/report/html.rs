@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 
 use super::{Series, confusion_matrix_png, overlay_png, xy_chart_png};
-use crate::app::{ModelSource, load_data, run_eval};
+use crate::app::{ModelSource, run_eval};
 use crate::data::DataSource;
-use crate::explain::{Explainer, explain_figures};
+use crate::explain::{Explainer, explain_figures, test_images};
 use crate::io::{RunConfig, TrainState, Which, find_checkpoint, read_json, write_atomic};
 use crate::models::param_count;
 use crate::{Result, VitError};
@@ -179,7 +179,8 @@ pub fn write_report(
     match Explainer::load(&ModelSource::Checkpoint(ck.dir.clone()), device) {
         Ok(ex) => {
             html.push_str("<h2>Inside the model</h2>\n");
-            let files = explain_figures(&ex, &data, samples, out)?;
+            let test = test_images(&ex, &data)?;
+            let files = explain_figures(&ex, &test, samples, out)?;
             let captions = [
                 "Patch-embedding filters: top principal components (ViT paper Fig. 7, left)",
                 "Cosine similarity of each position embedding with all others (Fig. 7, centre)",
@@ -189,19 +190,17 @@ pub fn write_report(
                 figure(&mut html, f, c)?;
             }
             html.push_str("<h3>Attention rollout on test images</h3>\n");
-            let source = DataSource::parse(&data)?;
-            let splits = load_data(&source, ex.run.model.img_size(), false)?;
             let [h, w] = ex.run.model.img_size();
-            for i in 0..6.min(splits.test.len()) {
-                let img = splits.test.image(i);
+            for i in 0..6.min(test.len()) {
+                let img = test.image(i);
                 let map = ex.rollout(img)?;
-                let label = &run.data.class_names[splits.test.labels[i] as usize];
+                let label = &run.data.class_names[test.labels[i] as usize];
                 let path = out.join(format!("rollout_test_{i}.png"));
                 overlay_png(
                     &path,
                     &format!("test image {i} ({label})"),
                     img,
-                    splits.test.channels,
+                    test.channels,
                     [h, w],
                     &map,
                     ex.grid(),

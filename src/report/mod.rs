@@ -28,6 +28,12 @@ fn plot_err(path: &Path, e: impl std::fmt::Display) -> VitError {
     VitError::Other(format!("cannot draw {}: {e}", path.display()))
 }
 
+/// The colour of pixel `index` of a `[C, H, W]` byte image with 1 (grey) or 3 channels.
+pub(crate) fn pixel_rgb(img: &[u8], channels: usize, plane: usize, index: usize) -> RGBColor {
+    let at = |c: usize| img[if channels == 1 { 0 } else { c } * plane + index];
+    RGBColor(at(0), at(1), at(2))
+}
+
 /// White → dark blue.
 fn blue(t: f64) -> RGBColor {
     let t = t.clamp(0.0, 1.0);
@@ -149,8 +155,7 @@ pub fn image_grid_png(
         .map_err(|e| plot_err(path, e))?;
         for y in 0..height {
             for x in 0..width {
-                let px = |c: usize| img[(if channels == 1 { 0 } else { c }) * plane + y * width + x];
-                let colour = RGBColor(px(0), px(1), px(2));
+                let colour = pixel_rgb(img, channels, plane, y * width + x);
                 let (px0, py0) = ((x0 + x * zoom) as i32, (y0 + 16 + y * zoom) as i32);
                 root.draw(&Rectangle::new(
                     [(px0, py0), (px0 + zoom as i32, py0 + zoom as i32)],

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::{plot_err, register_fonts};
+use super::{pixel_rgb, plot_err, register_fonts};
 use crate::Result;
 
 /// A perceptual blue → green → yellow ramp (viridis-like) for `t` in [0, 1].
@@ -284,8 +284,8 @@ pub fn overlay_png(
     let plane = h * w;
     for y in 0..h {
         for x in 0..w {
-            let px = |c: usize| image[(if channels == 1 { 0 } else { c }) * plane + y * w + x] as f64;
-            let (r, g, b) = (px(0), px(1), px(2));
+            let RGBColor(r, g, b) = pixel_rgb(image, channels, plane, y * w + x);
+            let (r, g, b) = (r as f64, g as f64, b as f64);
             let t = (heat[y * w + x] - lo) / span;
             let hc = viridis(t);
             let blend = |a: f64, c: u8| (0.45 * a + 0.55 * c as f64).round() as u8;
