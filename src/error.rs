@@ -6,12 +6,9 @@ pub type Result<T, E = VitError> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VitError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is part of the message (not a `source`), so it is printed once.
+    #[error("{path}: {cause}")]
+    Io { path: PathBuf, cause: std::io::Error },
     #[error("dataset not found at {path}: {hint}")]
     MissingDataset { path: PathBuf, hint: String },
     #[error("{path}: invalid data: {reason}")]
@@ -38,7 +35,7 @@ impl VitError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         VitError::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 }
