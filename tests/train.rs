@@ -118,6 +118,19 @@ fn train_session(
     )
 }
 
+/// Like `train_session`, starting from the weights in `init` rather than a random draw: the
+/// global RNG is shared by tests running in parallel, so two random inits need not agree.
+fn train_from(
+    dir: &Path,
+    data: &DatasetSplits,
+    session: Session,
+    init: &Path,
+) -> vitkit::Result<vitkit::train::TrainOutcome> {
+    let device = Device::flex().autodiff();
+    let (model, _) = load_weights(tiny_vit().init(&device).unwrap(), init, true).unwrap();
+    train(model, run_config(data, 3, 2e-3), data, dir, &session, &device)
+}
+
 /// Resumes the run in `dir` with a model of `config` and the run configuration `run`.
 fn resume_as(
     config: VitConfig,
@@ -186,20 +199,36 @@ fn checkpoint_round_trip_keeps_logits() {
 #[test]
 fn resume_continues_from_the_last_checkpoint() {
     let data = splits();
+    let init_dir = tempfile::tempdir().unwrap();
+    let init = init_dir.path().join("init.safetensors");
+    save_weights(
+        &tiny_vit().init(&Device::flex()).unwrap(),
+        &init,
+        &Default::default(),
+    )
+    .unwrap();
     let full = tempfile::tempdir().unwrap();
-    let whole = train_run(full.path(), &data, 3, 2e-3, false).unwrap();
+    let whole = train_from(
+        full.path(),
+        &data,
+        Session {
+            resume: false,
+            stop_after_epoch: None,
+        },
+        &init,
+    )
+    .unwrap();
 
     // Same run, interrupted after its first epoch.
     let killed = tempfile::tempdir().unwrap();
-    let first = train_session(
+    let first = train_from(
         killed.path(),
         &data,
-        3,
-        2e-3,
         Session {
             resume: false,
             stop_after_epoch: Some(1),
         },
+        &init,
     )
     .unwrap();
     assert_eq!(first.state.epoch, 1);
