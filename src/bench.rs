@@ -9,7 +9,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Distribution, Tensor};
 use serde::Serialize;
 
-use crate::models::{ModelConfig, preset};
+use crate::models::ModelConfig;
 use crate::train::{TrainConfig, build_optimizer};
 use crate::{Result, VitError};
 
@@ -32,6 +32,9 @@ pub struct BenchResult {
     /// Peak resident memory of the whole process (VmHWM), MiB.
     pub peak_rss_mib: f64,
     pub keep_attention: bool,
+    /// The architecture timed, so a baseline can build the identical model.
+    pub config: ModelConfig,
+    pub device: String,
 }
 
 fn peak_rss_mib() -> f64 {
@@ -44,8 +47,10 @@ fn peak_rss_mib() -> f64 {
 
 /// Times `steps` steps after `warmup` untimed ones. In infer mode, `keep_attention` asks the
 /// model for every block's attention (to show what that costs).
+#[allow(clippy::too_many_arguments)]
 pub fn bench(
     model: &str,
+    config: &ModelConfig,
     mode: BenchMode,
     batch: usize,
     steps: usize,
@@ -56,7 +61,7 @@ pub fn bench(
     if batch == 0 || steps == 0 {
         return Err(VitError::Config("batch size and steps must be positive".into()));
     }
-    let ModelConfig::Vit(c) = preset(model)?;
+    let ModelConfig::Vit(c) = config;
     let [h, w] = c.img_size;
     let shape = [batch, c.in_chans, h, w];
     let mut times = Vec::with_capacity(steps);
@@ -120,5 +125,7 @@ pub fn bench(
         images_per_s: batch as f64 / median,
         peak_rss_mib: peak_rss_mib(),
         keep_attention,
+        config: config.clone(),
+        device: format!("{device:?}"),
     })
 }

@@ -11,7 +11,7 @@ use vitkit::app::{
 };
 use vitkit::data::Augment;
 use vitkit::device::parse_device;
-use vitkit::models::{PRESETS, param_count};
+use vitkit::models::{GlobalPool, ModelConfig, PRESETS, param_count, preset};
 use vitkit::report::confusion_matrix_png;
 use vitkit::train::TrainConfig;
 
@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// List the model presets with their parameter counts.
-    Models,
+    Models(ModelsArgs),
     /// Train a model on a dataset, writing checkpoints and logs to --out.
     Train(TrainArgs),
     /// Evaluate a checkpoint on a dataset's test split.
@@ -109,10 +109,26 @@ struct BenchArgs {
     steps: usize,
     #[arg(long, default_value_t = 3)]
     warmup: usize,
+    /// Input channels instead of the preset's 3 (1 for Fashion-MNIST).
+    #[arg(long)]
+    in_chans: Option<usize>,
+    /// Classes instead of the preset's.
+    #[arg(long)]
+    num_classes: Option<usize>,
+    /// token or avg, instead of the preset's pooling.
+    #[arg(long)]
+    global_pool: Option<String>,
     /// Infer mode: also hand back every block's attention.
     #[arg(long)]
     attention: bool,
     /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ModelsArgs {
+    /// Print every preset's full configuration as one JSON object keyed by name.
     #[arg(long)]
     json: bool,
 }
@@ -334,12 +350,7 @@ fn train(args: TrainArgs, device: &str) -> anyhow::Result<()> {
         out: args.out.clone(),
         img_size: args.img_size,
         drop_path: args.drop_path,
-        global_pool: match args.global_pool.as_deref() {
-            None => None,
-            Some("token") => Some(vitkit::models::GlobalPool::Token),
-            Some("avg") => Some(vitkit::models::GlobalPool::Avg),
-            Some(other) => anyhow::bail!("unknown --global-pool '{other}'; valid: token, avg"),
-        },
+        global_pool: args.global_pool.as_deref().map(parse_global_pool).transpose()?,
         session: vitkit::train::Session {
             resume: args.resume,
             stop_after_epoch: args.stop_after_epoch,
@@ -487,8 +498,14 @@ fn bench(args: BenchArgs, device: &str) -> anyhow::Result<()> {
         "infer" => BenchMode::Infer,
         other => anyhow::bail!("unknown --mode '{other}'; valid: train, infer"),
     };
+    let mut config = preset(&args.model)?.adapted(args.num_classes, args.in_chans, None)?;
+    if let Some(pool) = &args.global_pool {
+        let ModelConfig::Vit(c) = &mut config;
+        c.global_pool = parse_global_pool(pool)?;
+    }
     let r = bench(
         &args.model,
+        &config,
         mode,
         args.batch_size,
         args.steps,
@@ -549,7 +566,15 @@ fn infer(args: InferArgs, device: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn models() {
+fn models(args: ModelsArgs) -> anyhow::Result<()> {
+    if args.json {
+        let all: serde_json::Map<String, serde_json::Value> = PRESETS
+            .iter()
+            .map(|p| Ok((p.name.to_string(), serde_json::to_value((p.config)())?)))
+            .collect::<serde_json::Result<_>>()?;
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
     println!("{:<26} {:>13}  {:>9}  description", "name", "parameters", "input");
     for p in PRESETS {
         let config = (p.config)();
@@ -561,6 +586,15 @@ fn models() {
             format!("{h}x{w}"),
             p.description
         );
+    }
+    Ok(())
+}
+
+fn parse_global_pool(name: &str) -> anyhow::Result<GlobalPool> {
+    match name {
+        "token" => Ok(GlobalPool::Token),
+        "avg" => Ok(GlobalPool::Avg),
+        other => anyhow::bail!("unknown --global-pool '{other}'; valid: token, avg"),
     }
 }
 
@@ -580,10 +614,7 @@ fn main() -> ExitCode {
     vitkit::device::init_runtime();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Models => {
-            models();
-            Ok(())
-        }
+        Command::Models(a) => models(a),
         Command::Train(a) => train(a, &cli.device),
         Command::Eval(a) => eval(a, &cli.device),
         Command::Predict(a) => predict(a, &cli.device),

@@ -1,6 +1,5 @@
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear};
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
 use super::timm_linear;
@@ -49,7 +48,7 @@ impl Attention {
         let k = qkv.clone().narrow(0, 1, 1).reshape([b, h, n, dh]);
         let v = qkv.narrow(0, 2, 1).reshape([b, h, n, dh]);
         let scale = (dh as f64).powf(-0.5);
-        let attn = softmax(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)), 3);
+        let attn = crate::kernels::softmax_last(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)));
         let out = self.attn_drop.forward(attn.clone()).matmul(v);
         let out = out.swap_dims(1, 2).reshape([b, n, d]);
         (self.proj_drop.forward(self.proj.forward(out)), attn)

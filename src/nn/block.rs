@@ -1,6 +1,5 @@
 use burn::module::{Flag, Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
-use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Distribution, Tensor};
 
 use super::{Attention, LayerNorm, timm_linear};
@@ -50,7 +49,7 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = self.drop.forward(gelu(self.fc1.forward(x)));
+        let x = self.drop.forward(crate::kernels::gelu(self.fc1.forward(x)));
         self.drop.forward(self.fc2.forward(x))
     }
 }

@@ -1,6 +1,5 @@
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
-use burn::tensor::module::layer_norm;
 use burn::tensor::{Device, Tensor};
 
 /// LayerNorm over the last axis with timm's parameter names (`weight`, `bias`).
@@ -21,6 +20,6 @@ impl LayerNorm {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        layer_norm(x, self.weight.val(), Some(self.bias.val()), self.eps)
+        crate::kernels::layer_norm(x, self.weight.val(), self.bias.val(), self.eps)
     }
 }

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# vitkit against PyTorch + timm on the same machine, in one run: for each case the two are run
+# alternately (vitkit, PyTorch, vitkit, PyTorch, ...), and the table gives per case the median
+# over pairs of the vitkit/PyTorch ratios of step time and peak memory.
+#
+# Usage: bench/compare.sh [--pairs N] [--steps N] [--device cpu|cuda] [--compile] [--out FILE]
+#   VITKIT=path/to/vitkit (default target/release/vitkit)
+#   PYTHON=python with torch and timm (default bench/.venv/bin/python, see bench/setup_pytorch.sh)
+# --compile adds torch.compile as a third contender in every pair.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(dirname "$here")"
+vitkit="${VITKIT:-$root/target/release/vitkit}"
+python="${PYTHON:-$here/.venv/bin/python}"
+pairs=3 steps=8 warmup=2 device=cpu compile=0 out=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --pairs) pairs="$2"; shift 2 ;;
+        --steps) steps="$2"; shift 2 ;;
+        --device) device="$2"; shift 2 ;;
+        --compile) compile=1; shift ;;
+        --out) out="$2"; shift 2 ;;
+        *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+[ -x "$vitkit" ] || { echo "compare.sh: no vitkit binary at $vitkit (cargo build --release, or set VITKIT)" >&2; exit 1; }
+"$python" -c 'import torch, timm' 2>/dev/null || { echo "compare.sh: $python lacks torch/timm (run bench/setup_pytorch.sh, or set PYTHON)" >&2; exit 1; }
+
+if [ "$device" = cpu ]; then
+    threads="$(nproc)"
+    cases=(
+        "vit_tiny_patch4_32 train 64"
+        "vit_tiny_patch4_32 infer 64"
+        "vit_mini_patch4_28 train 128 --in-chans 1 --global-pool avg"
+        "vit_base_patch16_224 infer 8"
+        "vit_base_patch16_224 infer 1"
+    )
+else
+    threads="$(nproc)"
+    cases=(
+        "vit_base_patch16_224 train 64"
+        "vit_base_patch16_224 infer 256"
+        "vit_tiny_patch4_32 train 64"
+    )
+fi
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+"$vitkit" models --json > "$work/models.json"
+results="${out:-$work/results.jsonl}"
+: > "$results"
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; device $device; $pairs pairs, $steps timed steps after $warmup warm-up" >&2
+for c in "${cases[@]}"; do
+    read -r model mode batch extra <<<"$c"
+    extra="${extra:-}"
+    for pair in $(seq "$pairs"); do
+        # shellcheck disable=SC2086
+        "$vitkit" --device "$device" bench --model "$model" --mode "$mode" --batch-size "$batch" \
+            --steps "$steps" --warmup "$warmup" $extra --json \
+            | sed "s/^{/{\"contender\":\"vitkit\",\"case\":\"$c\",\"pair\":$pair,/" >> "$results"
+        # shellcheck disable=SC2086
+        "$python" "$here/pytorch_baseline.py" --models-json "$work/models.json" --device "$device" \
+            --threads "$threads" --model "$model" --mode "$mode" --batch-size "$batch" \
+            --steps "$steps" --warmup "$warmup" $extra --json \
+            | sed "s/^{/{\"contender\":\"pytorch\",\"case\":\"$c\",\"pair\":$pair,/" >> "$results"
+        if [ "$compile" = 1 ]; then
+            # shellcheck disable=SC2086
+            "$python" "$here/pytorch_baseline.py" --models-json "$work/models.json" --device "$device" \
+                --threads "$threads" --model "$model" --mode "$mode" --batch-size "$batch" \
+                --steps "$steps" --warmup "$warmup" $extra --compile --json 2>/dev/null \
+                | sed "s/^{/{\"contender\":\"torch.compile\",\"case\":\"$c\",\"pair\":$pair,/" >> "$results"
+        fi
+        echo "  done: $c (pair $pair)" >&2
+    done
+done
+"$python" "$here/summarize.py" "$results"

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""The PyTorch + timm side of `vitkit bench`: the same architecture, batch, optimizer and loss,
+timed the same way, printed as the same JSON object.
+
+The model comes from vitkit's own preset table (`vitkit models --json`), so both sides build
+identical shapes:
+
+    vitkit models --json > /tmp/models.json
+    python bench/pytorch_baseline.py --models-json /tmp/models.json --model vit_tiny_patch4_32 \
+        --batch-size 64 --mode train --json
+
+Train mode times one full step: forward, soft-target cross entropy, backward, global-norm
+gradient clipping at 1.0 and AdamW (lr 1e-4, weight decay 0.05 except on 1-D parameters and the
+class/position embeddings, eps 1e-8), as vitkit's bench does. Peak memory is the process's peak
+resident set (ru_maxrss, the same quantity as vitkit's VmHWM); on CUDA the peak of
+torch.cuda.max_memory_allocated is reported as well.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models-json", required=True, help="output of `vitkit models --json`")
+    p.add_argument("--model", default="vit_tiny_patch4_32")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--mode", choices=["train", "infer"], default="train")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--in-chans", type=int)
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--global-pool", choices=["token", "avg"])
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--autocast", choices=["bf16", "fp16"], help="mixed precision autocast")
+    p.add_argument("--json", action="store_true")
+    return p.parse_args()
+
+
+def build_model(cfg, timm):
+    family = cfg.get("family")
+    if family != "vit":
+        sys.exit(f"pytorch_baseline: no timm counterpart for family {family!r}")
+    h, w = cfg["img_size"]
+    return timm.models.vision_transformer.VisionTransformer(
+        img_size=(h, w),
+        patch_size=cfg["patch_size"],
+        in_chans=cfg["in_chans"],
+        num_classes=cfg["num_classes"],
+        global_pool=cfg["global_pool"],
+        embed_dim=cfg["embed_dim"],
+        depth=cfg["depth"],
+        num_heads=cfg["num_heads"],
+        mlp_ratio=cfg["mlp_ratio"],
+        qkv_bias=cfg["qkv_bias"],
+        drop_rate=cfg["drop_rate"],
+        attn_drop_rate=cfg["attn_drop_rate"],
+        drop_path_rate=cfg["drop_path_rate"],
+    )
+
+
+def adamw_groups(model):
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.ndim <= 1 or name in ("cls_token", "pos_embed"):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def main():
+    args = parse_args()
+    import torch
+    import timm
+
+    torch.set_num_threads(args.threads)
+    with open(args.models_json) as f:
+        presets = json.load(f)
+    if args.model not in presets:
+        sys.exit(f"pytorch_baseline: unknown model {args.model!r}; valid: {', '.join(presets)}")
+    cfg = dict(presets[args.model])
+    for key in ("in_chans", "num_classes", "global_pool"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    model = build_model(cfg, timm).to(device)
+    h, w = cfg["img_size"]
+    x = torch.randn(args.batch_size, cfg["in_chans"], h, w, device=device)
+    labels = torch.rand(args.batch_size, cfg["num_classes"], device=device)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.autocast)
+    fwd = torch.compile(model) if args.compile else model
+
+    def autocast():
+        if autocast_dtype is None:
+            return torch.autocast(device.type, enabled=False)
+        return torch.autocast(device.type, dtype=autocast_dtype)
+
+    if args.mode == "infer":
+        model.eval()
+
+        def step():
+            with torch.inference_mode(), autocast():
+                return fwd(x).float().sum().item()
+
+    else:
+        model.train()
+        optim = torch.optim.AdamW(adamw_groups(model), lr=1e-4, eps=1e-8)
+        scaler = torch.amp.GradScaler(enabled=args.autocast == "fp16")
+
+        def step():
+            optim.zero_grad(set_to_none=True)
+            with autocast():
+                logits = fwd(x)
+            loss = -(torch.log_softmax(logits.float(), dim=1) * labels).sum(1).mean()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optim)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(optim)
+            scaler.update()
+            # Reading a weight waits for the step, as vitkit's bench does.
+            return model.head.weight[0, 0].item()
+
+    times = []
+    for i in range(args.warmup + args.steps):
+        if cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t)
+
+    median = statistics.median(sorted(times))
+    result = {
+        "model": args.model,
+        "mode": args.mode,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "median_ms": 1e3 * median,
+        "min_ms": 1e3 * min(times),
+        "max_ms": 1e3 * max(times),
+        "images_per_s": args.batch_size / median,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "framework": f"torch {torch.__version__}, timm {timm.__version__}",
+        "threads": args.threads,
+        "device": str(device),
+        "compile": args.compile,
+        "autocast": args.autocast,
+        "config": cfg,
+    }
+    if cuda:
+        result["peak_device_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['model']} {result['mode']} batch {result['batch_size']}: median {result['median_ms']:.1f} ms "
+            f"(min {result['min_ms']:.1f}, max {result['max_ms']:.1f}) over {args.steps} steps, "
+            f"{result['images_per_s']:.1f} images/s, peak RSS {result['peak_rss_mib']:.0f} MiB"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+//! The fused CPU operations give Burn's composed results, forward and backward.
+
+use burn::tensor::{Device, Distribution, Tensor};
+
+fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+    (a - b).abs().max().into_scalar::<f32>()
+}
+
+/// Runs `fused` and `reference` on the same input (a non-contiguous view, as attention hands
+/// over) and a random upstream gradient; returns the largest output and input-gradient gaps.
+fn compare(
+    shape: [usize; 3],
+    scale: f64,
+    fused: impl Fn(Tensor<3>) -> Tensor<3>,
+    reference: impl Fn(Tensor<3>) -> Tensor<3>,
+) -> (f32, f32) {
+    let device = Device::flex().autodiff();
+    let [a, b, c] = shape;
+    let base = Tensor::<3>::random([a, c, b], Distribution::Normal(0.0, scale), &device).swap_dims(1, 2);
+    let upstream = Tensor::<3>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    let run = |f: &dyn Fn(Tensor<3>) -> Tensor<3>| {
+        let x = base.clone().detach().require_grad();
+        let y = f(x.clone());
+        let grads = (y.clone() * upstream.clone()).sum().backward();
+        (y.detach(), x.grad(&grads).expect("input gradient"))
+    };
+    assert!(vitkit::kernels::applies(&base, vitkit::kernels::Fused::Gelu));
+    let (y1, g1) = run(&fused);
+    let (y2, g2) = run(&reference);
+    (max_diff(y1, y2), max_diff(g1, g2.detach()))
+}
+
+#[test]
+fn fused_gelu_matches_burn() {
+    let (out, grad) = compare(
+        [4, 33, 70],
+        3.0,
+        vitkit::kernels::gelu,
+        burn::tensor::activation::gelu,
+    );
+    assert!(out < 2e-6, "forward {out}");
+    assert!(grad < 2e-6, "backward {grad}");
+}
+
+#[test]
+fn fused_softmax_matches_burn() {
+    let (out, grad) = compare([3, 17, 65], 4.0, vitkit::kernels::softmax_last, |x| {
+        burn::tensor::activation::softmax(x, 2)
+    });
+    assert!(out < 1e-6, "forward {out}");
+    assert!(grad < 1e-6, "backward {grad}");
+}
+
+#[test]
+fn fused_layer_norm_matches_burn_including_parameter_gradients() {
+    let device = Device::flex().autodiff();
+    let x = Tensor::<3>::random([5, 9, 48], Distribution::Normal(1.0, 2.0), &device);
+    let gamma = Tensor::<1>::random([48], Distribution::Normal(1.0, 0.5), &device);
+    let beta = Tensor::<1>::random([48], Distribution::Normal(0.0, 0.5), &device);
+    let upstream = Tensor::<3>::random([5, 9, 48], Distribution::Normal(0.0, 1.0), &device);
+    let run = |fused: bool| {
+        let (x, g, b) = (
+            x.clone().require_grad(),
+            gamma.clone().require_grad(),
+            beta.clone().require_grad(),
+        );
+        let y = if fused {
+            vitkit::kernels::layer_norm(x.clone(), g.clone(), b.clone(), 1e-6)
+        } else {
+            burn::tensor::module::layer_norm(x.clone(), g.clone(), Some(b.clone()), 1e-6)
+        };
+        let grads = (y.clone() * upstream.clone()).sum().backward();
+        (
+            y.detach(),
+            x.grad(&grads).unwrap(),
+            g.grad(&grads).unwrap(),
+            b.grad(&grads).unwrap(),
+        )
+    };
+    let (y1, dx1, dg1, db1) = run(true);
+    let (y2, dx2, dg2, db2) = run(false);
+    assert!(max_diff(y1, y2) < 2e-6);
+    assert!(max_diff(dx1, dx2) < 2e-5);
+    assert!(max_diff(dg1, dg2) < 2e-5);
+    assert!(max_diff(db1, db2) < 2e-5);
+}
+
+#[test]
+fn fused_operations_work_without_autodiff() {
+    let device = Device::flex();
+    let x = Tensor::<2>::random([7, 30], Distribution::Normal(0.0, 2.0), &device);
+    let gelu = max_diff(
+        vitkit::kernels::gelu(x.clone()),
+        burn::tensor::activation::gelu(x.clone()),
+    );
+    let softmax = max_diff(
+        vitkit::kernels::softmax_last(x.clone()),
+        burn::tensor::activation::softmax(x.clone(), 1),
+    );
+    assert!(gelu < 2e-6 && softmax < 1e-6, "{gelu} {softmax}");
+}
