@@ -3,7 +3,7 @@
 # alternately (vitkit, PyTorch, vitkit, PyTorch, ...), and the table gives per case the median
 # over pairs of the vitkit/PyTorch ratios of step time and peak memory.
 #
-# Usage: bench/compare.sh [--pairs N] [--steps N] [--device cpu|cuda] [--compile] [--out FILE]
+# Usage: bench/compare.sh [--pairs N] [--steps N] [--warmup N] [--device cpu|cuda] [--compile] [--out FILE]
 #   VITKIT=path/to/vitkit (default target/release/vitkit)
 #   PYTHON=python with torch and timm (default bench/.venv/bin/python, see bench/setup_pytorch.sh)
 # --compile adds torch.compile as a third contender in every pair.
@@ -17,6 +17,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --pairs) pairs="$2"; shift 2 ;;
         --steps) steps="$2"; shift 2 ;;
+        --warmup) warmup="$2"; shift 2 ;;
         --device) device="$2"; shift 2 ;;
         --compile) compile=1; shift ;;
         --out) out="$2"; shift 2 ;;
@@ -48,6 +49,7 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 "$vitkit" models --json > "$work/models.json"
 results="${out:-$work/results.jsonl}"
+mkdir -p "$(dirname "$results")"
 : > "$results"
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; device $device; $pairs pairs, $steps timed steps after $warmup warm-up" >&2
 for c in "${cases[@]}"; do

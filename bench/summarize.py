@@ -23,8 +23,8 @@ def main(path):
             runs[(r["case"], r["pair"])][r["contender"]] = r
 
     has_compile = any("torch.compile" in v for v in runs.values())
-    head = "| case | vitkit ms/step | PyTorch ms/step | time ratio | vitkit img/s | PyTorch img/s | throughput ratio | vitkit peak MiB | PyTorch peak MiB | memory ratio |"
-    rule = "|---|---|---|---|---|---|---|---|---|---|"
+    head = "| case | vitkit ms/step | PyTorch ms/step | time ratio | vitkit img/s | PyTorch img/s | throughput ratio | vitkit peak MiB | PyTorch peak MiB | memory ratio | vitkit GFLOP/s | PyTorch GFLOP/s |"
+    rule = "|---|---|---|---|---|---|---|---|---|---|---|---|"
     if has_compile:
         head += " torch.compile ms/step | time ratio vs compile |"
         rule += "---|---|"
@@ -49,6 +49,13 @@ def main(path):
             f"{med(r['peak_rss_mib'] for r in theirs):.0f}",
             f"{med(p['vitkit']['peak_rss_mib'] / p['pytorch']['peak_rss_mib'] for p in pairs):.2f}",
         ]
+        # Both sides did the same arithmetic: vitkit's count of it over each side's step time.
+        gflop = ours[0].get("gflop_per_step")
+        if gflop:
+            row.append(f"{med(gflop * 1e3 / r['median_ms'] for r in ours):.1f}")
+            row.append(f"{med(gflop * 1e3 / r['median_ms'] for r in theirs):.1f}")
+        else:
+            row += ["—", "—"]
         if has_compile:
             compiled = [p for p in pairs if "torch.compile" in p]
             if compiled:

@@ -32,6 +32,11 @@ pub struct BenchResult {
     /// Peak resident memory of the whole process (VmHWM), MiB.
     pub peak_rss_mib: f64,
     pub keep_attention: bool,
+    /// Arithmetic of one step in GFLOP (2 per multiply-add; a training step counted as three
+    /// forward passes: forward, and the two matrix products per layer of the backward).
+    pub gflop_per_step: f64,
+    /// `gflop_per_step` over the median step time.
+    pub gflops: f64,
     /// The architecture timed, so a baseline can build the identical model.
     pub config: ModelConfig,
     pub device: String,
@@ -109,6 +114,8 @@ pub fn bench(
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
+    let passes = if mode == BenchMode::Train { 3.0 } else { 1.0 };
+    let gflop = passes * 2.0 * forward_macs(c) * batch as f64 / 1e9;
     Ok(BenchResult {
         model: model.to_string(),
         mode: if mode == BenchMode::Train {
@@ -125,7 +132,22 @@ pub fn bench(
         images_per_s: batch as f64 / median,
         peak_rss_mib: peak_rss_mib(),
         keep_attention,
+        gflop_per_step: gflop,
+        gflops: gflop / median,
         config: config.clone(),
         device: format!("{device:?}"),
     })
+}
+
+/// Multiply-adds of one image's forward pass through the matrix products of a ViT (patch
+/// embedding, qkv, attention scores and their product with v, projection, MLP, head); the
+/// elementwise work is left out, as usual in FLOP counts.
+pub fn forward_macs(c: &crate::models::VitConfig) -> f64 {
+    let d = c.embed_dim as f64;
+    let patches = c.num_patches() as f64;
+    let tokens = patches + 1.0;
+    let hidden = (c.embed_dim as f64 * c.mlp_ratio).floor();
+    let patch_embed = patches * (c.in_chans * c.patch_size * c.patch_size) as f64 * d;
+    let per_block = tokens * (3.0 * d * d + d * d + 2.0 * d * hidden) + 2.0 * tokens * tokens * d;
+    patch_embed + c.depth as f64 * per_block + d * c.num_classes as f64
 }

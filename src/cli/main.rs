@@ -517,7 +517,7 @@ fn bench(args: BenchArgs, device: &str) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{} {} batch {}: median {:.1} ms (min {:.1}, max {:.1}) over {} steps, {:.1} images/s, peak RSS {:.0} MiB",
+            "{} {} batch {}: median {:.1} ms (min {:.1}, max {:.1}) over {} steps, {:.1} images/s, {:.1} GFLOP/s, peak RSS {:.0} MiB",
             r.model,
             r.mode,
             r.batch_size,
@@ -526,6 +526,7 @@ fn bench(args: BenchArgs, device: &str) -> anyhow::Result<()> {
             r.max_ms,
             r.steps,
             r.images_per_s,
+            r.gflops,
             r.peak_rss_mib
         );
     }
