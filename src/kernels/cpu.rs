@@ -219,9 +219,11 @@ pub fn layer_norm_backward(
     }
     assert_eq!(x.len() % n, 0);
     let chunk = rows_per_task(n) * n;
-    let mut sums = (Vec::new(), Vec::new());
+    // Partial sums per chunk, added up in chunk order afterwards: the result does not depend on
+    // how rayon scheduled the chunks, so training runs stay reproducible.
+    let mut partials = Vec::new();
     let dx = filled(x.len(), |dx| {
-        sums = dx
+        partials = dx
             .par_chunks_mut(chunk)
             .zip(x.par_chunks(chunk).zip(grad.par_chunks(chunk)))
             .map(|(dx, (x, g))| {
@@ -230,15 +232,13 @@ pub fn layer_norm_backward(
                 layer_norm_backward_rows(x, gamma, g, dx, &mut dgamma, &mut dbeta, eps);
                 (dgamma, dbeta)
             })
-            .reduce(
-                || (vec![0.0; n], vec![0.0; n]),
-                |(mut ga, mut ba), (gb, bb)| {
-                    ga.iter_mut().zip(gb).for_each(|(a, b)| *a += b);
-                    ba.iter_mut().zip(bb).for_each(|(a, b)| *a += b);
-                    (ga, ba)
-                },
-            )
+            .collect::<Vec<_>>()
     });
+    let mut sums = (vec![0.0; n], vec![0.0; n]);
+    for (dgamma, dbeta) in partials {
+        sums.0.iter_mut().zip(dgamma).for_each(|(a, b)| *a += b);
+        sums.1.iter_mut().zip(dbeta).for_each(|(a, b)| *a += b);
+    }
     let (dgamma, dbeta) = sums;
     (dx, dgamma, dbeta)
 }
