@@ -27,8 +27,8 @@ done
 [ -x "$vitkit" ] || { echo "compare.sh: no vitkit binary at $vitkit (cargo build --release, or set VITKIT)" >&2; exit 1; }
 "$python" -c 'import torch, timm' 2>/dev/null || { echo "compare.sh: $python lacks torch/timm (run bench/setup_pytorch.sh, or set PYTHON)" >&2; exit 1; }
 
+threads="$(nproc)"
 if [ "$device" = cpu ]; then
-    threads="$(nproc)"
     cases=(
         "vit_tiny_patch4_32 train 64"
         "vit_tiny_patch4_32 infer 64"
@@ -37,7 +37,6 @@ if [ "$device" = cpu ]; then
         "vit_base_patch16_224 infer 1"
     )
 else
-    threads="$(nproc)"
     cases=(
         "vit_base_patch16_224 train 64"
         "vit_base_patch16_224 infer 256"
@@ -52,6 +51,17 @@ results="${out:-$work/results.jsonl}"
 mkdir -p "$(dirname "$results")"
 : > "$results"
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; device $device; $pairs pairs, $steps timed steps after $warmup warm-up" >&2
+# One PyTorch run of the current case, its JSON line tagged with the contender's name.
+pytorch() {
+    local contender="$1"
+    shift
+    # shellcheck disable=SC2086
+    "$python" "$here/pytorch_baseline.py" --models-json "$work/models.json" --device "$device" \
+        --threads "$threads" --model "$model" --mode "$mode" --batch-size "$batch" \
+        --steps "$steps" --warmup "$warmup" $extra "$@" --json \
+        | sed "s/^{/{\"contender\":\"$contender\",\"case\":\"$c\",\"pair\":$pair,/" >> "$results"
+}
+
 for c in "${cases[@]}"; do
     read -r model mode batch extra <<<"$c"
     extra="${extra:-}"
@@ -60,17 +70,9 @@ for c in "${cases[@]}"; do
         "$vitkit" --device "$device" bench --model "$model" --mode "$mode" --batch-size "$batch" \
             --steps "$steps" --warmup "$warmup" $extra --json \
             | sed "s/^{/{\"contender\":\"vitkit\",\"case\":\"$c\",\"pair\":$pair,/" >> "$results"
-        # shellcheck disable=SC2086
-        "$python" "$here/pytorch_baseline.py" --models-json "$work/models.json" --device "$device" \
-            --threads "$threads" --model "$model" --mode "$mode" --batch-size "$batch" \
-            --steps "$steps" --warmup "$warmup" $extra --json \
-            | sed "s/^{/{\"contender\":\"pytorch\",\"case\":\"$c\",\"pair\":$pair,/" >> "$results"
+        pytorch pytorch
         if [ "$compile" = 1 ]; then
-            # shellcheck disable=SC2086
-            "$python" "$here/pytorch_baseline.py" --models-json "$work/models.json" --device "$device" \
-                --threads "$threads" --model "$model" --mode "$mode" --batch-size "$batch" \
-                --steps "$steps" --warmup "$warmup" $extra --compile --json 2>/dev/null \
-                | sed "s/^{/{\"contender\":\"torch.compile\",\"case\":\"$c\",\"pair\":$pair,/" >> "$results"
+            pytorch torch.compile --compile
         fi
         echo "  done: $c (pair $pair)" >&2
     done

@@ -48,23 +48,12 @@ def build_model(cfg, timm):
     family = cfg.get("family")
     if family != "vit":
         sys.exit(f"pytorch_baseline: no timm counterpart for family {family!r}")
-    h, w = cfg["img_size"]
+    # vitkit's config keys are timm's VisionTransformer arguments (norm_eps aside: both use 1e-6).
+    keys = ("patch_size", "in_chans", "num_classes", "global_pool", "embed_dim", "depth", "num_heads",
+            "mlp_ratio", "qkv_bias", "drop_rate", "attn_drop_rate", "drop_path_rate")
     return timm.models.vision_transformer.VisionTransformer(
-        img_size=(h, w),
-        patch_size=cfg["patch_size"],
-        in_chans=cfg["in_chans"],
-        num_classes=cfg["num_classes"],
-        global_pool=cfg["global_pool"],
-        embed_dim=cfg["embed_dim"],
-        depth=cfg["depth"],
-        num_heads=cfg["num_heads"],
-        mlp_ratio=cfg["mlp_ratio"],
-        qkv_bias=cfg["qkv_bias"],
-        drop_rate=cfg["drop_rate"],
-        attn_drop_rate=cfg["attn_drop_rate"],
-        drop_path_rate=cfg["drop_path_rate"],
+        img_size=tuple(cfg["img_size"]), **{key: cfg[key] for key in keys}
     )
-
 
 def adamw_groups(model):
     decay, no_decay = [], []

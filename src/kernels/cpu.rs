@@ -22,7 +22,7 @@ const LN2_LO: f32 = 1.428_606_8e-6;
 /// `e^x` for `x` in about [-87, 88], relative error below 2e-7: `x = k ln2 + r`, `|r| <= ln2/2`,
 /// `e^r` by its Taylor series to degree 7, `2^k` written into the exponent bits.
 #[inline(always)]
-pub fn exp_approx(x: f32) -> f32 {
+fn exp_approx(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     // Round to nearest by adding and subtracting 1.5 * 2^23 (no rounding instruction needed).
     const SHIFT: f32 = 12_582_912.0;
@@ -63,14 +63,14 @@ const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
 /// Exact GELU, `x * Phi(x)`, on one element.
 #[inline(always)]
-pub fn gelu_one(x: f32) -> f32 {
+fn gelu_one(x: f32) -> f32 {
     let (erf, _) = erf_and_gauss(x * FRAC_1_SQRT_2);
     0.5 * x * (1.0 + erf)
 }
 
 /// `d gelu / dx * grad` on one element: `Phi(x) + x phi(x)`.
 #[inline(always)]
-pub fn gelu_grad_one(x: f32, grad: f32) -> f32 {
+fn gelu_grad_one(x: f32, grad: f32) -> f32 {
     let (erf, gauss) = erf_and_gauss(x * FRAC_1_SQRT_2);
     grad * (0.5 * (1.0 + erf) + x * FRAC_1_SQRT_2PI * gauss)
 }

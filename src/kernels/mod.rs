@@ -19,8 +19,6 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Bytes, DType, Dispatch, DispatchDevice, Flex, backend_extension};
 use burn::tensor::Tensor;
 
-pub use cpu::exp_approx;
-
 #[backend_extension(Flex, Autodiff)]
 pub trait VitOps: Backend {
     /// Exact GELU (erf form) with a vectorised error function.
