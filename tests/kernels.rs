@@ -99,3 +99,91 @@ fn fused_operations_work_without_autodiff() {
     );
     assert!(gelu < 2e-6 && softmax < 1e-6, "{gelu} {softmax}");
 }
+
+/// Input, weight and bias gradients of the fused linear against Burn's `Linear`, for both
+/// weight layouts, with and without bias, on a 3-d input.
+#[test]
+fn fused_linear_matches_burn_including_parameter_gradients() {
+    use burn::nn::{LinearConfig, LinearLayout};
+    let device = Device::flex().autodiff();
+    for (layout, bias) in [
+        (LinearLayout::Col, true),
+        (LinearLayout::Row, true),
+        (LinearLayout::Col, false),
+    ] {
+        let layer = LinearConfig::new(40, 70)
+            .with_layout(layout)
+            .with_bias(bias)
+            .init(&device);
+        let x = Tensor::<3>::random([3, 50, 40], Distribution::Normal(0.0, 1.0), &device);
+        let upstream = Tensor::<3>::random([3, 50, 70], Distribution::Normal(0.0, 1.0), &device);
+        let run = |fused: bool| {
+            let x = x.clone().require_grad();
+            let y = if fused {
+                vitkit::kernels::linear(x.clone(), &layer)
+            } else {
+                layer.forward(x.clone())
+            };
+            let grads = (y.clone() * upstream.clone()).sum().backward();
+            let db = layer.bias.as_ref().map(|b| b.grad(&grads).unwrap());
+            (
+                y.detach(),
+                x.grad(&grads).unwrap(),
+                layer.weight.grad(&grads).unwrap(),
+                db,
+            )
+        };
+        let (y1, dx1, dw1, db1) = run(true);
+        let (y2, dx2, dw2, db2) = run(false);
+        assert_eq!(dw1.dims(), dw2.dims());
+        assert!(max_diff(y1, y2) < 1e-5, "{layout:?} forward");
+        assert!(max_diff(dx1, dx2) < 1e-5, "{layout:?} input gradient");
+        assert!(max_diff(dw1, dw2) < 1e-4, "{layout:?} weight gradient");
+        if let (Some(a), Some(b)) = (db1, db2) {
+            assert!(max_diff(a, b) < 1e-4, "{layout:?} bias gradient");
+        }
+    }
+}
+
+/// Attention composed from Burn's operations, as timm writes it.
+fn composed_attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+    let [b, n, d3] = qkv.dims();
+    let (d, dh) = (d3 / 3, d3 / 3 / heads);
+    let qkv = qkv.reshape([b, n, 3, heads, dh]).permute([2, 0, 3, 1, 4]);
+    let q = qkv.clone().narrow(0, 0, 1).reshape([b, heads, n, dh]);
+    let k = qkv.clone().narrow(0, 1, 1).reshape([b, heads, n, dh]);
+    let v = qkv.narrow(0, 2, 1).reshape([b, heads, n, dh]);
+    let attn =
+        burn::tensor::activation::softmax(q.mul_scalar((dh as f64).powf(-0.5)).matmul(k.swap_dims(2, 3)), 3);
+    attn.matmul(v).swap_dims(1, 2).reshape([b, n, d])
+}
+
+#[test]
+fn fused_attention_matches_burn_forward_and_backward() {
+    let device = Device::flex().autodiff();
+    let (b, n, heads, dh) = (3, 17, 4, 8);
+    let qkv = Tensor::<3>::random([b, n, 3 * heads * dh], Distribution::Normal(0.0, 1.5), &device);
+    let upstream = Tensor::<3>::random([b, n, heads * dh], Distribution::Normal(0.0, 1.0), &device);
+    assert!(vitkit::kernels::attention_applies(&qkv));
+    let run = |fused: bool| {
+        let x = qkv.clone().require_grad();
+        let y = if fused {
+            vitkit::kernels::attention(x.clone(), heads)
+        } else {
+            composed_attention(x.clone(), heads)
+        };
+        let grads = (y.clone() * upstream.clone()).sum().backward();
+        (y.detach(), x.grad(&grads).unwrap())
+    };
+    let (y1, g1) = run(true);
+    let (y2, g2) = run(false);
+    assert!(max_diff(y1, y2) < 1e-5, "forward");
+    assert!(max_diff(g1, g2) < 1e-5, "backward");
+    // Without autodiff too.
+    let plain = Tensor::<3>::from_data(qkv.to_data(), &Device::flex());
+    let gap = max_diff(
+        vitkit::kernels::attention(plain.clone(), heads),
+        composed_attention(plain, heads),
+    );
+    assert!(gap < 1e-5, "inference forward {gap}");
+}

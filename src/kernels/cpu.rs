@@ -78,8 +78,8 @@ fn gelu_grad_one(x: f32, grad: f32) -> f32 {
 /// Compiles `$body` (a closure-like block over slices) once with AVX2+FMA enabled and once for
 /// the baseline, and calls the fast one when the CPU has those features.
 macro_rules! dispatch_simd {
-    ($name:ident ( $($arg:ident : $ty:ty),* ) $body:block) => {
-        fn $name($($arg: $ty),*) {
+    ($vis:vis $name:ident ( $($arg:ident : $ty:ty),* ) $body:block) => {
+        $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma")]
@@ -137,6 +137,62 @@ pub fn gelu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
             .for_each(|(o, (x, g))| gelu_grad_chunk(x, g, o))
     })
 }
+
+/// Sum of a slice in eight interleaved lanes, so that it vectorises (a single running sum
+/// must keep its order and cannot).
+#[inline(always)]
+fn lane_sum(x: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        lanes.iter_mut().zip(c).for_each(|(l, &v)| *l += v);
+    }
+    let tail: f32 = chunks.remainder().iter().sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// Dot product in eight interleaved lanes (see [`lane_sum`]).
+#[inline(always)]
+fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
+dispatch_simd!(pub(super) softmax_rows_in_place(x: &mut [f32], n: usize) {
+    for row in x.chunks_exact_mut(n) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        for v in row.iter_mut() {
+            *v = exp_approx(*v - max);
+        }
+        let inv = 1.0 / lane_sum(row);
+        for v in row.iter_mut() {
+            *v *= inv;
+        }
+    }
+});
+
+dispatch_simd!(pub(super) softmax_grad_rows_in_place(p: &[f32], dp: &mut [f32], n: usize, scale: f32) {
+    // d(scores) = p * (dp - <dp, p>), times the scale the scores were multiplied by.
+    for (p, dp) in p.chunks_exact(n).zip(dp.chunks_exact_mut(n)) {
+        let dot = lane_dot(p, dp);
+        for (d, &p) in dp.iter_mut().zip(p) {
+            *d = p * (*d - dot) * scale;
+        }
+    }
+});
 
 /// Rows per rayon task for the row kernels.
 fn rows_per_task(row_len: usize) -> usize {

@@ -6,7 +6,9 @@
 //! calls libm's scalar `erff`. One pass forward and one backward per operation is what PyTorch
 //! does. On any other device (CUDA) the wrappers fall back to Burn's own operations.
 
+mod attention;
 mod cpu;
+mod matmul;
 
 use std::sync::OnceLock;
 
@@ -32,6 +34,17 @@ pub trait VitOps: Backend {
         beta: FloatTensor<Self>,
         eps: f64,
     ) -> FloatTensor<Self>;
+    /// `x · weight + bias` over the last axis of `x`, with `weight: [d_in, d_out]`.
+    fn vit_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+    /// `x · weight` over the last axis of `x`, with `weight: [d_in, d_out]`. (The extension
+    /// macro takes no optional tensors, hence two operations.)
+    fn vit_linear_no_bias(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// Multi-head self-attention from a fused qkv projection: `[B, N, 3 * D]` → `[B, N, D]`.
+    fn vit_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self>;
 }
 
 /// One bit per fused operation, for switching them off one at a time to measure each.
@@ -40,21 +53,27 @@ pub enum Fused {
     Gelu = 1,
     Softmax = 2,
     LayerNorm = 4,
+    Linear = 8,
+    Attention = 16,
 }
 
+const ALL_FUSED: u8 = 31;
+
 /// The fused operations in use: all, unless the environment variable `VITKIT_FUSED` lists some
-/// (`gelu,softmax,layernorm`) or says `none`.
+/// (`gelu,softmax,layernorm,linear,attention`) or says `none`.
 pub fn enabled(op: Fused) -> bool {
     static MASK: OnceLock<u8> = OnceLock::new();
     let mask = *MASK.get_or_init(|| match std::env::var("VITKIT_FUSED") {
-        Err(_) => 7,
+        Err(_) => ALL_FUSED,
         Ok(list) => list
             .split(',')
             .map(|s| match s.trim() {
                 "gelu" => Fused::Gelu as u8,
                 "softmax" => Fused::Softmax as u8,
                 "layernorm" => Fused::LayerNorm as u8,
-                "all" => 7,
+                "linear" => Fused::Linear as u8,
+                "attention" => Fused::Attention as u8,
+                "all" => ALL_FUSED,
                 _ => 0,
             })
             .fold(0, |a, b| a | b),
@@ -102,6 +121,31 @@ pub fn layer_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, beta: Tensor<1
     }
 }
 
+/// A linear layer's output, `x · W + b`, for Burn's `Linear` (either weight layout).
+pub fn linear<const D: usize>(x: Tensor<D>, layer: &burn::nn::Linear) -> Tensor<D> {
+    if applies(&x, Fused::Linear) {
+        let (x, w) = (x.into_dispatch(), layer.weight.val().into_dispatch());
+        Tensor::from_dispatch(match &layer.bias {
+            Some(b) => <Dispatch as VitOps>::vit_linear(x, w, b.val().into_dispatch()),
+            None => <Dispatch as VitOps>::vit_linear_no_bias(x, w),
+        })
+    } else {
+        layer.forward(x)
+    }
+}
+
+/// Whether [`attention`] has a fused kernel for this qkv tensor.
+pub fn attention_applies(qkv: &Tensor<3>) -> bool {
+    applies(qkv, Fused::Attention)
+}
+
+/// Multi-head self-attention (softmax(q kᵀ / sqrt(head_dim)) v, heads merged) from the fused
+/// qkv projection `[B, N, 3 * D]`, laid out as timm's. Only where [`attention_applies`].
+pub fn attention(qkv: Tensor<3>, heads: usize) -> Tensor<3> {
+    assert!(attention_applies(&qkv), "no fused attention for this tensor");
+    Tensor::from_dispatch(<Dispatch as VitOps>::vit_attention(qkv.into_dispatch(), heads))
+}
+
 fn f32_tensor(values: Vec<f32>, shape: burn::backend::Shape) -> FlexTensor {
     FlexTensor::new(Bytes::from_elems(values), Layout::contiguous(shape), DType::F32)
 }
@@ -123,7 +167,109 @@ fn flex_gelu(x: FlexTensor) -> FlexTensor {
     f32_tensor(cpu::gelu(slice(&x)), shape_of(&x))
 }
 
+/// A 2-d weight as a strided matrix view over its storage (copied only if a stride is negative).
+fn weight_view(w: &FlexTensor) -> matmul::View {
+    let layout = w.layout();
+    let dims = layout.shape();
+    assert_eq!(dims.num_dims(), 2, "linear weight must be 2-d");
+    let strides = layout.strides();
+    matmul::View::strided(
+        w.storage::<f32>(),
+        layout.start_offset(),
+        dims[0],
+        dims[1],
+        strides[0],
+        strides[1],
+    )
+}
+
+fn flex_linear(x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTensor {
+    let w = if w.layout().has_positive_strides() {
+        w.clone()
+    } else {
+        w.to_contiguous()
+    };
+    let view = weight_view(&w);
+    let mut shape = shape_of(x);
+    let last = shape.num_dims() - 1;
+    assert_eq!(
+        shape[last], view.rows,
+        "linear input width differs from the weight's"
+    );
+    let rows = shape.num_elements() / view.rows.max(1);
+    let bias = bias.map(|b| contiguous(b.clone()));
+    let out = matmul::linear(slice(x), rows, view, bias.as_ref().map(slice));
+    shape[last] = view.cols;
+    f32_tensor(out, shape)
+}
+
+/// Gradients of [`flex_linear`] for `x`, `w` and the bias, each only where asked for.
+fn flex_linear_backward(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    grad: &FlexTensor,
+    need: [bool; 3],
+) -> [Option<FlexTensor>; 3] {
+    let w = if w.layout().has_positive_strides() {
+        w.clone()
+    } else {
+        w.to_contiguous()
+    };
+    let view = weight_view(&w);
+    let (d_in, d_out) = (view.rows, view.cols);
+    let rows = shape_of(x).num_elements() / d_in.max(1);
+    let dy = slice(grad);
+    [
+        need[0].then(|| f32_tensor(matmul::linear_grad_input(dy, rows, view), shape_of(x))),
+        need[1].then(|| {
+            f32_tensor(
+                matmul::linear_grad_weight(slice(x), dy, rows, d_in, d_out),
+                shape_of(&w),
+            )
+        }),
+        need[2].then(|| f32_tensor(matmul::column_sums(dy, rows, d_out), [d_out].into())),
+    ]
+}
+
+fn attention_shape(qkv: &FlexTensor, heads: usize) -> attention::Shape {
+    let shape = shape_of(qkv);
+    assert_eq!(shape.num_dims(), 3, "qkv must be [batch, tokens, 3 * dim]");
+    let dim = shape[2] / 3;
+    assert!(
+        heads > 0 && shape[2] == 3 * dim && dim.is_multiple_of(heads),
+        "qkv width {} does not split into q, k, v of {heads} heads",
+        shape[2]
+    );
+    attention::Shape {
+        batch: shape[0],
+        tokens: shape[1],
+        heads,
+        head_dim: dim / heads,
+    }
+}
+
+/// Fused attention; also returns the probabilities `[B, heads, N, N]` when `keep_probs`.
+fn flex_attention(qkv: &FlexTensor, heads: usize, keep_probs: bool) -> (FlexTensor, Option<FlexTensor>) {
+    let s = attention_shape(qkv, heads);
+    let (out, probs) = attention::forward(slice(qkv), s, keep_probs);
+    let out = f32_tensor(out, [s.batch, s.tokens, s.heads * s.head_dim].into());
+    let probs = probs.map(|p| f32_tensor(p, [s.batch, s.heads, s.tokens, s.tokens].into()));
+    (out, probs)
+}
+
 impl VitOps for Flex {
+    fn vit_linear(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        flex_linear(&contiguous(x), &weight, Some(&bias))
+    }
+
+    fn vit_linear_no_bias(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
+        flex_linear(&contiguous(x), &weight, None)
+    }
+
+    fn vit_attention(qkv: FlexTensor, heads: usize) -> FlexTensor {
+        flex_attention(&contiguous(qkv), heads, false).0
+    }
+
     fn vit_gelu(x: FlexTensor) -> FlexTensor {
         flex_gelu(x)
     }
@@ -201,7 +347,114 @@ impl Backward<Flex, 3> for LayerNormBackward {
     }
 }
 
+#[derive(Debug)]
+struct LinearBackward;
+
+impl Backward<Flex, 3> for LinearBackward {
+    /// Input (contiguous) and weight.
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = contiguous(grads.consume::<Flex>(&ops.node));
+        let (x, w) = ops.state;
+        let need = [0, 1, 2].map(|i| ops.parents[i].is_some());
+        let computed = flex_linear_backward(&x, &w, &grad, need);
+        for (node, g) in ops.parents.into_iter().zip(computed) {
+            if let (Some(node), Some(g)) = (node, g) {
+                grads.register::<Flex>(node.id, g);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LinearNoBiasBackward;
+
+impl Backward<Flex, 2> for LinearNoBiasBackward {
+    /// Input (contiguous) and weight.
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = contiguous(grads.consume::<Flex>(&ops.node));
+        let (x, w) = ops.state;
+        let need = [ops.parents[0].is_some(), ops.parents[1].is_some(), false];
+        let computed = flex_linear_backward(&x, &w, &grad, need);
+        for (node, g) in ops.parents.into_iter().zip(computed) {
+            if let (Some(node), Some(g)) = (node, g) {
+                grads.register::<Flex>(node.id, g);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl Backward<Flex, 1> for AttentionBackward {
+    /// qkv (contiguous), the attention probabilities and the number of heads.
+    type State = (FlexTensor, FlexTensor, usize);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = contiguous(grads.consume::<Flex>(&ops.node));
+        let [parent] = ops.parents;
+        if let Some(node) = parent {
+            let (qkv, probs, heads) = ops.state;
+            let s = attention_shape(&qkv, heads);
+            let dqkv = attention::backward(slice(&qkv), slice(&probs), slice(&grad), s);
+            grads.register::<Flex>(node.id, f32_tensor(dqkv, shape_of(&qkv)));
+        }
+    }
+}
+
 impl<C: CheckpointStrategy> VitOps for Autodiff<Flex, C> {
+    fn vit_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let input = contiguous(x.primitive().clone());
+        let (w, b) = (weight.primitive().clone(), bias.primitive().clone());
+        let out = flex_linear(&input, &w, Some(&b));
+        match LinearBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((input, w), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn vit_linear_no_bias(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        let input = contiguous(x.primitive().clone());
+        let w = weight.primitive().clone();
+        let out = flex_linear(&input, &w, None);
+        match LinearNoBiasBackward
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((input, w), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn vit_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        let input = contiguous(qkv.primitive().clone());
+        match AttentionBackward
+            .prepare::<C>([qkv.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (out, probs) = flex_attention(&input, heads, true);
+                let probs = probs.expect("probabilities kept for the backward");
+                prep.finish((input, probs, heads), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(flex_attention(&input, heads, false).0),
+        }
+    }
+
     fn vit_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         match GeluBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {

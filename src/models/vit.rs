@@ -234,11 +234,9 @@ impl Vit {
             .forward(Tensor::cat(vec![cls, x], 1) + self.pos_embed.val());
         let mut attentions = Vec::new();
         for block in &self.blocks {
-            let (y, attn) = block.forward(x);
+            let (y, attn) = block.forward(x, keep_attention);
             x = y;
-            if keep_attention {
-                attentions.push(attn);
-            }
+            attentions.extend(attn);
         }
         (x, attentions)
     }
@@ -265,7 +263,7 @@ impl Vit {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let (tokens, _) = self.encode(x, false);
-        self.head.forward(self.pool(tokens))
+        crate::kernels::linear(self.pool(tokens), &self.head)
     }
 
     /// Logits, pooled features and, when `keep_attention`, the attention of every block.
@@ -273,7 +271,7 @@ impl Vit {
         let (tokens, attentions) = self.encode(x, keep_attention);
         let pre_logits = self.pool(tokens);
         VitOutput {
-            logits: self.head.forward(pre_logits.clone()),
+            logits: crate::kernels::linear(pre_logits.clone(), &self.head),
             pre_logits,
             attentions,
         }

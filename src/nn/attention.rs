@@ -33,24 +33,41 @@ impl Attention {
         }
     }
 
-    /// `x: [B, N, D]` → `[B, N, D]`, plus the post-softmax attention `[B, heads, N, N]`.
-    /// Handing the weights back costs nothing: the softmax output exists either way.
-    pub fn forward(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
-        let [b, n, d] = x.dims();
-        let h = self.num_heads;
+    /// `x: [B, N, D]` → `[B, N, D]`, plus, when `keep_attention`, the post-softmax attention
+    /// `[B, heads, N, N]`.
+    ///
+    /// Without attention dropout, a fused kernel (where one exists for the device) reads q, k
+    /// and v in place and writes the heads merged; the maps, when asked for, then come from the
+    /// composed path beside it, so asking for them never changes the output.
+    pub fn forward(&self, x: Tensor<3>, keep_attention: bool) -> (Tensor<3>, Option<Tensor<4>>) {
+        let qkv = crate::kernels::linear(x, &self.qkv);
+        let attn_dropout_active = self.attn_drop.prob > 0.0 && qkv.device().is_autodiff();
+        let (out, attn) = if !attn_dropout_active && crate::kernels::attention_applies(&qkv) {
+            let maps = keep_attention.then(|| self.composed(qkv.clone()).1);
+            (crate::kernels::attention(qkv, self.num_heads), maps)
+        } else {
+            let (out, attn) = self.composed(qkv);
+            (out, keep_attention.then_some(attn))
+        };
+        (
+            self.proj_drop.forward(crate::kernels::linear(out, &self.proj)),
+            attn,
+        )
+    }
+
+    /// Attention from Burn's operations: heads split, scores, softmax, dropout, heads merged.
+    /// Returns the merged output `[B, N, D]` and the probabilities `[B, heads, N, N]`.
+    fn composed(&self, qkv: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
+        let [b, n, d3] = qkv.dims();
+        let (h, d) = (self.num_heads, d3 / 3);
         let dh = d / h;
-        let qkv = self
-            .qkv
-            .forward(x)
-            .reshape([b, n, 3, h, dh])
-            .permute([2, 0, 3, 1, 4]);
+        let qkv = qkv.reshape([b, n, 3, h, dh]).permute([2, 0, 3, 1, 4]);
         let q = qkv.clone().narrow(0, 0, 1).reshape([b, h, n, dh]);
         let k = qkv.clone().narrow(0, 1, 1).reshape([b, h, n, dh]);
         let v = qkv.narrow(0, 2, 1).reshape([b, h, n, dh]);
         let scale = (dh as f64).powf(-0.5);
         let attn = crate::kernels::softmax_last(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)));
         let out = self.attn_drop.forward(attn.clone()).matmul(v);
-        let out = out.swap_dims(1, 2).reshape([b, n, d]);
-        (self.proj_drop.forward(self.proj.forward(out)), attn)
+        (out.swap_dims(1, 2).reshape([b, n, d]), attn)
     }
 }

@@ -49,8 +49,10 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = self.drop.forward(crate::kernels::gelu(self.fc1.forward(x)));
-        self.drop.forward(self.fc2.forward(x))
+        let x = self
+            .drop
+            .forward(crate::kernels::gelu(crate::kernels::linear(x, &self.fc1)));
+        self.drop.forward(crate::kernels::linear(x, &self.fc2))
     }
 }
 
@@ -88,9 +90,9 @@ impl Block {
         }
     }
 
-    /// Returns the block output and the block's post-softmax attention.
-    pub fn forward(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
-        let (a, attn) = self.attn.forward(self.norm1.forward(x.clone()));
+    /// Returns the block output and, when `keep_attention`, the block's post-softmax attention.
+    pub fn forward(&self, x: Tensor<3>, keep_attention: bool) -> (Tensor<3>, Option<Tensor<4>>) {
+        let (a, attn) = self.attn.forward(self.norm1.forward(x.clone()), keep_attention);
         let x = x + self.drop_path.forward(a);
         let x = x.clone() + self.drop_path.forward(self.mlp.forward(self.norm2.forward(x)));
         (x, attn)

@@ -1,0 +1,363 @@
+//! Matrix products for the linear layers, on the `gemm` crate directly.
+//!
+//! Why not Burn's matmul: flex allocates every product's output zeroed and then copies it once
+//! more to realign it (`FlexTensor::empty`), adds the bias in a separate pass, and a `[out, in]`
+//! weight's gradient comes back transposed. Here each output is written once, in place: the
+//! bias is laid down first and the product accumulated onto it.
+
+use std::mem::MaybeUninit;
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// A read-only strided matrix: element `(r, c)` lies at `ptr + r * rs + c * cs`.
+#[derive(Debug, Clone, Copy)]
+pub struct View {
+    ptr: *const f32,
+    pub rows: usize,
+    pub cols: usize,
+    rs: isize,
+    cs: isize,
+}
+
+// SAFETY: a `View` only reads, and every function taking one keeps the borrowed storage alive
+// (it is built from a slice or a tensor the caller holds) for the duration of the call.
+unsafe impl Send for View {}
+unsafe impl Sync for View {}
+
+impl View {
+    /// A row-major `rows x cols` matrix over `data`.
+    pub fn row_major(data: &[f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(data.len(), rows * cols, "matrix data does not match its shape");
+        Self {
+            ptr: data.as_ptr(),
+            rows,
+            cols,
+            rs: cols as isize,
+            cs: 1,
+        }
+    }
+
+    /// A strided matrix inside `data` starting at `offset`. Panics if any element would fall
+    /// outside `data` (strides must be non-negative).
+    pub fn strided(data: &[f32], offset: usize, rows: usize, cols: usize, rs: isize, cs: isize) -> Self {
+        assert!(rs >= 0 && cs >= 0, "negative strides are not supported");
+        if rows > 0 && cols > 0 {
+            let last = offset + (rows - 1) * rs as usize + (cols - 1) * cs as usize;
+            assert!(last < data.len(), "strided matrix reaches past its storage");
+        }
+        Self {
+            ptr: data[offset..].as_ptr(),
+            rows,
+            cols,
+            rs,
+            cs,
+        }
+    }
+
+    /// The `rows x cols` sub-matrix whose top-left element is `(r0, c0)`.
+    pub fn window(self, r0: usize, c0: usize, rows: usize, cols: usize) -> Self {
+        assert!(
+            r0 + rows <= self.rows && c0 + cols <= self.cols,
+            "window outside the matrix"
+        );
+        Self {
+            // SAFETY: inside the parent matrix, checked above.
+            ptr: unsafe { self.ptr.offset(r0 as isize * self.rs + c0 as isize * self.cs) },
+            rows,
+            cols,
+            ..self
+        }
+    }
+
+    /// The transpose, without moving data.
+    pub fn t(self) -> Self {
+        Self {
+            ptr: self.ptr,
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+}
+
+/// A writable strided matrix; see [`View`].
+#[derive(Debug, Clone, Copy)]
+pub struct ViewMut {
+    ptr: *mut f32,
+    pub rows: usize,
+    pub cols: usize,
+    rs: isize,
+    cs: isize,
+}
+
+// SAFETY: callers hand disjoint `ViewMut`s to different threads (see the attention kernels).
+unsafe impl Send for ViewMut {}
+unsafe impl Sync for ViewMut {}
+
+impl ViewMut {
+    /// A strided window of `data` (which may still be uninitialised: products only write it,
+    /// unless asked to accumulate). Panics if it would reach outside `data`.
+    pub fn strided(
+        data: &mut [MaybeUninit<f32>],
+        offset: usize,
+        rows: usize,
+        cols: usize,
+        rs: isize,
+        cs: isize,
+    ) -> Self {
+        assert!(rs >= 0 && cs >= 0, "negative strides are not supported");
+        if rows > 0 && cols > 0 {
+            let last = offset + (rows - 1) * rs as usize + (cols - 1) * cs as usize;
+            assert!(last < data.len(), "strided matrix reaches past its storage");
+        }
+        Self {
+            ptr: data[offset..].as_mut_ptr().cast(),
+            rows,
+            cols,
+            rs,
+            cs,
+        }
+    }
+
+    /// The `rows x cols` sub-matrix whose top-left element is `(r0, c0)`.
+    pub fn window(self, r0: usize, c0: usize, rows: usize, cols: usize) -> Self {
+        assert!(
+            r0 + rows <= self.rows && c0 + cols <= self.cols,
+            "window outside the matrix"
+        );
+        Self {
+            // SAFETY: inside the parent matrix, checked above.
+            ptr: unsafe { self.ptr.offset(r0 as isize * self.rs + c0 as isize * self.cs) },
+            rows,
+            cols,
+            ..self
+        }
+    }
+}
+
+/// Products below this many multiply-adds run on one thread (splitting costs more).
+const PARALLEL_MACS: usize = 192 * 192 * 192;
+
+/// Whether a product is split across threads: only large ones, and never from inside a rayon
+/// task (the attention kernels already run one head per task).
+pub fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
+    if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MACS && rayon::current_thread_index().is_none() {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    }
+}
+
+/// `dst = s · a · b`, or `dst += s · a · b` when `accumulate` (then `dst` must be initialised).
+///
+/// # Safety
+/// `dst` must not overlap `a` or `b`, and no other thread may touch `dst` meanwhile. The
+/// storage behind all three views must outlive the call (guaranteed when they were built from
+/// borrows still held by the caller).
+pub unsafe fn product(dst: ViewMut, a: View, b: View, s: f32, accumulate: bool, par: Parallelism) {
+    assert_eq!(a.cols, b.rows, "inner dimensions differ");
+    assert_eq!((dst.rows, dst.cols), (a.rows, b.cols), "output shape differs");
+    if dst.rows == 0 || dst.cols == 0 {
+        return;
+    }
+    if a.cols == 0 {
+        // An empty sum: gemm leaves dst alone, so clear it here unless accumulating.
+        if !accumulate {
+            for r in 0..dst.rows {
+                for c in 0..dst.cols {
+                    // SAFETY: in bounds by construction of `dst`.
+                    unsafe { *dst.ptr.offset(r as isize * dst.rs + c as isize * dst.cs) = 0.0 };
+                }
+            }
+        }
+        return;
+    }
+    // SAFETY: shapes checked above; bounds were checked when the views were built.
+    unsafe {
+        gemm::gemm(
+            dst.rows, dst.cols, a.cols, dst.ptr, dst.cs, dst.rs, accumulate, a.ptr, a.cs, a.rs, b.ptr, b.cs,
+            b.rs, 1.0f32, s, false, false, false, par,
+        )
+    }
+}
+
+/// `y = x · w + bias` for `x: [rows, w.rows]` row-major and `w: [d_in, d_out]` (any strides):
+/// the bias rows are written first and the product accumulated onto them.
+pub fn linear(x: &[f32], rows: usize, w: View, bias: Option<&[f32]>) -> Vec<f32> {
+    let (d_in, d_out) = (w.rows, w.cols);
+    let x = View::row_major(x, rows, d_in);
+    let mut out = Vec::with_capacity(rows * d_out);
+    let spare = &mut out.spare_capacity_mut()[..rows * d_out];
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), d_out, "bias length differs from the output width");
+        let rows_per_task = (64 * 1024 / d_out.max(1)).max(1);
+        spare
+            .par_chunks_mut(rows_per_task * d_out.max(1))
+            .for_each(|chunk| {
+                for row in chunk.chunks_exact_mut(d_out) {
+                    for (o, &b) in row.iter_mut().zip(bias) {
+                        o.write(b);
+                    }
+                }
+            });
+    }
+    let dst = ViewMut::strided(spare, 0, rows, d_out, d_out as isize, 1);
+    // SAFETY: `out` is fresh and written completely (the bias was laid down when accumulating).
+    unsafe {
+        product(dst, x, w, 1.0, bias.is_some(), parallelism(rows, d_out, d_in));
+        out.set_len(rows * d_out);
+    }
+    out
+}
+
+/// Gradient of `linear` with respect to `x`: `dy · wᵀ`, `[rows, d_in]`.
+pub fn linear_grad_input(dy: &[f32], rows: usize, w: View) -> Vec<f32> {
+    let (d_in, d_out) = (w.rows, w.cols);
+    let dy = View::row_major(dy, rows, d_out);
+    let mut out = Vec::with_capacity(rows * d_in);
+    let dst = ViewMut::strided(
+        &mut out.spare_capacity_mut()[..rows * d_in],
+        0,
+        rows,
+        d_in,
+        d_in as isize,
+        1,
+    );
+    // SAFETY: `out` is fresh and the product writes all of it.
+    unsafe {
+        product(dst, dy, w.t(), 1.0, false, parallelism(rows, d_in, d_out));
+        out.set_len(rows * d_in);
+    }
+    out
+}
+
+/// Gradient of `linear` with respect to `w`: `xᵀ · dy`, `[d_in, d_out]` row-major. The sum
+/// over rows runs inside one product, so its order does not depend on thread scheduling.
+pub fn linear_grad_weight(x: &[f32], dy: &[f32], rows: usize, d_in: usize, d_out: usize) -> Vec<f32> {
+    let x = View::row_major(x, rows, d_in);
+    let dy = View::row_major(dy, rows, d_out);
+    let mut out = Vec::with_capacity(d_in * d_out);
+    let dst = ViewMut::strided(
+        &mut out.spare_capacity_mut()[..d_in * d_out],
+        0,
+        d_in,
+        d_out,
+        d_out as isize,
+        1,
+    );
+    // SAFETY: `out` is fresh and the product writes all of it.
+    unsafe {
+        product(dst, x.t(), dy, 1.0, false, parallelism(d_in, d_out, rows));
+        out.set_len(d_in * d_out);
+    }
+    out
+}
+
+/// Column sums of a row-major `[rows, cols]` matrix (the bias gradient), in a fixed order:
+/// fixed blocks of rows summed in parallel, then the block sums added in block order.
+pub fn column_sums(dy: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    assert_eq!(dy.len(), rows * cols);
+    if cols == 0 {
+        return Vec::new();
+    }
+    let rows_per_block = 256;
+    let partials: Vec<Vec<f32>> = dy
+        .par_chunks(rows_per_block * cols)
+        .map(|block| {
+            let mut sums = vec![0.0f32; cols];
+            for row in block.chunks_exact(cols) {
+                sums.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
+            }
+            sums
+        })
+        .collect();
+    let mut sums = vec![0.0f32; cols];
+    for partial in partials {
+        sums.iter_mut().zip(partial).for_each(|(s, v)| *s += v);
+    }
+    sums
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut out = vec![0.0; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                out[i * n + j] = (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum();
+            }
+        }
+        out
+    }
+
+    fn close(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-4 * (1.0 + y.abs()), "{x} vs {y}");
+        }
+    }
+
+    fn values(len: usize, seed: f32) -> Vec<f32> {
+        (0..len).map(|i| ((i as f32 + seed) * 0.731).sin()).collect()
+    }
+
+    #[test]
+    fn linear_and_its_gradients_match_naive_products() {
+        // Large enough to take the multi-threaded path, with an odd width.
+        let (rows, d_in, d_out) = (300, 70, 333);
+        let x = values(rows * d_in, 0.0);
+        // Stored as PyTorch does, [d_out, d_in], and viewed transposed as [d_in, d_out].
+        let w_out_in = values(d_out * d_in, 1.0);
+        let w = View::row_major(&w_out_in, d_out, d_in).t();
+        let mut w_in_out = vec![0.0; d_in * d_out];
+        for o in 0..d_out {
+            for i in 0..d_in {
+                w_in_out[i * d_out + o] = w_out_in[o * d_in + i];
+            }
+        }
+        let bias = values(d_out, 2.0);
+        let mut expected = naive(&x, &w_in_out, rows, d_in, d_out);
+        for row in expected.chunks_exact_mut(d_out) {
+            row.iter_mut().zip(&bias).for_each(|(e, b)| *e += b);
+        }
+        close(&linear(&x, rows, w, Some(&bias)), &expected);
+        close(
+            &linear(&x, rows, w, None),
+            &naive(&x, &w_in_out, rows, d_in, d_out),
+        );
+
+        let dy = values(rows * d_out, 3.0);
+        let mut w_t = vec![0.0; d_out * d_in];
+        w_t.copy_from_slice(&w_out_in);
+        close(
+            &linear_grad_input(&dy, rows, w),
+            &naive(&dy, &w_t, rows, d_out, d_in),
+        );
+        let mut x_t = vec![0.0; d_in * rows];
+        for r in 0..rows {
+            for i in 0..d_in {
+                x_t[i * rows + r] = x[r * d_in + i];
+            }
+        }
+        close(
+            &linear_grad_weight(&x, &dy, rows, d_in, d_out),
+            &naive(&x_t, &dy, d_in, rows, d_out),
+        );
+        let sums: Vec<f32> = (0..d_out)
+            .map(|c| (0..rows).map(|r| dy[r * d_out + c]).sum())
+            .collect();
+        close(&column_sums(&dy, rows, d_out), &sums);
+    }
+
+    #[test]
+    fn strided_views_are_bounds_checked() {
+        let data = vec![0.0f32; 10];
+        assert!(std::panic::catch_unwind(|| View::strided(&data, 4, 2, 4, 4, 1)).is_err());
+        let v = View::strided(&data, 2, 2, 4, 4, 1);
+        assert_eq!((v.rows, v.cols), (2, 4));
+    }
+}
