@@ -22,28 +22,36 @@ const LN2_LO: f32 = 1.428_606_8e-6;
 /// `e^x` for `x` in about [-87, 88], relative error below 2e-7: `x = k ln2 + r`, `|r| <= ln2/2`,
 /// `e^r` by its Taylor series to degree 7, `2^k` written into the exponent bits.
 #[inline(always)]
-fn exp_approx(x: f32) -> f32 {
+fn exp_approx<const FMA: bool>(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     // Round to nearest by adding and subtracting 1.5 * 2^23 (no rounding instruction needed).
     const SHIFT: f32 = 12_582_912.0;
-    let k = (x * LOG2_E + SHIFT) - SHIFT;
-    let r = (x - k * LN2_HI) - k * LN2_LO;
+    let shifted = x * LOG2_E + SHIFT;
+    let k = shifted - SHIFT;
+    let r = madd::<FMA>(-k, LN2_LO, madd::<FMA>(-k, LN2_HI, x));
     let mut p = 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
-    let scale = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = madd::<FMA>(p, r, c);
+    }
+    // `k` is also the low bits of `shifted` (its binade has a unit step): taking it from there
+    // keeps the loop in integer vector instructions, where `k as i32` (a saturating cast)
+    // compiled to eight scalar conversions per vector.
+    let k_bits = shifted.to_bits().wrapping_sub(SHIFT.to_bits());
+    let scale = f32::from_bits(k_bits.wrapping_add(127) << 23);
     p * scale
+}
+
+/// `a * b + c`, fused into one instruction where the caller was compiled with FMA (a fused
+/// multiply-add outside such code would be a slow library call).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
 }
 
 /// `erf(z)` and `e^{-z^2}` together (GELU's forward and backward need both), absolute error of
 /// `erf` below 1.5e-7: Abramowitz and Stegun's formula 7.1.26.
 #[inline(always)]
-fn erf_and_gauss(z: f32) -> (f32, f32) {
+fn erf_and_gauss<const FMA: bool>(z: f32) -> (f32, f32) {
     const P: f32 = 0.327_591_1;
     const A1: f32 = 0.254_829_6;
     const A2: f32 = -0.284_496_74;
@@ -51,10 +59,13 @@ fn erf_and_gauss(z: f32) -> (f32, f32) {
     const A4: f32 = -1.453_152_1;
     const A5: f32 = 1.061_405_4;
     let a = z.abs();
-    let t = 1.0 / (1.0 + P * a);
-    let poly = ((((A5 * t + A4) * t + A3) * t + A2) * t + A1) * t;
-    let gauss = exp_approx(-z * z);
-    ((1.0 - poly * gauss).copysign(z), gauss)
+    let t = 1.0 / madd::<FMA>(P, a, 1.0);
+    let mut poly = A5;
+    for c in [A4, A3, A2, A1] {
+        poly = madd::<FMA>(poly, t, c);
+    }
+    let gauss = exp_approx::<FMA>(-z * z);
+    (madd::<FMA>(-poly * t, gauss, 1.0).copysign(z), gauss)
 }
 
 const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
@@ -63,15 +74,15 @@ const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
 /// Exact GELU, `x * Phi(x)`, on one element.
 #[inline(always)]
-fn gelu_one(x: f32) -> f32 {
-    let (erf, _) = erf_and_gauss(x * FRAC_1_SQRT_2);
+fn gelu_one<const FMA: bool>(x: f32) -> f32 {
+    let (erf, _) = erf_and_gauss::<FMA>(x * FRAC_1_SQRT_2);
     0.5 * x * (1.0 + erf)
 }
 
 /// `d gelu / dx * grad` on one element: `Phi(x) + x phi(x)`.
 #[inline(always)]
-fn gelu_grad_one(x: f32, grad: f32) -> f32 {
-    let (erf, gauss) = erf_and_gauss(x * FRAC_1_SQRT_2);
+fn gelu_grad_one<const FMA: bool>(x: f32, grad: f32) -> f32 {
+    let (erf, gauss) = erf_and_gauss::<FMA>(x * FRAC_1_SQRT_2);
     grad * (0.5 * (1.0 + erf) + x * FRAC_1_SQRT_2PI * gauss)
 }
 
@@ -83,14 +94,23 @@ macro_rules! dispatch_simd {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn fast($($arg: $ty),*) $body
+                unsafe fn fast($($arg: $ty),*) {
+                    // Items are not hygienic in `macro_rules!`: `$body` sees this constant.
+                    #[allow(dead_code)]
+                    const FMA: bool = true;
+                    $body
+                }
                 if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
                     // SAFETY: the features `fast` was compiled for were just detected.
                     unsafe { fast($($arg),*) };
                     return;
                 }
             }
-            fn portable($($arg: $ty),*) $body
+            fn portable($($arg: $ty),*) {
+                #[allow(dead_code)]
+                const FMA: bool = false;
+                $body
+            }
             portable($($arg),*)
         }
     };
@@ -109,13 +129,13 @@ fn filled(n: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
 
 dispatch_simd!(gelu_chunk(x: &[f32], out: &mut [MaybeUninit<f32>]) {
     for (o, &v) in out.iter_mut().zip(x) {
-        o.write(gelu_one(v));
+        o.write(gelu_one::<FMA>(v));
     }
 });
 
 dispatch_simd!(gelu_grad_chunk(x: &[f32], grad: &[f32], out: &mut [MaybeUninit<f32>]) {
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(grad) {
-        o.write(gelu_grad_one(v, g));
+        o.write(gelu_grad_one::<FMA>(v, g));
     }
 });
 
@@ -175,7 +195,7 @@ dispatch_simd!(pub(super) softmax_rows_in_place(x: &mut [f32], n: usize) {
     for row in x.chunks_exact_mut(n) {
         let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         for v in row.iter_mut() {
-            *v = exp_approx(*v - max);
+            *v = exp_approx::<FMA>(*v - max);
         }
         let inv = 1.0 / lane_sum(row);
         for v in row.iter_mut() {
@@ -332,7 +352,7 @@ mod tests {
         for i in -8700..=8800 {
             let x = i as f32 * 0.01;
             let exact = (x as f64).exp();
-            let rel = ((exp_approx(x) as f64 - exact) / exact).abs() as f32;
+            let rel = ((exp_approx::<false>(x) as f64 - exact) / exact).abs() as f32;
             worst = worst.max(rel);
         }
         assert!(worst < 3e-7, "worst relative error {worst}");
@@ -347,13 +367,13 @@ mod tests {
             let phi = 0.5 * (1.0 + erf_f64(x / 2f64.sqrt()));
             let exact = x * phi;
             let exact_grad = phi + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
-            worst = worst.max((gelu_one(x as f32) as f64 - exact).abs() / (1.0 + x.abs()));
-            worst_grad = worst_grad.max((gelu_grad_one(x as f32, 1.0) as f64 - exact_grad).abs());
+            worst = worst.max((gelu_one::<false>(x as f32) as f64 - exact).abs() / (1.0 + x.abs()));
+            worst_grad = worst_grad.max((gelu_grad_one::<false>(x as f32, 1.0) as f64 - exact_grad).abs());
         }
         assert!(worst < 3e-7, "gelu worst error {worst}");
         assert!(worst_grad < 5e-7, "gelu grad worst error {worst_grad}");
-        assert_eq!(gelu_one(0.0), 0.0);
-        assert!(gelu_one(f32::NAN).is_nan());
+        assert_eq!(gelu_one::<false>(0.0), 0.0);
+        assert!(gelu_one::<false>(f32::NAN).is_nan());
     }
 
     #[test]
@@ -361,7 +381,7 @@ mod tests {
         let x: Vec<f32> = (0..40_000).map(|i| (i as f32 * 0.37).sin() * 6.0).collect();
         let fast = gelu(&x);
         for (v, f) in x.iter().zip(&fast) {
-            assert!((gelu_one(*v) - f).abs() <= 1e-6 * (1.0 + v.abs()));
+            assert!((gelu_one::<false>(*v) - f).abs() <= 1e-6 * (1.0 + v.abs()));
         }
     }
 }
