@@ -69,9 +69,16 @@ fn attention_rows_are_distributions_and_do_not_change_logits() {
         burn::tensor::Distribution::Normal(0.0, 1.0),
         &device,
     );
+    // The plain forward runs the last block for the class token alone and the fused attention
+    // kernel; asking for the maps runs every token through the composed path. Same logits, up
+    // to float rounding.
     let plain = model.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
     let detailed = model.forward_detailed(x, true);
-    assert_eq!(plain, detailed.logits.into_data().try_to_vec::<f32>().unwrap());
+    let full = detailed.logits.clone().into_data().try_to_vec::<f32>().unwrap();
+    assert_eq!(plain.len(), full.len());
+    for (a, b) in plain.iter().zip(&full) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
     let sums = detailed.attentions[1]
         .clone()
         .sum_dim(3)

@@ -171,6 +171,21 @@ fn lane_sum(x: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// Sum of squared deviations from `mean`, in eight interleaved lanes (see [`lane_sum`]).
+#[inline(always)]
+fn lane_sum_sq_dev(x: &[f32], mean: f32) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        lanes
+            .iter_mut()
+            .zip(c)
+            .for_each(|(l, &v)| *l += (v - mean) * (v - mean));
+    }
+    let tail: f32 = chunks.remainder().iter().map(|&v| (v - mean) * (v - mean)).sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
 /// Dot product in eight interleaved lanes (see [`lane_sum`]).
 #[inline(always)]
 fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
@@ -255,24 +270,35 @@ dispatch_simd!(layer_norm_backward_rows(
     let n = gamma.len();
     let inv_n = 1.0 / n as f32;
     for ((x, g), dx) in x.chunks_exact(n).zip(grad.chunks_exact(n)).zip(dx.chunks_exact_mut(n)) {
-        let mean = x.iter().sum::<f32>() * inv_n;
-        let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() * inv_n;
+        let mean = lane_sum(x) * inv_n;
+        let var = lane_sum_sq_dev(x, mean) * inv_n;
         let rstd = 1.0 / (var + eps).sqrt();
-        // dx = rstd * (gy - mean(gy) - xhat * mean(gy * xhat)), with gy = grad * gamma.
-        let mut sum_gy = 0.0;
-        let mut sum_gy_xhat = 0.0;
-        for (((&xv, &gv), &w), (dw, db)) in
-            x.iter().zip(g).zip(gamma).zip(dgamma.iter_mut().zip(dbeta.iter_mut()))
-        {
-            let xhat = (xv - mean) * rstd;
-            let gy = gv * w;
-            sum_gy += gy;
-            sum_gy_xhat += gy * xhat;
-            *dw += gv * xhat;
-            *db += gv;
+        // dx = rstd * (gy - mean(gy) - xhat * mean(gy * xhat)), with gy = grad * gamma. The row
+        // sums run in eight lanes so that the loop vectorises.
+        let mut sum_gy = [0.0f32; 8];
+        let mut sum_gy_xhat = [0.0f32; 8];
+        let full = n / 8 * 8;
+        for c in (0..full).step_by(8) {
+            for i in 0..8 {
+                let xhat = (x[c + i] - mean) * rstd;
+                let gy = g[c + i] * gamma[c + i];
+                sum_gy[i] += gy;
+                sum_gy_xhat[i] += gy * xhat;
+                dgamma[c + i] += g[c + i] * xhat;
+                dbeta[c + i] += g[c + i];
+            }
         }
-        let mean_gy = sum_gy * inv_n;
-        let mean_gy_xhat = sum_gy_xhat * inv_n;
+        let (mut tail_gy, mut tail_gy_xhat) = (0.0f32, 0.0f32);
+        for i in full..n {
+            let xhat = (x[i] - mean) * rstd;
+            let gy = g[i] * gamma[i];
+            tail_gy += gy;
+            tail_gy_xhat += gy * xhat;
+            dgamma[i] += g[i] * xhat;
+            dbeta[i] += g[i];
+        }
+        let mean_gy = (sum_gy.iter().sum::<f32>() + tail_gy) * inv_n;
+        let mean_gy_xhat = (sum_gy_xhat.iter().sum::<f32>() + tail_gy_xhat) * inv_n;
         for (((d, &xv), &gv), &w) in dx.iter_mut().zip(x).zip(g).zip(gamma) {
             let xhat = (xv - mean) * rstd;
             d.write(rstd * (gv * w - mean_gy - xhat * mean_gy_xhat));

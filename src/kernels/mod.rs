@@ -123,14 +123,19 @@ pub fn layer_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, beta: Tensor<1
 
 /// A linear layer's output, `x · W + b`, for Burn's `Linear` (either weight layout).
 pub fn linear<const D: usize>(x: Tensor<D>, layer: &burn::nn::Linear) -> Tensor<D> {
+    linear_with(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
+}
+
+/// `x · weight + bias` over the last axis of `x`, with `weight: [d_in, d_out]` (any strides).
+pub fn linear_with<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
     if applies(&x, Fused::Linear) {
-        let (x, w) = (x.into_dispatch(), layer.weight.val().into_dispatch());
-        Tensor::from_dispatch(match &layer.bias {
-            Some(b) => <Dispatch as VitOps>::vit_linear(x, w, b.val().into_dispatch()),
+        let (x, w) = (x.into_dispatch(), weight.into_dispatch());
+        Tensor::from_dispatch(match bias {
+            Some(b) => <Dispatch as VitOps>::vit_linear(x, w, b.into_dispatch()),
             None => <Dispatch as VitOps>::vit_linear_no_bias(x, w),
         })
     } else {
-        layer.forward(x)
+        burn::tensor::module::linear(x, weight, bias)
     }
 }
 

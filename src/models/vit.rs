@@ -193,8 +193,8 @@ impl PatchEmbed {
             .reshape([b, gh * gw, c * p * p]);
         let weight = self.proj.weight.val();
         let [d, _, _, _] = weight.dims();
-        let weight = weight.reshape([d, c * p * p]).transpose().unsqueeze_dim::<3>(0);
-        patches.matmul(weight) + self.proj.bias.val().reshape([1, 1, d])
+        let weight = weight.reshape([d, c * p * p]).transpose();
+        crate::kernels::linear_with(patches, weight, Some(self.proj.bias.val()))
     }
 }
 
@@ -223,8 +223,8 @@ pub struct VitOutput {
 }
 
 impl Vit {
-    /// Token sequence after the last block (before the final norm), and optionally every
-    /// block's attention.
+    /// Token sequence after the last block (before the final norm; only the class token when
+    /// class-token pooling needs nothing else), and optionally every block's attention.
     fn encode(&self, x: Tensor<4>, keep_attention: bool) -> (Tensor<3>, Vec<Tensor<4>>) {
         let x = self.patch_embed.forward(x);
         let [b, _, d] = x.dims();
@@ -233,7 +233,17 @@ impl Vit {
             .pos_drop
             .forward(Tensor::cat(vec![cls, x], 1) + self.pos_embed.val());
         let mut attentions = Vec::new();
-        for block in &self.blocks {
+        // Class-token pooling reads one token of the last block's output: unless the caller
+        // wants every attention map, that block runs for the class token alone (its keys and
+        // values still come from all tokens). The logits are the same; about 1/depth of the
+        // work is not done.
+        let first_token_only = self.global_pool == GlobalPool::Token && !keep_attention;
+        let depth = self.blocks.len();
+        for (i, block) in self.blocks.iter().enumerate() {
+            if first_token_only && i + 1 == depth {
+                x = block.forward_first_token(x);
+                break;
+            }
             let (y, attn) = block.forward(x, keep_attention);
             x = y;
             attentions.extend(attn);

@@ -55,6 +55,25 @@ impl Attention {
         )
     }
 
+    /// The attention output for the first token's query alone, `[B, 1, D]` (keys and values
+    /// from every token): `forward(x).0.narrow(1, 0, 1)` for a fraction of the work.
+    pub fn forward_first_query(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, n, d] = x.dims();
+        let (h, dh) = (self.num_heads, d / self.num_heads);
+        let qkv = crate::kernels::linear(x, &self.qkv);
+        let q = qkv.clone().narrow(1, 0, 1).narrow(2, 0, d).reshape([b, h, 1, dh]);
+        let kv = qkv
+            .narrow(2, d, 2 * d)
+            .reshape([b, n, 2, h, dh])
+            .permute([2, 0, 3, 1, 4]);
+        let k = kv.clone().narrow(0, 0, 1).reshape([b, h, n, dh]);
+        let v = kv.narrow(0, 1, 1).reshape([b, h, n, dh]);
+        let scale = (dh as f64).powf(-0.5);
+        let attn = crate::kernels::softmax_last(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)));
+        let out = self.attn_drop.forward(attn).matmul(v).reshape([b, 1, d]);
+        self.proj_drop.forward(crate::kernels::linear(out, &self.proj))
+    }
+
     /// Attention from Burn's operations: heads split, scores, softmax, dropout, heads merged.
     /// Returns the merged output `[B, N, D]` and the probabilities `[B, heads, N, N]`.
     fn composed(&self, qkv: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
