@@ -48,7 +48,9 @@ fn fused_softmax_matches_burn() {
         burn::tensor::activation::softmax(x, 2)
     });
     assert!(out < 1e-6, "forward {out}");
-    assert!(grad < 1e-6, "backward {grad}");
+    // The gradient sums 65 products of unit-scale numbers in a different order from Burn's;
+    // rounding alone reaches about 1.5e-6 on some random draws.
+    assert!(grad < 5e-6, "backward {grad}");
 }
 
 #[test]
@@ -186,4 +188,58 @@ fn fused_attention_matches_burn_forward_and_backward() {
         composed_attention(plain, heads),
     );
     assert!(gap < 1e-5, "inference forward {gap}");
+}
+
+/// The fused epilogues (`gelu(x W + b)` and `r + x W + b`) against Burn's operations, with
+/// every input's and parameter's gradient.
+#[test]
+fn fused_linear_epilogues_match_burn() {
+    use burn::nn::{LinearConfig, LinearLayout};
+    let device = Device::flex().autodiff();
+    let layer = LinearConfig::new(24, 40)
+        .with_layout(LinearLayout::Col)
+        .init(&device);
+    let x = Tensor::<3>::random([2, 33, 24], Distribution::Normal(0.0, 1.0), &device);
+    let resid = Tensor::<3>::random([2, 33, 40], Distribution::Normal(0.0, 1.0), &device);
+    let upstream = Tensor::<3>::random([2, 33, 40], Distribution::Normal(0.0, 1.0), &device);
+    assert!(vitkit::kernels::epilogue_applies(&x, &layer));
+    for residual in [false, true] {
+        let run = |fused: bool| {
+            let (x, r) = (x.clone().require_grad(), resid.clone().require_grad());
+            let y = match (residual, fused) {
+                (false, true) => vitkit::kernels::linear_gelu(x.clone(), &layer),
+                (false, false) => burn::tensor::activation::gelu(layer.forward(x.clone())),
+                (true, true) => vitkit::kernels::linear_residual(r.clone(), x.clone(), &layer),
+                (true, false) => r.clone() + layer.forward(x.clone()),
+            };
+            let grads = (y.clone() * upstream.clone()).sum().backward();
+            let dr = residual.then(|| r.grad(&grads).unwrap());
+            let db = layer.bias.as_ref().unwrap().grad(&grads).unwrap();
+            (
+                y.detach(),
+                x.grad(&grads).unwrap(),
+                layer.weight.grad(&grads).unwrap(),
+                db,
+                dr,
+            )
+        };
+        let (y1, dx1, dw1, db1, dr1) = run(true);
+        let (y2, dx2, dw2, db2, dr2) = run(false);
+        assert!(max_diff(y1, y2) < 1e-5, "residual {residual}: forward");
+        assert!(max_diff(dx1, dx2) < 1e-5, "residual {residual}: input gradient");
+        assert!(max_diff(dw1, dw2) < 1e-4, "residual {residual}: weight gradient");
+        assert!(max_diff(db1, db2) < 1e-4, "residual {residual}: bias gradient");
+        if let (Some(a), Some(b)) = (dr1, dr2) {
+            assert!(max_diff(a, b) < 1e-6, "residual gradient");
+        }
+    }
+    // Inference (no autodiff) takes the in-place GELU path.
+    let plain = Device::flex();
+    let layer = LinearConfig::new(24, 40).init(&plain);
+    let x = Tensor::<3>::random([2, 33, 24], Distribution::Normal(0.0, 1.0), &plain);
+    let gap = max_diff(
+        vitkit::kernels::linear_gelu(x.clone(), &layer),
+        burn::tensor::activation::gelu(layer.forward(x)),
+    );
+    assert!(gap < 1e-5, "inference {gap}");
 }

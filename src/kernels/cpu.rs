@@ -229,6 +229,101 @@ dispatch_simd!(pub(super) softmax_grad_rows_in_place(p: &[f32], dp: &mut [f32], 
     }
 });
 
+dispatch_simd!(bias_gelu_rows(h: &mut [f32], bias: &[f32], out: &mut [MaybeUninit<f32>]) {
+    let n = bias.len();
+    for (h, o) in h.chunks_exact_mut(n).zip(out.chunks_exact_mut(n)) {
+        for ((h, o), &b) in h.iter_mut().zip(o.iter_mut()).zip(bias) {
+            *h += b;
+            o.write(gelu_one::<FMA>(*h));
+        }
+    }
+});
+
+dispatch_simd!(bias_gelu_rows_in_place(h: &mut [f32], bias: &[f32]) {
+    let n = bias.len();
+    for h in h.chunks_exact_mut(n) {
+        for (h, &b) in h.iter_mut().zip(bias) {
+            *h = gelu_one::<FMA>(*h + b);
+        }
+    }
+});
+
+dispatch_simd!(gelu_grad_rows_with_sums(h: &[f32], grad: &[f32], out: &mut [MaybeUninit<f32>], sums: &mut [f32]) {
+    let n = sums.len();
+    for ((h, g), o) in h.chunks_exact(n).zip(grad.chunks_exact(n)).zip(out.chunks_exact_mut(n)) {
+        for (((&h, &g), o), s) in h.iter().zip(g).zip(o.iter_mut()).zip(sums.iter_mut()) {
+            let d = gelu_grad_one::<FMA>(h, g);
+            o.write(d);
+            *s += d;
+        }
+    }
+});
+
+/// `h += bias` row by row (rows of `bias.len()`), in place, and returns `gelu(h)`: the bias and
+/// activation epilogue of a linear layer whose pre-activation the backward keeps.
+pub fn bias_gelu(h: &mut [f32], bias: &[f32]) -> Vec<f32> {
+    let n = bias.len().max(1);
+    assert_eq!(h.len() % n, 0);
+    let chunk = rows_per_task(n) * n;
+    filled(h.len(), |out| {
+        h.par_chunks_mut(chunk)
+            .zip(out.par_chunks_mut(chunk))
+            .for_each(|(h, o)| bias_gelu_rows(h, bias, o))
+    })
+}
+
+/// `h = gelu(h + bias)` in place (inference: nothing is kept for a backward).
+pub fn bias_gelu_in_place(h: &mut [f32], bias: &[f32]) {
+    let n = bias.len().max(1);
+    assert_eq!(h.len() % n, 0);
+    h.par_chunks_mut(rows_per_task(n) * n)
+        .for_each(|h| bias_gelu_rows_in_place(h, bias));
+}
+
+/// The gradient through GELU at pre-activations `h` (rows of `width`), and its column sums
+/// (the bias gradient), summed per fixed block of rows and then in block order (reproducible).
+pub fn gelu_backward_with_column_sums(h: &[f32], grad: &[f32], width: usize) -> (Vec<f32>, Vec<f32>) {
+    assert_eq!(h.len(), grad.len());
+    let n = width.max(1);
+    assert_eq!(h.len() % n, 0);
+    let chunk = rows_per_task(n) * n;
+    let mut partials = Vec::new();
+    let dh = filled(h.len(), |out| {
+        partials = out
+            .par_chunks_mut(chunk)
+            .zip(h.par_chunks(chunk).zip(grad.par_chunks(chunk)))
+            .map(|(o, (h, g))| {
+                let mut sums = vec![0.0f32; width];
+                gelu_grad_rows_with_sums(h, g, o, &mut sums);
+                sums
+            })
+            .collect::<Vec<_>>()
+    });
+    let mut sums = vec![0.0f32; width];
+    for partial in partials {
+        sums.iter_mut().zip(partial).for_each(|(s, p)| *s += p);
+    }
+    (dh, sums)
+}
+
+/// `resid + bias` row by row: the starting value a residual linear layer accumulates onto.
+pub fn add_row_vector(resid: &[f32], bias: &[f32]) -> Vec<f32> {
+    let n = bias.len().max(1);
+    assert_eq!(resid.len() % n, 0);
+    let chunk = rows_per_task(n) * n;
+    filled(resid.len(), |out| {
+        out.par_chunks_mut(chunk)
+            .zip(resid.par_chunks(chunk))
+            .for_each(|(o, r)| {
+                for (o, r) in o.chunks_exact_mut(n).zip(r.chunks_exact(n)) {
+                    for ((o, &r), &b) in o.iter_mut().zip(r).zip(bias) {
+                        o.write(r + b);
+                    }
+                }
+            })
+    })
+}
+
 /// Rows per rayon task for the row kernels.
 fn rows_per_task(row_len: usize) -> usize {
     (ELEMS_PER_TASK / row_len.max(1)).max(1)

@@ -212,6 +212,24 @@ pub fn linear(x: &[f32], rows: usize, w: View, bias: Option<&[f32]>) -> Vec<f32>
     out
 }
 
+/// `start + x · w` for `x: [rows, w.rows]` row-major, accumulated in place onto `start`
+/// (`[rows, w.cols]`, e.g. a residual plus a bias, or zeros).
+pub fn linear_onto(mut start: Vec<f32>, x: &[f32], rows: usize, w: View) -> Vec<f32> {
+    let (d_in, d_out) = (w.rows, w.cols);
+    assert_eq!(
+        start.len(),
+        rows * d_out,
+        "starting value does not match the output shape"
+    );
+    let x = View::row_major(x, rows, d_in);
+    // SAFETY: `start` is initialised; viewing it as MaybeUninit only forgets that.
+    let spare = unsafe { &mut *(start.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>]) };
+    let dst = ViewMut::strided(spare, 0, rows, d_out, d_out as isize, 1);
+    // SAFETY: `start` is owned here and initialised, as accumulating requires.
+    unsafe { product(dst, x, w, 1.0, true, parallelism(rows, d_out, d_in)) };
+    start
+}
+
 /// Gradient of `linear` with respect to `x`: `dy · wᵀ`, `[rows, d_in]`.
 pub fn linear_grad_input(dy: &[f32], rows: usize, w: View) -> Vec<f32> {
     let (d_in, d_out) = (w.rows, w.cols);

@@ -43,11 +43,25 @@ pub trait VitOps: Backend {
     /// `x · weight` over the last axis of `x`, with `weight: [d_in, d_out]`. (The extension
     /// macro takes no optional tensors, hence two operations.)
     fn vit_linear_no_bias(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `gelu(x · weight + bias)`: a linear layer and its activation as one operation.
+    fn vit_linear_gelu(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+    /// `resid + x · weight + bias`: a linear layer added onto the residual stream.
+    fn vit_linear_residual(
+        resid: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
     /// Multi-head self-attention from a fused qkv projection: `[B, N, 3 * D]` → `[B, N, D]`.
     fn vit_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self>;
 }
 
-/// One bit per fused operation, for switching them off one at a time to measure each.
+/// One bit per fused operation (and one shortcut), for switching them off one at a time to
+/// measure each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fused {
     Gelu = 1,
@@ -55,12 +69,16 @@ pub enum Fused {
     LayerNorm = 4,
     Linear = 8,
     Attention = 16,
+    /// Not a kernel: class-token pooling runs the last block for the class token alone.
+    ClassTokenOnly = 32,
+    /// The bias, GELU and residual add done inside the linear layers around them.
+    Epilogue = 64,
 }
 
-const ALL_FUSED: u8 = 31;
+const ALL_FUSED: u8 = 127;
 
 /// The fused operations in use: all, unless the environment variable `VITKIT_FUSED` lists some
-/// (`gelu,softmax,layernorm,linear,attention`) or says `none`.
+/// (`gelu,softmax,layernorm,linear,attention,epilogue,cls`) or says `none`. For measuring what each buys.
 pub fn enabled(op: Fused) -> bool {
     static MASK: OnceLock<u8> = OnceLock::new();
     let mask = *MASK.get_or_init(|| match std::env::var("VITKIT_FUSED") {
@@ -73,6 +91,8 @@ pub fn enabled(op: Fused) -> bool {
                 "layernorm" => Fused::LayerNorm as u8,
                 "linear" => Fused::Linear as u8,
                 "attention" => Fused::Attention as u8,
+                "cls" => Fused::ClassTokenOnly as u8,
+                "epilogue" => Fused::Epilogue as u8,
                 "all" => ALL_FUSED,
                 _ => 0,
             })
@@ -137,6 +157,35 @@ pub fn linear_with<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option
     } else {
         burn::tensor::module::linear(x, weight, bias)
     }
+}
+
+/// Whether [`linear_gelu`] and [`linear_residual`] have fused kernels for this input and layer
+/// (they need a bias).
+pub fn epilogue_applies<const D: usize>(x: &Tensor<D>, layer: &burn::nn::Linear) -> bool {
+    applies(x, Fused::Epilogue) && applies(x, Fused::Linear) && layer.bias.is_some()
+}
+
+/// `gelu(x · W + b)` in one operation. Only where [`epilogue_applies`].
+pub fn linear_gelu(x: Tensor<3>, layer: &burn::nn::Linear) -> Tensor<3> {
+    assert!(epilogue_applies(&x, layer), "no fused linear + GELU here");
+    let bias = layer.bias.as_ref().expect("checked").val();
+    Tensor::from_dispatch(<Dispatch as VitOps>::vit_linear_gelu(
+        x.into_dispatch(),
+        layer.weight.val().into_dispatch(),
+        bias.into_dispatch(),
+    ))
+}
+
+/// `resid + x · W + b` in one operation. Only where [`epilogue_applies`].
+pub fn linear_residual(resid: Tensor<3>, x: Tensor<3>, layer: &burn::nn::Linear) -> Tensor<3> {
+    assert!(epilogue_applies(&x, layer), "no fused residual linear here");
+    let bias = layer.bias.as_ref().expect("checked").val();
+    Tensor::from_dispatch(<Dispatch as VitOps>::vit_linear_residual(
+        resid.into_dispatch(),
+        x.into_dispatch(),
+        layer.weight.val().into_dispatch(),
+        bias.into_dispatch(),
+    ))
 }
 
 /// Whether [`attention`] has a fused kernel for this qkv tensor.
@@ -208,6 +257,59 @@ fn flex_linear(x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTensor>) -> Fle
     f32_tensor(out, shape)
 }
 
+/// The weight with non-negative strides (copied only if needed), the number of rows of `x`,
+/// and the output shape of `x · w`.
+fn linear_geometry(x: &FlexTensor, w: &FlexTensor) -> (FlexTensor, usize, burn::backend::Shape) {
+    let w = if w.layout().has_positive_strides() {
+        w.clone()
+    } else {
+        w.to_contiguous()
+    };
+    let (d_in, d_out) = {
+        let dims = w.layout().shape();
+        (dims[0], dims[1])
+    };
+    let mut shape = shape_of(x);
+    let last = shape.num_dims() - 1;
+    assert_eq!(shape[last], d_in, "linear input width differs from the weight's");
+    let rows = shape.num_elements() / d_in.max(1);
+    shape[last] = d_out;
+    (w, rows, shape)
+}
+
+/// `gelu(x · w + b)`; with `keep_pre`, also the pre-activation `x · w + b` (for the backward).
+fn flex_linear_gelu(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    b: &FlexTensor,
+    keep_pre: bool,
+) -> (FlexTensor, Option<FlexTensor>) {
+    let (w, rows, shape) = linear_geometry(x, w);
+    let mut h = matmul::linear(slice(x), rows, weight_view(&w), None);
+    let bias = contiguous(b.clone());
+    if keep_pre {
+        let out = cpu::bias_gelu(&mut h, slice(&bias));
+        (f32_tensor(out, shape.clone()), Some(f32_tensor(h, shape)))
+    } else {
+        cpu::bias_gelu_in_place(&mut h, slice(&bias));
+        (f32_tensor(h, shape), None)
+    }
+}
+
+/// `resid + x · w + b`.
+fn flex_linear_residual(resid: &FlexTensor, x: &FlexTensor, w: &FlexTensor, b: &FlexTensor) -> FlexTensor {
+    let (w, rows, shape) = linear_geometry(x, w);
+    assert_eq!(
+        shape_of(resid),
+        shape,
+        "residual shape differs from the linear output's"
+    );
+    let resid = contiguous(resid.clone());
+    let bias = contiguous(b.clone());
+    let start = cpu::add_row_vector(slice(&resid), slice(&bias));
+    f32_tensor(matmul::linear_onto(start, slice(x), rows, weight_view(&w)), shape)
+}
+
 /// Gradients of [`flex_linear`] for `x`, `w` and the bias, each only where asked for.
 fn flex_linear_backward(
     x: &FlexTensor,
@@ -273,6 +375,19 @@ impl VitOps for Flex {
 
     fn vit_attention(qkv: FlexTensor, heads: usize) -> FlexTensor {
         flex_attention(&contiguous(qkv), heads, false).0
+    }
+
+    fn vit_linear_gelu(x: FlexTensor, weight: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        flex_linear_gelu(&contiguous(x), &weight, &bias, false).0
+    }
+
+    fn vit_linear_residual(
+        resid: FlexTensor,
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+    ) -> FlexTensor {
+        flex_linear_residual(&resid, &contiguous(x), &weight, &bias)
     }
 
     fn vit_gelu(x: FlexTensor) -> FlexTensor {
@@ -393,6 +508,61 @@ impl Backward<Flex, 2> for LinearNoBiasBackward {
 }
 
 #[derive(Debug)]
+struct LinearGeluBackward;
+
+impl Backward<Flex, 3> for LinearGeluBackward {
+    /// Input (contiguous), weight and pre-activation `x · w + b`.
+    type State = (FlexTensor, FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = contiguous(grads.consume::<Flex>(&ops.node));
+        let (x, w, pre) = ops.state;
+        let (w, rows, shape) = linear_geometry(&x, &w);
+        let view = weight_view(&w);
+        let (dh, db) = cpu::gelu_backward_with_column_sums(slice(&pre), slice(&grad), view.cols);
+        let [node_x, node_w, node_b] = ops.parents;
+        if let Some(node) = node_x {
+            grads.register::<Flex>(
+                node.id,
+                f32_tensor(matmul::linear_grad_input(&dh, rows, view), shape_of(&x)),
+            );
+        }
+        if let Some(node) = node_w {
+            let dw = matmul::linear_grad_weight(slice(&x), &dh, rows, view.rows, view.cols);
+            grads.register::<Flex>(node.id, f32_tensor(dw, shape_of(&w)));
+        }
+        if let Some(node) = node_b {
+            grads.register::<Flex>(node.id, f32_tensor(db, [shape[shape.num_dims() - 1]].into()));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LinearResidualBackward;
+
+impl Backward<Flex, 4> for LinearResidualBackward {
+    /// Input of the linear layer (contiguous) and its weight.
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = contiguous(grads.consume::<Flex>(&ops.node));
+        let (x, w) = ops.state;
+        let [node_resid, node_x, node_w, node_b] = ops.parents;
+        let need = [node_x.is_some(), node_w.is_some(), node_b.is_some()];
+        let computed = flex_linear_backward(&x, &w, &grad, need);
+        for (node, g) in [node_x, node_w, node_b].into_iter().zip(computed) {
+            if let (Some(node), Some(g)) = (node, g) {
+                grads.register::<Flex>(node.id, g);
+            }
+        }
+        // The residual passes its gradient through unchanged.
+        if let Some(node) = node_resid {
+            grads.register::<Flex>(node.id, grad);
+        }
+    }
+}
+
+#[derive(Debug)]
 struct AttentionBackward;
 
 impl Backward<Flex, 1> for AttentionBackward {
@@ -436,6 +606,45 @@ impl<C: CheckpointStrategy> VitOps for Autodiff<Flex, C> {
         let out = flex_linear(&input, &w, None);
         match LinearNoBiasBackward
             .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((input, w), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn vit_linear_gelu(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let input = contiguous(x.primitive().clone());
+        let (w, b) = (weight.primitive().clone(), bias.primitive().clone());
+        match LinearGeluBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (out, pre) = flex_linear_gelu(&input, &w, &b, true);
+                prep.finish((input, w, pre.expect("pre-activation kept")), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(flex_linear_gelu(&input, &w, &b, false).0),
+        }
+    }
+
+    fn vit_linear_residual(
+        resid: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let input = contiguous(x.primitive().clone());
+        let (w, b) = (weight.primitive().clone(), bias.primitive().clone());
+        let out = flex_linear_residual(resid.primitive(), &input, &w, &b);
+        match LinearResidualBackward
+            .prepare::<C>([resid.node(), x.node(), weight.node(), bias.node()])
             .compute_bound()
             .stateful()
         {

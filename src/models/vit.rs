@@ -237,7 +237,9 @@ impl Vit {
         // wants every attention map, that block runs for the class token alone (its keys and
         // values still come from all tokens). The logits are the same; about 1/depth of the
         // work is not done.
-        let first_token_only = self.global_pool == GlobalPool::Token && !keep_attention;
+        let first_token_only = self.global_pool == GlobalPool::Token
+            && !keep_attention
+            && crate::kernels::enabled(crate::kernels::Fused::ClassTokenOnly);
         let depth = self.blocks.len();
         for (i, block) in self.blocks.iter().enumerate() {
             if first_token_only && i + 1 == depth {

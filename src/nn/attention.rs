@@ -35,29 +35,35 @@ impl Attention {
 
     /// `x: [B, N, D]` → `[B, N, D]`, plus, when `keep_attention`, the post-softmax attention
     /// `[B, heads, N, N]`.
+    pub fn forward(&self, x: Tensor<3>, keep_attention: bool) -> (Tensor<3>, Option<Tensor<4>>) {
+        let (heads, attn) = self.heads(x, keep_attention);
+        (
+            self.proj_drop.forward(crate::kernels::linear(heads, &self.proj)),
+            attn,
+        )
+    }
+
+    /// The heads' outputs merged, `[B, N, D]`, before the output projection (and the maps
+    /// when `keep_attention`).
     ///
     /// Without attention dropout, a fused kernel (where one exists for the device) reads q, k
     /// and v in place and writes the heads merged; the maps, when asked for, then come from the
     /// composed path beside it, so asking for them never changes the output.
-    pub fn forward(&self, x: Tensor<3>, keep_attention: bool) -> (Tensor<3>, Option<Tensor<4>>) {
+    pub fn heads(&self, x: Tensor<3>, keep_attention: bool) -> (Tensor<3>, Option<Tensor<4>>) {
         let qkv = crate::kernels::linear(x, &self.qkv);
         let attn_dropout_active = self.attn_drop.prob > 0.0 && qkv.device().is_autodiff();
-        let (out, attn) = if !attn_dropout_active && crate::kernels::attention_applies(&qkv) {
+        if !attn_dropout_active && crate::kernels::attention_applies(&qkv) {
             let maps = keep_attention.then(|| self.composed(qkv.clone()).1);
             (crate::kernels::attention(qkv, self.num_heads), maps)
         } else {
             let (out, attn) = self.composed(qkv);
             (out, keep_attention.then_some(attn))
-        };
-        (
-            self.proj_drop.forward(crate::kernels::linear(out, &self.proj)),
-            attn,
-        )
+        }
     }
 
-    /// The attention output for the first token's query alone, `[B, 1, D]` (keys and values
-    /// from every token): `forward(x).0.narrow(1, 0, 1)` for a fraction of the work.
-    pub fn forward_first_query(&self, x: Tensor<3>) -> Tensor<3> {
+    /// [`Self::heads`] for the first token's query alone, `[B, 1, D]` (keys and values from
+    /// every token): what class-token pooling needs from the last block.
+    pub fn first_query_heads(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, n, d] = x.dims();
         let (h, dh) = (self.num_heads, d / self.num_heads);
         let qkv = crate::kernels::linear(x, &self.qkv);
@@ -70,8 +76,7 @@ impl Attention {
         let v = kv.narrow(0, 1, 1).reshape([b, h, n, dh]);
         let scale = (dh as f64).powf(-0.5);
         let attn = crate::kernels::softmax_last(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)));
-        let out = self.attn_drop.forward(attn).matmul(v).reshape([b, 1, d]);
-        self.proj_drop.forward(crate::kernels::linear(out, &self.proj))
+        self.attn_drop.forward(attn).matmul(v).reshape([b, 1, d])
     }
 
     /// Attention from Burn's operations: heads split, scores, softmax, dropout, heads merged.

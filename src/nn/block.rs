@@ -20,8 +20,13 @@ impl DropPath {
         }
     }
 
+    /// Whether `forward` may drop anything for this input.
+    pub fn active(&self, x: &Tensor<3>) -> bool {
+        self.prob > 0.0 && self.training.is_enabled() && x.device().is_autodiff()
+    }
+
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        if self.prob == 0.0 || !self.training.is_enabled() || !x.device().is_autodiff() {
+        if !self.active(&x) {
             return x;
         }
         let keep = 1.0 - self.prob;
@@ -49,10 +54,19 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let x = self
-            .drop
-            .forward(crate::kernels::gelu(crate::kernels::linear(x, &self.fc1)));
-        self.drop.forward(crate::kernels::linear(x, &self.fc2))
+        self.drop
+            .forward(crate::kernels::linear(self.hidden(x), &self.fc2))
+    }
+
+    /// The hidden activations, `Dropout(GELU(fc1(x)))`; fc1 and GELU run as one operation
+    /// where a fused kernel exists.
+    pub fn hidden(&self, x: Tensor<3>) -> Tensor<3> {
+        let h = if crate::kernels::epilogue_applies(&x, &self.fc1) {
+            crate::kernels::linear_gelu(x, &self.fc1)
+        } else {
+            crate::kernels::gelu(crate::kernels::linear(x, &self.fc1))
+        };
+        self.drop.forward(h)
     }
 }
 
@@ -92,17 +106,30 @@ impl Block {
 
     /// Returns the block output and, when `keep_attention`, the block's post-softmax attention.
     pub fn forward(&self, x: Tensor<3>, keep_attention: bool) -> (Tensor<3>, Option<Tensor<4>>) {
-        let (a, attn) = self.attn.forward(self.norm1.forward(x.clone()), keep_attention);
-        let x = x + self.drop_path.forward(a);
-        let x = x.clone() + self.drop_path.forward(self.mlp.forward(self.norm2.forward(x)));
-        (x, attn)
+        let (heads, attn) = self.attn.heads(self.norm1.forward(x.clone()), keep_attention);
+        let x = self.residual(x, heads, &self.attn.proj, &self.attn.proj_drop);
+        let hidden = self.mlp.hidden(self.norm2.forward(x.clone()));
+        (self.residual(x, hidden, &self.mlp.fc2, &self.mlp.drop), attn)
     }
 
     /// The block's output for the first token alone, `[B, 1, D]`: what class-token pooling
     /// reads from the last block. Equal to `forward(x).0.narrow(1, 0, 1)`, for less work.
     pub fn forward_first_token(&self, x: Tensor<3>) -> Tensor<3> {
-        let a = self.attn.forward_first_query(self.norm1.forward(x.clone()));
-        let x = x.narrow(1, 0, 1) + self.drop_path.forward(a);
-        x.clone() + self.drop_path.forward(self.mlp.forward(self.norm2.forward(x)))
+        let heads = self.attn.first_query_heads(self.norm1.forward(x.clone()));
+        let x = self.residual(x.narrow(1, 0, 1), heads, &self.attn.proj, &self.attn.proj_drop);
+        let hidden = self.mlp.hidden(self.norm2.forward(x.clone()));
+        self.residual(x, hidden, &self.mlp.fc2, &self.mlp.drop)
+    }
+
+    /// `x + DropPath(Dropout(layer(h)))`; one fused operation when nothing can be dropped.
+    fn residual(&self, x: Tensor<3>, h: Tensor<3>, layer: &Linear, drop: &Dropout) -> Tensor<3> {
+        let dropout_active = drop.prob > 0.0 && x.device().is_autodiff();
+        if !self.drop_path.active(&x) && !dropout_active && crate::kernels::epilogue_applies(&h, layer) {
+            crate::kernels::linear_residual(x, h, layer)
+        } else {
+            x + self
+                .drop_path
+                .forward(drop.forward(crate::kernels::linear(h, layer)))
+        }
     }
 }
