@@ -199,11 +199,13 @@ fn fused_linear_epilogues_match_burn() {
     let layer = LinearConfig::new(24, 40)
         .with_layout(LinearLayout::Col)
         .init(&device);
-    let x = Tensor::<3>::random([2, 33, 24], Distribution::Normal(0.0, 1.0), &device);
-    let resid = Tensor::<3>::random([2, 33, 40], Distribution::Normal(0.0, 1.0), &device);
-    let upstream = Tensor::<3>::random([2, 33, 40], Distribution::Normal(0.0, 1.0), &device);
-    assert!(vitkit::kernels::epilogue_applies(&x, &layer));
-    for residual in [false, true] {
+    // Few rows (one product, then the epilogue as a pass) and many (product and epilogue in
+    // row blocks, one task each).
+    for (rows, residual) in [(33, false), (33, true), (2000, false)] {
+        let x = Tensor::<3>::random([2, rows, 24], Distribution::Normal(0.0, 1.0), &device);
+        let resid = Tensor::<3>::random([2, rows, 40], Distribution::Normal(0.0, 1.0), &device);
+        let upstream = Tensor::<3>::random([2, rows, 40], Distribution::Normal(0.0, 1.0), &device);
+        assert!(vitkit::kernels::epilogue_applies(&x, &layer));
         let run = |fused: bool| {
             let (x, r) = (x.clone().require_grad(), resid.clone().require_grad());
             let y = match (residual, fused) {
@@ -236,10 +238,12 @@ fn fused_linear_epilogues_match_burn() {
     // Inference (no autodiff) takes the in-place GELU path.
     let plain = Device::flex();
     let layer = LinearConfig::new(24, 40).init(&plain);
-    let x = Tensor::<3>::random([2, 33, 24], Distribution::Normal(0.0, 1.0), &plain);
-    let gap = max_diff(
-        vitkit::kernels::linear_gelu(x.clone(), &layer),
-        burn::tensor::activation::gelu(layer.forward(x)),
-    );
-    assert!(gap < 1e-5, "inference {gap}");
+    for rows in [33, 2000] {
+        let x = Tensor::<3>::random([2, rows, 24], Distribution::Normal(0.0, 1.0), &plain);
+        let gap = max_diff(
+            vitkit::kernels::linear_gelu(x.clone(), &layer),
+            burn::tensor::activation::gelu(layer.forward(x)),
+        );
+        assert!(gap < 1e-5, "inference, {rows} rows: {gap}");
+    }
 }

@@ -229,7 +229,7 @@ dispatch_simd!(pub(super) softmax_grad_rows_in_place(p: &[f32], dp: &mut [f32], 
     }
 });
 
-dispatch_simd!(bias_gelu_rows(h: &mut [f32], bias: &[f32], out: &mut [MaybeUninit<f32>]) {
+dispatch_simd!(pub(super) bias_gelu_rows(h: &mut [f32], bias: &[f32], out: &mut [MaybeUninit<f32>]) {
     let n = bias.len();
     for (h, o) in h.chunks_exact_mut(n).zip(out.chunks_exact_mut(n)) {
         for ((h, o), &b) in h.iter_mut().zip(o.iter_mut()).zip(bias) {
@@ -239,7 +239,7 @@ dispatch_simd!(bias_gelu_rows(h: &mut [f32], bias: &[f32], out: &mut [MaybeUnini
     }
 });
 
-dispatch_simd!(bias_gelu_rows_in_place(h: &mut [f32], bias: &[f32]) {
+dispatch_simd!(pub(super) bias_gelu_rows_in_place(h: &mut [f32], bias: &[f32]) {
     let n = bias.len();
     for h in h.chunks_exact_mut(n) {
         for (h, &b) in h.iter_mut().zip(bias) {

@@ -212,6 +212,51 @@ pub fn linear(x: &[f32], rows: usize, w: View, bias: Option<&[f32]>) -> Vec<f32>
     out
 }
 
+/// Rows per task when a product is followed by a row-wise epilogue, so that the epilogue finds
+/// what the product just wrote still in cache; `None` when there are too few rows for every
+/// thread to get a block of useful size (then one parallel product and a separate pass win).
+pub fn epilogue_block_rows(rows: usize) -> Option<usize> {
+    const MIN_ROWS: usize = 256;
+    const TARGET_ROWS: usize = 512;
+    let threads = rayon::current_num_threads().max(1);
+    if rows < threads * MIN_ROWS || rayon::current_thread_index().is_some() {
+        return None;
+    }
+    let blocks = (rows / TARGET_ROWS).max(threads).div_ceil(threads) * threads;
+    Some(rows.div_ceil(blocks))
+}
+
+/// `x · w` (no bias) in blocks of `block_rows` rows, one task each, calling
+/// `epilogue(first_row, block)` on each block right after its product.
+pub fn linear_blocks(
+    x: &[f32],
+    rows: usize,
+    w: View,
+    block_rows: usize,
+    epilogue: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let (d_in, d_out) = (w.rows, w.cols);
+    let x = View::row_major(x, rows, d_in);
+    let mut out = Vec::with_capacity(rows * d_out);
+    let block_len = block_rows.max(1) * d_out.max(1);
+    out.spare_capacity_mut()[..rows * d_out]
+        .par_chunks_mut(block_len)
+        .enumerate()
+        .for_each(|(i, block)| {
+            let first = i * block_rows.max(1);
+            let n = block.len() / d_out.max(1);
+            let dst = ViewMut::strided(block, 0, n, d_out, d_out as isize, 1);
+            // SAFETY: each task owns its block of `out` and writes all of it.
+            unsafe { product(dst, x.window(first, 0, n, d_in), w, 1.0, false, Parallelism::None) };
+            // SAFETY: just written in full by the product.
+            let block = unsafe { &mut *(block as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            epilogue(first, block);
+        });
+    // SAFETY: the blocks together cover every element.
+    unsafe { out.set_len(rows * d_out) };
+    out
+}
+
 /// `start + x · w` for `x: [rows, w.rows]` row-major, accumulated in place onto `start`
 /// (`[rows, w.cols]`, e.g. a residual plus a bias, or zeros).
 pub fn linear_onto(mut start: Vec<f32>, x: &[f32], rows: usize, w: View) -> Vec<f32> {

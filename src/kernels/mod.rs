@@ -257,6 +257,20 @@ fn flex_linear(x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTensor>) -> Fle
     f32_tensor(out, shape)
 }
 
+/// A raw output pointer shared by tasks that write disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut std::mem::MaybeUninit<f32>);
+
+// SAFETY: only used for disjoint writes, each task within its own range.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    fn get(self) -> *mut std::mem::MaybeUninit<f32> {
+        self.0
+    }
+}
+
 /// The weight with non-negative strides (copied only if needed), the number of rows of `x`,
 /// and the output shape of `x · w`.
 fn linear_geometry(x: &FlexTensor, w: &FlexTensor) -> (FlexTensor, usize, burn::backend::Shape) {
@@ -285,13 +299,36 @@ fn flex_linear_gelu(
     keep_pre: bool,
 ) -> (FlexTensor, Option<FlexTensor>) {
     let (w, rows, shape) = linear_geometry(x, w);
-    let mut h = matmul::linear(slice(x), rows, weight_view(&w), None);
     let bias = contiguous(b.clone());
+    let bias = slice(&bias);
+    let d_out = bias.len();
+    if let Some(block_rows) = matmul::epilogue_block_rows(rows) {
+        // Each block's bias and GELU right after its product, while it is in cache.
+        let view = weight_view(&w);
+        if keep_pre {
+            let mut out = Vec::with_capacity(rows * d_out);
+            let out_ptr = SendPtr(out.spare_capacity_mut().as_mut_ptr());
+            let h = matmul::linear_blocks(slice(x), rows, view, block_rows, |first, block| {
+                // SAFETY: blocks are disjoint row ranges of `out`, which has room for all rows.
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(first * d_out), block.len()) };
+                cpu::bias_gelu_rows(block, bias, dst);
+            });
+            // SAFETY: every block wrote its rows of `out`.
+            unsafe { out.set_len(rows * d_out) };
+            return (f32_tensor(out, shape.clone()), Some(f32_tensor(h, shape)));
+        }
+        let out = matmul::linear_blocks(slice(x), rows, view, block_rows, |_, block| {
+            cpu::bias_gelu_rows_in_place(block, bias)
+        });
+        return (f32_tensor(out, shape), None);
+    }
+    let mut h = matmul::linear(slice(x), rows, weight_view(&w), None);
     if keep_pre {
-        let out = cpu::bias_gelu(&mut h, slice(&bias));
+        let out = cpu::bias_gelu(&mut h, bias);
         (f32_tensor(out, shape.clone()), Some(f32_tensor(h, shape)))
     } else {
-        cpu::bias_gelu_in_place(&mut h, slice(&bias));
+        cpu::bias_gelu_in_place(&mut h, bias);
         (f32_tensor(h, shape), None)
     }
 }
