@@ -3,8 +3,12 @@
 //!
 //! Why: under autodiff, Burn composes LayerNorm and softmax from a handful of primitive ops, each
 //! a full pass over memory with its own allocation and its own backward node, and flex's GELU
-//! calls libm's scalar `erff`. One pass forward and one backward per operation is what PyTorch
-//! does. On any other device (CUDA) the wrappers fall back to Burn's own operations.
+//! calls libm's scalar `erff`. flex's matrix products allocate every output zeroed and then
+//! copy it once more, and attention needs copies to split and merge heads. Here: one pass
+//! forward and one backward per elementwise operation (`cpu.rs`), linear layers that write each
+//! output once with their bias, GELU or residual add folded in (`matmul.rs`), and attention that
+//! reads q, k and v where the qkv projection left them (`attention.rs`). On any other device
+//! (CUDA) the wrappers fall back to Burn's own operations.
 
 mod attention;
 mod cpu;
