@@ -235,8 +235,8 @@ impl Vit {
         let mut attentions = Vec::new();
         // Class-token pooling reads one token of the last block's output: unless the caller
         // wants every attention map, that block runs for the class token alone (its keys and
-        // values still come from all tokens). The logits are the same; about 1/depth of the
-        // work is not done.
+        // values still come from all tokens). The logits are the same; about three quarters of
+        // one block's work is not done.
         let first_token_only = self.global_pool == GlobalPool::Token
             && !keep_attention
             && crate::kernels::enabled(crate::kernels::Fused::ClassTokenOnly);
