@@ -299,11 +299,39 @@ pub fn gelu_backward_with_column_sums(h: &[f32], grad: &[f32], width: usize) -> 
             })
             .collect::<Vec<_>>()
     });
-    let mut sums = vec![0.0f32; width];
+    (dh, add_in_order(partials, width))
+}
+
+/// Adds per-chunk partial sums (each of length `n`) in chunk order, so that a parallel
+/// reduction gives the same result however rayon scheduled the chunks: training runs stay
+/// reproducible.
+fn add_in_order(partials: impl IntoIterator<Item = Vec<f32>>, n: usize) -> Vec<f32> {
+    let mut sums = vec![0.0f32; n];
     for partial in partials {
         sums.iter_mut().zip(partial).for_each(|(s, p)| *s += p);
     }
-    (dh, sums)
+    sums
+}
+
+/// Column sums of a row-major `[rows, cols]` matrix (the bias gradient): fixed blocks of rows
+/// summed in parallel, then the block sums added in block order.
+pub fn column_sums(dy: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    assert_eq!(dy.len(), rows * cols);
+    if cols == 0 {
+        return Vec::new();
+    }
+    let rows_per_block = 256;
+    let partials: Vec<Vec<f32>> = dy
+        .par_chunks(rows_per_block * cols)
+        .map(|block| {
+            let mut sums = vec![0.0f32; cols];
+            for row in block.chunks_exact(cols) {
+                sums.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
+            }
+            sums
+        })
+        .collect();
+    add_in_order(partials, cols)
 }
 
 /// `resid + bias` row by row: the starting value a residual linear layer accumulates onto.
@@ -416,8 +444,6 @@ pub fn layer_norm_backward(
     }
     assert_eq!(x.len() % n, 0);
     let chunk = rows_per_task(n) * n;
-    // Partial sums per chunk, added up in chunk order afterwards: the result does not depend on
-    // how rayon scheduled the chunks, so training runs stay reproducible.
     let mut partials = Vec::new();
     let dx = filled(x.len(), |dx| {
         partials = dx
@@ -431,13 +457,8 @@ pub fn layer_norm_backward(
             })
             .collect::<Vec<_>>()
     });
-    let mut sums = (vec![0.0; n], vec![0.0; n]);
-    for (dgamma, dbeta) in partials {
-        sums.0.iter_mut().zip(dgamma).for_each(|(a, b)| *a += b);
-        sums.1.iter_mut().zip(dbeta).for_each(|(a, b)| *a += b);
-    }
-    let (dgamma, dbeta) = sums;
-    (dx, dgamma, dbeta)
+    let (dgamma, dbeta): (Vec<_>, Vec<_>) = partials.into_iter().unzip();
+    (dx, add_in_order(dgamma, n), add_in_order(dbeta, n))
 }
 
 #[cfg(test)]

@@ -10,6 +10,16 @@ use std::mem::MaybeUninit;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+/// Panics unless a `rows x cols` matrix at `offset` with strides `rs`, `cs` (non-negative)
+/// lies inside storage of `len` elements.
+fn check_extent(len: usize, offset: usize, rows: usize, cols: usize, rs: isize, cs: isize) {
+    assert!(rs >= 0 && cs >= 0, "negative strides are not supported");
+    if rows > 0 && cols > 0 {
+        let last = offset + (rows - 1) * rs as usize + (cols - 1) * cs as usize;
+        assert!(last < len, "strided matrix reaches past its storage");
+    }
+}
+
 /// A read-only strided matrix: element `(r, c)` lies at `ptr + r * rs + c * cs`.
 #[derive(Debug, Clone, Copy)]
 pub struct View {
@@ -41,11 +51,7 @@ impl View {
     /// A strided matrix inside `data` starting at `offset`. Panics if any element would fall
     /// outside `data` (strides must be non-negative).
     pub fn strided(data: &[f32], offset: usize, rows: usize, cols: usize, rs: isize, cs: isize) -> Self {
-        assert!(rs >= 0 && cs >= 0, "negative strides are not supported");
-        if rows > 0 && cols > 0 {
-            let last = offset + (rows - 1) * rs as usize + (cols - 1) * cs as usize;
-            assert!(last < data.len(), "strided matrix reaches past its storage");
-        }
+        check_extent(data.len(), offset, rows, cols, rs, cs);
         Self {
             ptr: data[offset..].as_ptr(),
             rows,
@@ -107,11 +113,7 @@ impl ViewMut {
         rs: isize,
         cs: isize,
     ) -> Self {
-        assert!(rs >= 0 && cs >= 0, "negative strides are not supported");
-        if rows > 0 && cols > 0 {
-            let last = offset + (rows - 1) * rs as usize + (cols - 1) * cs as usize;
-            assert!(last < data.len(), "strided matrix reaches past its storage");
-        }
+        check_extent(data.len(), offset, rows, cols, rs, cs);
         Self {
             ptr: data[offset..].as_mut_ptr().cast(),
             rows,
@@ -318,31 +320,6 @@ pub fn linear_grad_weight(x: &[f32], dy: &[f32], rows: usize, d_in: usize, d_out
     out
 }
 
-/// Column sums of a row-major `[rows, cols]` matrix (the bias gradient), in a fixed order:
-/// fixed blocks of rows summed in parallel, then the block sums added in block order.
-pub fn column_sums(dy: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    assert_eq!(dy.len(), rows * cols);
-    if cols == 0 {
-        return Vec::new();
-    }
-    let rows_per_block = 256;
-    let partials: Vec<Vec<f32>> = dy
-        .par_chunks(rows_per_block * cols)
-        .map(|block| {
-            let mut sums = vec![0.0f32; cols];
-            for row in block.chunks_exact(cols) {
-                sums.iter_mut().zip(row).for_each(|(s, &v)| *s += v);
-            }
-            sums
-        })
-        .collect();
-    let mut sums = vec![0.0f32; cols];
-    for partial in partials {
-        sums.iter_mut().zip(partial).for_each(|(s, v)| *s += v);
-    }
-    sums
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,7 +390,7 @@ mod tests {
         let sums: Vec<f32> = (0..d_out)
             .map(|c| (0..rows).map(|r| dy[r * d_out + c]).sum())
             .collect();
-        close(&column_sums(&dy, rows, d_out), &sums);
+        close(&super::super::cpu::column_sums(&dy, rows, d_out), &sums);
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod matmul;
 
 use std::sync::OnceLock;
 
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -166,7 +167,7 @@ pub fn linear_with<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option
 /// Whether [`linear_gelu`] and [`linear_residual`] have fused kernels for this input and layer
 /// (they need a bias).
 pub fn epilogue_applies<const D: usize>(x: &Tensor<D>, layer: &burn::nn::Linear) -> bool {
-    applies(x, Fused::Epilogue) && applies(x, Fused::Linear) && layer.bias.is_some()
+    enabled(Fused::Epilogue) && applies(x, Fused::Linear) && layer.bias.is_some()
 }
 
 /// `gelu(x · W + b)` in one operation. Only where [`epilogue_applies`].
@@ -242,22 +243,9 @@ fn weight_view(w: &FlexTensor) -> matmul::View {
 }
 
 fn flex_linear(x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTensor {
-    let w = if w.layout().has_positive_strides() {
-        w.clone()
-    } else {
-        w.to_contiguous()
-    };
-    let view = weight_view(&w);
-    let mut shape = shape_of(x);
-    let last = shape.num_dims() - 1;
-    assert_eq!(
-        shape[last], view.rows,
-        "linear input width differs from the weight's"
-    );
-    let rows = shape.num_elements() / view.rows.max(1);
+    let (w, rows, shape) = linear_geometry(x, w);
     let bias = bias.map(|b| contiguous(b.clone()));
-    let out = matmul::linear(slice(x), rows, view, bias.as_ref().map(slice));
-    shape[last] = view.cols;
+    let out = matmul::linear(slice(x), rows, weight_view(&w), bias.as_ref().map(slice));
     f32_tensor(out, shape)
 }
 
@@ -358,14 +346,9 @@ fn flex_linear_backward(
     grad: &FlexTensor,
     need: [bool; 3],
 ) -> [Option<FlexTensor>; 3] {
-    let w = if w.layout().has_positive_strides() {
-        w.clone()
-    } else {
-        w.to_contiguous()
-    };
+    let (w, rows, _) = linear_geometry(x, w);
     let view = weight_view(&w);
     let (d_in, d_out) = (view.rows, view.cols);
-    let rows = shape_of(x).num_elements() / d_in.max(1);
     let dy = slice(grad);
     [
         need[0].then(|| f32_tensor(matmul::linear_grad_input(dy, rows, view), shape_of(x))),
@@ -375,7 +358,7 @@ fn flex_linear_backward(
                 shape_of(&w),
             )
         }),
-        need[2].then(|| f32_tensor(matmul::column_sums(dy, rows, d_out), [d_out].into())),
+        need[2].then(|| f32_tensor(cpu::column_sums(dy, rows, d_out), [d_out].into())),
     ]
 }
 
@@ -496,55 +479,47 @@ impl Backward<Flex, 3> for LayerNormBackward {
         let gamma = contiguous(gamma);
         let (dx, dgamma, dbeta) =
             cpu::layer_norm_backward(slice(&x), slice(&gamma), slice(&grad), eps as f32);
-        if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, f32_tensor(dx, shape_of(&x)));
-        }
-        if let Some(node) = node_gamma {
-            grads.register::<Flex>(node.id, f32_tensor(dgamma, shape_of(&gamma)));
-        }
-        if let Some(node) = node_beta {
-            grads.register::<Flex>(node.id, f32_tensor(dbeta, shape_of(&gamma)));
+        register_grads(
+            grads,
+            [
+                (node_x.map(|n| n.id), Some(f32_tensor(dx, shape_of(&x)))),
+                (
+                    node_gamma.map(|n| n.id),
+                    Some(f32_tensor(dgamma, shape_of(&gamma))),
+                ),
+                (node_beta.map(|n| n.id), Some(f32_tensor(dbeta, shape_of(&gamma)))),
+            ],
+        );
+    }
+}
+
+/// Registers each computed gradient with its parent's node, where both exist.
+fn register_grads(
+    grads: &mut Gradients,
+    pairs: impl IntoIterator<Item = (Option<NodeId>, Option<FlexTensor>)>,
+) {
+    for (node, grad) in pairs {
+        if let (Some(node), Some(grad)) = (node, grad) {
+            grads.register::<Flex>(node, grad);
         }
     }
 }
 
+/// Backward of the linear layer, with a bias (three parents) or without (two).
 #[derive(Debug)]
 struct LinearBackward;
 
-impl Backward<Flex, 3> for LinearBackward {
+impl<const N: usize> Backward<Flex, N> for LinearBackward {
     /// Input (contiguous) and weight.
     type State = (FlexTensor, FlexTensor);
 
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = contiguous(grads.consume::<Flex>(&ops.node));
         let (x, w) = ops.state;
-        let need = [0, 1, 2].map(|i| ops.parents[i].is_some());
-        let computed = flex_linear_backward(&x, &w, &grad, need);
-        for (node, g) in ops.parents.into_iter().zip(computed) {
-            if let (Some(node), Some(g)) = (node, g) {
-                grads.register::<Flex>(node.id, g);
-            }
-        }
-    }
-}
-
-#[derive(Debug)]
-struct LinearNoBiasBackward;
-
-impl Backward<Flex, 2> for LinearNoBiasBackward {
-    /// Input (contiguous) and weight.
-    type State = (FlexTensor, FlexTensor);
-
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = contiguous(grads.consume::<Flex>(&ops.node));
-        let (x, w) = ops.state;
-        let need = [ops.parents[0].is_some(), ops.parents[1].is_some(), false];
-        let computed = flex_linear_backward(&x, &w, &grad, need);
-        for (node, g) in ops.parents.into_iter().zip(computed) {
-            if let (Some(node), Some(g)) = (node, g) {
-                grads.register::<Flex>(node.id, g);
-            }
-        }
+        let ids: [Option<NodeId>; 3] =
+            [0, 1, 2].map(|i| ops.parents.get(i).and_then(|p| p.as_ref().map(|n| n.id)));
+        let computed = flex_linear_backward(&x, &w, &grad, ids.map(|id| id.is_some()));
+        register_grads(grads, ids.into_iter().zip(computed));
     }
 }
 
@@ -558,23 +533,20 @@ impl Backward<Flex, 3> for LinearGeluBackward {
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = contiguous(grads.consume::<Flex>(&ops.node));
         let (x, w, pre) = ops.state;
-        let (w, rows, shape) = linear_geometry(&x, &w);
-        let view = weight_view(&w);
-        let (dh, db) = cpu::gelu_backward_with_column_sums(slice(&pre), slice(&grad), view.cols);
-        let [node_x, node_w, node_b] = ops.parents;
-        if let Some(node) = node_x {
-            grads.register::<Flex>(
-                node.id,
-                f32_tensor(matmul::linear_grad_input(&dh, rows, view), shape_of(&x)),
-            );
-        }
-        if let Some(node) = node_w {
-            let dw = matmul::linear_grad_weight(slice(&x), &dh, rows, view.rows, view.cols);
-            grads.register::<Flex>(node.id, f32_tensor(dw, shape_of(&w)));
-        }
-        if let Some(node) = node_b {
-            grads.register::<Flex>(node.id, f32_tensor(db, [shape[shape.num_dims() - 1]].into()));
-        }
+        let shape = shape_of(&pre);
+        let width = shape[shape.num_dims() - 1];
+        // Through the GELU (its bias gradient summed on the way), then the linear layer's
+        // backward from there.
+        let (dh, db) = cpu::gelu_backward_with_column_sums(slice(&pre), slice(&grad), width);
+        let [node_x, node_w, node_b] = ops.parents.map(|p| p.map(|n| n.id));
+        let [dx, dw, _] = flex_linear_backward(
+            &x,
+            &w,
+            &f32_tensor(dh, shape),
+            [node_x.is_some(), node_w.is_some(), false],
+        );
+        let db = node_b.is_some().then(|| f32_tensor(db, [width].into()));
+        register_grads(grads, [(node_x, dx), (node_w, dw), (node_b, db)]);
     }
 }
 
@@ -588,18 +560,12 @@ impl Backward<Flex, 4> for LinearResidualBackward {
     fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = contiguous(grads.consume::<Flex>(&ops.node));
         let (x, w) = ops.state;
-        let [node_resid, node_x, node_w, node_b] = ops.parents;
-        let need = [node_x.is_some(), node_w.is_some(), node_b.is_some()];
-        let computed = flex_linear_backward(&x, &w, &grad, need);
-        for (node, g) in [node_x, node_w, node_b].into_iter().zip(computed) {
-            if let (Some(node), Some(g)) = (node, g) {
-                grads.register::<Flex>(node.id, g);
-            }
-        }
+        let [node_resid, node_x, node_w, node_b] = ops.parents.map(|p| p.map(|n| n.id));
+        let linear = [node_x, node_w, node_b];
+        let computed = flex_linear_backward(&x, &w, &grad, linear.map(|id| id.is_some()));
+        register_grads(grads, linear.into_iter().zip(computed));
         // The residual passes its gradient through unchanged.
-        if let Some(node) = node_resid {
-            grads.register::<Flex>(node.id, grad);
-        }
+        register_grads(grads, [(node_resid, Some(grad))]);
     }
 }
 
@@ -645,7 +611,7 @@ impl<C: CheckpointStrategy> VitOps for Autodiff<Flex, C> {
         let input = contiguous(x.primitive().clone());
         let w = weight.primitive().clone();
         let out = flex_linear(&input, &w, None);
-        match LinearNoBiasBackward
+        match LinearBackward
             .prepare::<C>([x.node(), weight.node()])
             .compute_bound()
             .stateful()

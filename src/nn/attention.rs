@@ -74,9 +74,10 @@ impl Attention {
             .permute([2, 0, 3, 1, 4]);
         let k = kv.clone().narrow(0, 0, 1).reshape([b, h, n, dh]);
         let v = kv.narrow(0, 1, 1).reshape([b, h, n, dh]);
-        let scale = (dh as f64).powf(-0.5);
-        let attn = crate::kernels::softmax_last(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)));
-        self.attn_drop.forward(attn).matmul(v).reshape([b, 1, d])
+        self.attn_drop
+            .forward(probabilities(q, k))
+            .matmul(v)
+            .reshape([b, 1, d])
     }
 
     /// Attention from Burn's operations: heads split, scores, softmax, dropout, heads merged.
@@ -89,9 +90,15 @@ impl Attention {
         let q = qkv.clone().narrow(0, 0, 1).reshape([b, h, n, dh]);
         let k = qkv.clone().narrow(0, 1, 1).reshape([b, h, n, dh]);
         let v = qkv.narrow(0, 2, 1).reshape([b, h, n, dh]);
-        let scale = (dh as f64).powf(-0.5);
-        let attn = crate::kernels::softmax_last(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)));
+        let attn = probabilities(q, k);
         let out = self.attn_drop.forward(attn.clone()).matmul(v);
         (out.swap_dims(1, 2).reshape([b, n, d]), attn)
     }
+}
+
+/// `softmax(q kᵀ / sqrt(head_dim))` for `q: [B, heads, Nq, head_dim]`, `k: [B, heads, N, head_dim]`.
+fn probabilities(q: Tensor<4>, k: Tensor<4>) -> Tensor<4> {
+    let [_, _, _, dh] = q.dims();
+    let scale = (dh as f64).powf(-0.5);
+    crate::kernels::softmax_last(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)))
 }
