@@ -5,6 +5,8 @@
 #
 # Usage: bench/ablation.sh [--model M] [--batch-size B] [--rounds N] [--train-steps N] [--infer-steps N] [-- extra bench args]
 #   VITKIT=path/to/vitkit (default target/release/vitkit)
+#   VITKIT_AVX2=path/to/vitkit built with --no-default-features (AVX2 matrix products only): then
+#   the VITKIT_FUSED rows run that binary and a last row, "+ avx512", runs VITKIT with all on.
 set -euo pipefail
 
 model=vit_tiny_patch4_32
@@ -26,6 +28,7 @@ while [[ $# -gt 0 ]]; do
 done
 vitkit="${VITKIT:-target/release/vitkit}"
 [[ -x "$vitkit" ]] || { echo "no vitkit binary at $vitkit (cargo build --release)" >&2; exit 1; }
+avx2="${VITKIT_AVX2:-}"
 
 # Cumulative settings, in the order the optimisations were added.
 settings=(
@@ -36,13 +39,17 @@ settings=(
     gelu,softmax,layernorm,linear,attention,epilogue
     gelu,softmax,layernorm,linear,attention,epilogue,cls
 )
+fused_binary="${avx2:-$vitkit}"
+[[ -x "$fused_binary" ]] || { echo "no vitkit binary at $fused_binary" >&2; exit 1; }
+[[ -n "$avx2" ]] && settings+=(avx512)
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 for round in $(seq "$rounds"); do
     for s in "${settings[@]}"; do
         for mode in train infer; do
             steps=$([[ $mode == train ]] && echo "$train_steps" || echo "$infer_steps")
-            json=$(VITKIT_FUSED="$s" "$vitkit" bench --model "$model" --batch-size "$batch" --mode "$mode" \
+            if [[ $s == avx512 ]]; then bin="$vitkit" fused=all; else bin="$fused_binary" fused="$s"; fi
+            json=$(VITKIT_FUSED="$fused" "$bin" bench --model "$model" --batch-size "$batch" --mode "$mode" \
                 --steps "$steps" --warmup 2 --json "${extra[@]}")
             printf '%s\t%s\t%s\n' "$s" "$mode" "$json" >>"$out"
         done
@@ -62,7 +69,7 @@ print("| VITKIT_FUSED | train ms/step | change | train peak MiB | infer ms/batch
 print("|---|---|---|---|---|---|")
 prev = {}
 for s in settings:
-    row = [f"`{s}`"]
+    row = ["+ AVX-512 matrix products (all on)" if s == "avx512" else f"`{s}`"]
     for mode in ("train", "infer"):
         ms = statistics.median(r["median_ms"] for r in runs[(s, mode)])
         change = f"{(ms / prev[mode] - 1) * 100:+.0f}%" if mode in prev else "—"

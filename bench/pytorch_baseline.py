@@ -40,6 +40,8 @@ def parse_args():
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--autocast", choices=["bf16", "fp16"], help="mixed precision autocast")
+    p.add_argument("--dtype", choices=["f32", "bf16", "f16"], default="f32",
+                   help="parameters and activations in this type (model.to(dtype)), as vitkit bench --dtype")
     p.add_argument("--json", action="store_true")
     return p.parse_args()
 
@@ -82,9 +84,10 @@ def main():
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    model = build_model(cfg, timm).to(device)
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[args.dtype]
+    model = build_model(cfg, timm).to(device=device, dtype=dtype)
     h, w = cfg["img_size"]
-    x = torch.randn(args.batch_size, cfg["in_chans"], h, w, device=device)
+    x = torch.randn(args.batch_size, cfg["in_chans"], h, w, device=device, dtype=dtype)
     labels = torch.rand(args.batch_size, cfg["num_classes"], device=device)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.autocast)
     fwd = torch.compile(model) if args.compile else model
@@ -146,6 +149,7 @@ def main():
         "device": str(device),
         "compile": args.compile,
         "autocast": args.autocast,
+        "dtype": args.dtype,
         "config": cfg,
     }
     if cuda:

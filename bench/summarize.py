@@ -22,11 +22,12 @@ def main(path):
                 cases.append(r["case"])
             runs[(r["case"], r["pair"])][r["contender"]] = r
 
-    has_compile = any("torch.compile" in v for v in runs.values())
+    # Contenders beyond the pair (torch.compile, autocast-bf16) get a step time and a ratio each.
+    others = sorted({name for v in runs.values() for name in v} - {"vitkit", "pytorch"})
     head = "| case | vitkit ms/step | PyTorch ms/step | time ratio | vitkit img/s | PyTorch img/s | throughput ratio | vitkit peak MiB | PyTorch peak MiB | memory ratio | vitkit GFLOP/s | PyTorch GFLOP/s |"
     rule = "|---|---|---|---|---|---|---|---|---|---|---|---|"
-    if has_compile:
-        head += " torch.compile ms/step | time ratio vs compile |"
+    for name in others:
+        head += f" {name} ms/step | time ratio vs {name} |"
         rule += "---|---|"
     print(head)
     print(rule)
@@ -56,11 +57,11 @@ def main(path):
             row.append(f"{med(gflop * 1e3 / r['median_ms'] for r in theirs):.1f}")
         else:
             row += ["—", "—"]
-        if has_compile:
-            compiled = [p for p in pairs if "torch.compile" in p]
-            if compiled:
-                row.append(f"{med(p['torch.compile']['median_ms'] for p in compiled):.1f}")
-                row.append(f"{med(p['vitkit']['median_ms'] / p['torch.compile']['median_ms'] for p in compiled):.2f}")
+        for name in others:
+            present = [p for p in pairs if name in p]
+            if present:
+                row.append(f"{med(p[name]['median_ms'] for p in present):.1f}")
+                row.append(f"{med(p['vitkit']['median_ms'] / p[name]['median_ms'] for p in present):.2f}")
             else:
                 row += ["—", "—"]
         print("| " + " | ".join(row) + " |")

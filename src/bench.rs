@@ -40,6 +40,8 @@ pub struct BenchResult {
     /// The architecture timed, so a baseline can build the identical model.
     pub config: ModelConfig,
     pub device: String,
+    /// Float type of parameters and activations (f32, bf16, f16).
+    pub dtype: String,
 }
 
 fn peak_rss_mib() -> f64 {
@@ -136,6 +138,7 @@ pub fn bench(
         gflops: gflop / median,
         config: config.clone(),
         device: format!("{device:?}"),
+        dtype: format!("{:?}", device.settings().float_dtype).to_lowercase(),
     })
 }
 

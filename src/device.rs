@@ -1,6 +1,6 @@
 //! Choice of compute device: the flex CPU backend by default, CUDA with the `cuda` feature.
 
-use burn::tensor::Device;
+use burn::tensor::{Device, FloatDType};
 
 /// The device named by `name` ("cpu", or "cuda"/"cuda:N" when built with the `cuda` feature).
 pub fn parse_device(name: &str) -> crate::Result<Device> {
@@ -14,6 +14,12 @@ pub fn parse_device(name: &str) -> crate::Result<Device> {
                 .transpose()
                 .map_err(|_| crate::VitError::Config(format!("bad device '{n}'")))?
                 .unwrap_or(0);
+            // The CUDA runtime panics on its first use where no driver is installed; say so first.
+            if !cuda_driver_present() {
+                return Err(crate::VitError::Config(format!(
+                    "device '{n}': no NVIDIA driver found (libcuda.so.1 could not be loaded)"
+                )));
+            }
             Ok(Device::cuda(index))
         }
         other => Err(crate::VitError::Config(format!(
@@ -25,6 +31,51 @@ pub fn parse_device(name: &str) -> crate::Result<Device> {
             }
         ))),
     }
+}
+
+/// Whether the NVIDIA driver library can be loaded (what the CUDA backend loads at first use).
+#[cfg(feature = "cuda")]
+fn cuda_driver_present() -> bool {
+    ["libcuda.so.1", "libcuda.so"].iter().any(|name| {
+        let name = std::ffi::CString::new(*name).expect("no interior NUL");
+        // SAFETY: dlopen with a valid C string; the handle is closed right away.
+        unsafe {
+            let handle = libc::dlopen(name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
+            if handle.is_null() {
+                false
+            } else {
+                libc::dlclose(handle);
+                true
+            }
+        }
+    })
+}
+
+/// The floating-point type named by `name`: f32 (default), bf16 or f16.
+pub fn parse_float_dtype(name: &str) -> crate::Result<FloatDType> {
+    match name {
+        "f32" | "fp32" | "float32" => Ok(FloatDType::F32),
+        "bf16" | "bfloat16" => Ok(FloatDType::BF16),
+        "f16" | "fp16" | "float16" => Ok(FloatDType::F16),
+        other => Err(crate::VitError::Config(format!(
+            "unknown dtype '{other}'; valid: f32, bf16, f16"
+        ))),
+    }
+}
+
+/// Makes `dtype` the type of every float tensor later created on `device`: parameters,
+/// activations, gradients and optimizer state alike (what `model.to(dtype)` is in PyTorch;
+/// there is no f32 master copy). Must come before the first tensor on the device.
+///
+/// vitkit's fused CPU kernels are f32-only: in another dtype the CPU runs Burn's own
+/// operations.
+pub fn set_float_dtype(device: &mut Device, dtype: FloatDType) -> crate::Result<()> {
+    if dtype == FloatDType::F32 {
+        return Ok(());
+    }
+    device
+        .configure(dtype)
+        .map_err(|e| crate::VitError::Config(format!("cannot compute in {dtype:?} on {device:?}: {e}")))
 }
 
 /// Process-wide settings that make training faster; call once at start-up.

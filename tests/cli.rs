@@ -380,3 +380,38 @@ fn import_and_infer_foreign_weights() {
         &["not divisible by the patch size"],
     );
 }
+
+#[test]
+fn bench_runs_in_bf16_and_rejects_unknown_dtypes() {
+    for mode in ["train", "infer"] {
+        let out = vitkit(&[
+            "bench",
+            "--model",
+            "vit_tiny_patch4_32",
+            "--mode",
+            mode,
+            "--batch-size",
+            "2",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--dtype",
+            "bf16",
+            "--json",
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+        assert_eq!(r["dtype"], "bf16", "{stdout}");
+        assert!(r["median_ms"].as_f64().is_some_and(|t| t > 0.0), "{stdout}");
+    }
+    fails_with(
+        &["bench", "--steps", "1", "--dtype", "int8"],
+        &["unknown dtype 'int8'", "bf16"],
+    );
+}

@@ -10,7 +10,7 @@ use vitkit::app::{
     ModelSource, TrainRequest, WeightsSpec, default_augment, run_eval, run_predict, run_train,
 };
 use vitkit::data::Augment;
-use vitkit::device::parse_device;
+use vitkit::device::{parse_device, parse_float_dtype, set_float_dtype};
 use vitkit::models::{GlobalPool, ModelConfig, PRESETS, param_count, preset};
 use vitkit::report::confusion_matrix_png;
 use vitkit::train::TrainConfig;
@@ -121,6 +121,10 @@ struct BenchArgs {
     /// Infer mode: also hand back every block's attention.
     #[arg(long)]
     attention: bool,
+    /// Float type of parameters, activations and optimizer state: f32, bf16 or f16
+    /// (bf16/f16 as PyTorch's `model.to(dtype)`: no f32 master weights).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -492,7 +496,8 @@ fn report(args: ReportArgs, device: &str) -> anyhow::Result<()> {
 
 fn bench(args: BenchArgs, device: &str) -> anyhow::Result<()> {
     use vitkit::bench::{BenchMode, bench};
-    let device = parse_device(device)?;
+    let mut device = parse_device(device)?;
+    set_float_dtype(&mut device, parse_float_dtype(&args.dtype)?)?;
     let mode = match args.mode.as_str() {
         "train" => BenchMode::Train,
         "infer" => BenchMode::Infer,

@@ -55,6 +55,8 @@ impl Attention {
         if !attn_dropout_active && crate::kernels::attention_applies(&qkv) {
             let maps = keep_attention.then(|| self.composed(qkv.clone()).1);
             (crate::kernels::attention(qkv, self.num_heads), maps)
+        } else if !keep_attention && !qkv.device().is_autodiff() {
+            (self.backend_attention(qkv), None)
         } else {
             let (out, attn) = self.composed(qkv);
             (out, keep_attention.then_some(attn))
@@ -80,20 +82,36 @@ impl Attention {
             .reshape([b, 1, d])
     }
 
+    /// Inference through the backend's own attention operation (a flash-attention kernel on
+    /// CUDA, chosen by autotune; the scores are never written out). Burn differentiates that
+    /// operation through its composed fallback, so training keeps [`Self::composed`].
+    fn backend_attention(&self, qkv: Tensor<3>) -> Tensor<3> {
+        let [b, n, d3] = qkv.dims();
+        let (h, d) = (self.num_heads, d3 / 3);
+        let [q, k, v] = split_heads(qkv, h);
+        let out = burn::tensor::module::attention(q, k, v, None, None, Default::default());
+        out.swap_dims(1, 2).reshape([b, n, d])
+    }
+
     /// Attention from Burn's operations: heads split, scores, softmax, dropout, heads merged.
     /// Returns the merged output `[B, N, D]` and the probabilities `[B, heads, N, N]`.
     fn composed(&self, qkv: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
         let [b, n, d3] = qkv.dims();
         let (h, d) = (self.num_heads, d3 / 3);
-        let dh = d / h;
-        let qkv = qkv.reshape([b, n, 3, h, dh]).permute([2, 0, 3, 1, 4]);
-        let q = qkv.clone().narrow(0, 0, 1).reshape([b, h, n, dh]);
-        let k = qkv.clone().narrow(0, 1, 1).reshape([b, h, n, dh]);
-        let v = qkv.narrow(0, 2, 1).reshape([b, h, n, dh]);
+        let [q, k, v] = split_heads(qkv, h);
         let attn = probabilities(q, k);
         let out = self.attn_drop.forward(attn.clone()).matmul(v);
         (out.swap_dims(1, 2).reshape([b, n, d]), attn)
     }
+}
+
+/// `qkv: [B, N, 3 * D]` → q, k and v, each `[B, heads, N, D / heads]`.
+fn split_heads(qkv: Tensor<3>, heads: usize) -> [Tensor<4>; 3] {
+    let [b, n, d3] = qkv.dims();
+    let dh = d3 / 3 / heads;
+    let qkv = qkv.reshape([b, n, 3, heads, dh]).permute([2, 0, 3, 1, 4]);
+    let part = |i| qkv.clone().narrow(0, i, 1).reshape([b, heads, n, dh]);
+    [part(0), part(1), part(2)]
 }
 
 /// `softmax(q kᵀ / sqrt(head_dim))` for `q: [B, heads, Nq, head_dim]`, `k: [B, heads, N, head_dim]`.
