@@ -22,40 +22,28 @@ static double seconds(void) {
     return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
-__attribute__((target("avx2,fma"))) static void *spin256(void *sink) {
-    __m256 acc[ACCUMULATORS];
-    const __m256 a = _mm256_set1_ps(0.999f), b = _mm256_set1_ps(0.001f);
-    for (int i = 0; i < ACCUMULATORS; i++) acc[i] = _mm256_set1_ps((float)i);
-    for (long it = 0; it < ITERATIONS; it++) {
-        // Fully unrolled so that the accumulators stay in registers.
-#pragma GCC unroll 12
-        for (int i = 0; i < ACCUMULATORS; i++) acc[i] = _mm256_fmadd_ps(acc[i], a, b);
+// One spinning thread's work: ACCUMULATORS independent FMA chains on vectors of type VEC.
+#define SPIN(NAME, TARGET, VEC, SET1, FMADD, STOREU, LANES)                               \
+    __attribute__((target(TARGET))) static void *NAME(void *sink) {                        \
+        VEC acc[ACCUMULATORS];                                                              \
+        const VEC a = SET1(0.999f), b = SET1(0.001f);                                       \
+        for (int i = 0; i < ACCUMULATORS; i++) acc[i] = SET1((float)i);                     \
+        for (long it = 0; it < ITERATIONS; it++) {                                          \
+            /* Fully unrolled so that the accumulators stay in registers. */                \
+            _Pragma("GCC unroll 12")                                                        \
+            for (int i = 0; i < ACCUMULATORS; i++) acc[i] = FMADD(acc[i], a, b);            \
+        }                                                                                   \
+        float total = 0, lanes[LANES];                                                      \
+        for (int i = 0; i < ACCUMULATORS; i++) {                                            \
+            STOREU(lanes, acc[i]);                                                          \
+            total += lanes[0];                                                              \
+        }                                                                                   \
+        *(float *)sink = total; /* keeps the loop from being optimised away */              \
+        return NULL;                                                                        \
     }
-    float total = 0, lanes[8];
-    for (int i = 0; i < ACCUMULATORS; i++) {
-        _mm256_storeu_ps(lanes, acc[i]);
-        total += lanes[0];
-    }
-    *(float *)sink = total;  // keeps the loop from being optimised away
-    return NULL;
-}
 
-__attribute__((target("avx512f"))) static void *spin512(void *sink) {
-    __m512 acc[ACCUMULATORS];
-    const __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(0.001f);
-    for (int i = 0; i < ACCUMULATORS; i++) acc[i] = _mm512_set1_ps((float)i);
-    for (long it = 0; it < ITERATIONS; it++) {
-#pragma GCC unroll 12
-        for (int i = 0; i < ACCUMULATORS; i++) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
-    }
-    float total = 0, lanes[16];
-    for (int i = 0; i < ACCUMULATORS; i++) {
-        _mm512_storeu_ps(lanes, acc[i]);
-        total += lanes[0];
-    }
-    *(float *)sink = total;
-    return NULL;
-}
+SPIN(spin256, "avx2,fma", __m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_storeu_ps, 8)
+SPIN(spin512, "avx512f", __m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_storeu_ps, 16)
 
 static void measure(const char *name, void *(*spin)(void *), int flop_per_fma, long cores) {
     long counts[2] = {1, cores};
