@@ -109,9 +109,12 @@ pub fn enabled(op: Fused) -> bool {
 /// Whether a fused kernel applies: it is enabled and `x` is an f32 tensor on the flex CPU backend
 /// (with or without autodiff).
 pub fn applies<const D: usize>(x: &Tensor<D>, op: Fused) -> bool {
-    enabled(op)
-        && matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_))
-        && x.dtype() == burn::tensor::DType::F32
+    enabled(op) && on_flex(x) && x.dtype() == burn::tensor::DType::F32
+}
+
+/// Whether `x` lives on the flex CPU backend (with or without autodiff).
+pub fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
+    matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_))
 }
 
 /// Exact GELU, `x * Phi(x)`.

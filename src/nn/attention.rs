@@ -55,7 +55,7 @@ impl Attention {
         if !attn_dropout_active && crate::kernels::attention_applies(&qkv) {
             let maps = keep_attention.then(|| self.composed(qkv.clone()).1);
             (crate::kernels::attention(qkv, self.num_heads), maps)
-        } else if !keep_attention && !qkv.device().is_autodiff() {
+        } else if !keep_attention && !qkv.device().is_autodiff() && !crate::kernels::on_flex(&qkv) {
             (self.backend_attention(qkv), None)
         } else {
             let (out, attn) = self.composed(qkv);
@@ -66,25 +66,19 @@ impl Attention {
     /// [`Self::heads`] for the first token's query alone, `[B, 1, D]` (keys and values from
     /// every token): what class-token pooling needs from the last block.
     pub fn first_query_heads(&self, x: Tensor<3>) -> Tensor<3> {
-        let [b, n, d] = x.dims();
-        let (h, dh) = (self.num_heads, d / self.num_heads);
-        let qkv = crate::kernels::linear(x, &self.qkv);
-        let q = qkv.clone().narrow(1, 0, 1).narrow(2, 0, d).reshape([b, h, 1, dh]);
-        let kv = qkv
-            .narrow(2, d, 2 * d)
-            .reshape([b, n, 2, h, dh])
-            .permute([2, 0, 3, 1, 4]);
-        let k = kv.clone().narrow(0, 0, 1).reshape([b, h, n, dh]);
-        let v = kv.narrow(0, 1, 1).reshape([b, h, n, dh]);
+        let [b, _, d] = x.dims();
+        let [q, k, v] = split_heads(crate::kernels::linear(x, &self.qkv), self.num_heads);
         self.attn_drop
-            .forward(probabilities(q, k))
+            .forward(probabilities(q.narrow(2, 0, 1), k))
             .matmul(v)
             .reshape([b, 1, d])
     }
 
     /// Inference through the backend's own attention operation (a flash-attention kernel on
     /// CUDA, chosen by autotune; the scores are never written out). Burn differentiates that
-    /// operation through its composed fallback, so training keeps [`Self::composed`].
+    /// operation through its composed fallback, so training keeps [`Self::composed`]. On the
+    /// CPU flex's attention operation measured no faster than the composed path (which the
+    /// fused kernel's tests compare against), so the CPU keeps the composed one.
     fn backend_attention(&self, qkv: Tensor<3>) -> Tensor<3> {
         let [b, n, d3] = qkv.dims();
         let (h, d) = (self.num_heads, d3 / 3);
