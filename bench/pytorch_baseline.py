@@ -43,6 +43,8 @@ def parse_args():
     p.add_argument("--dtype", choices=["f32", "bf16", "f16"], default="f32",
                    help="parameters and activations in this type (model.to(dtype)), as vitkit bench --dtype")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--profile", metavar="FILE",
+                   help="after timing, profile 3 more steps with torch.profiler and write its kernel table here")
     return p.parse_args()
 
 
@@ -65,6 +67,23 @@ def adamw_groups(model):
         else:
             decay.append(param)
     return [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def write_profile(path, step, cuda):
+    """Per-kernel (and per-operator) time of three steps, largest device time first: the split
+    to compare with vitkit's own per-kernel profile (bench/gpu_profile.sh)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(3):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+    with open(path, "w") as f:
+        f.write(prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=90))
 
 
 def main():
@@ -132,6 +151,9 @@ def main():
             torch.cuda.synchronize()
         if i >= args.warmup:
             times.append(time.perf_counter() - t)
+
+    if args.profile:
+        write_profile(args.profile, step, cuda)
 
     median = statistics.median(sorted(times))
     result = {

@@ -109,8 +109,9 @@ fn fused_operations_work_without_autodiff() {
     assert!(gelu < 2e-6 && softmax < 1e-6, "{gelu} {softmax}");
 }
 
-/// Input, weight and bias gradients of the fused linear against Burn's `Linear`, for both
-/// weight layouts, with and without bias, on a 3-d input.
+/// Input, weight and bias gradients of the fused linear, and of the rows-folded product used
+/// off the CPU, against Burn's `Linear`, for both weight layouts, with and without bias, on a
+/// 3-d input.
 #[test]
 fn fused_linear_matches_burn_including_parameter_gradients() {
     use burn::nn::{LinearConfig, LinearLayout};
@@ -126,12 +127,16 @@ fn fused_linear_matches_burn_including_parameter_gradients() {
             .init(&device);
         let x = Tensor::<3>::random([3, 50, 40], Distribution::Normal(0.0, 1.0), &device);
         let upstream = Tensor::<3>::random([3, 50, 70], Distribution::Normal(0.0, 1.0), &device);
-        let run = |fused: bool| {
+        let run = |variant: &str| {
             let x = x.clone().require_grad();
-            let y = if fused {
-                vitkit::kernels::linear(x.clone(), &layer)
-            } else {
-                layer.forward(x.clone())
+            let y = match variant {
+                "fused" => vitkit::kernels::linear(x.clone(), &layer),
+                "rows" => vitkit::kernels::linear_rows(
+                    x.clone(),
+                    layer.weight.val(),
+                    layer.bias.as_ref().map(|b| b.val()),
+                ),
+                _ => layer.forward(x.clone()),
             };
             let grads = (y.clone() * upstream.clone()).sum().backward();
             let db = layer.bias.as_ref().map(|b| b.grad(&grads).unwrap());
@@ -142,14 +147,23 @@ fn fused_linear_matches_burn_including_parameter_gradients() {
                 db,
             )
         };
-        let (y1, dx1, dw1, db1) = run(true);
-        let (y2, dx2, dw2, db2) = run(false);
-        assert_eq!(dw1.dims(), dw2.dims());
-        assert!(max_diff(y1, y2) < 1e-5, "{layout:?} forward");
-        assert!(max_diff(dx1, dx2) < 1e-5, "{layout:?} input gradient");
-        assert!(relative_diff(dw1, dw2) < 1e-5, "{layout:?} weight gradient");
-        if let (Some(a), Some(b)) = (db1, db2) {
-            assert!(relative_diff(a, b) < 1e-5, "{layout:?} bias gradient");
+        let (y2, dx2, dw2, db2) = run("burn");
+        for variant in ["fused", "rows"] {
+            let (y1, dx1, dw1, db1) = run(variant);
+            assert_eq!(y1.dims(), y2.dims());
+            assert_eq!(dw1.dims(), dw2.dims());
+            assert!(max_diff(y1, y2.clone()) < 1e-5, "{variant} {layout:?} forward");
+            assert!(
+                max_diff(dx1, dx2.clone()) < 1e-5,
+                "{variant} {layout:?} input gradient"
+            );
+            assert!(
+                relative_diff(dw1, dw2.clone()) < 1e-5,
+                "{variant} {layout:?} weight gradient"
+            );
+            if let (Some(a), Some(b)) = (db1, db2.clone()) {
+                assert!(relative_diff(a, b) < 1e-5, "{variant} {layout:?} bias gradient");
+            }
         }
     }
 }
