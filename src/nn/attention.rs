@@ -83,7 +83,7 @@ impl Attention {
         let [b, n, d3] = qkv.dims();
         let (h, d) = (self.num_heads, d3 / 3);
         let [q, k, v] = split_heads(qkv, h);
-        let out = burn::tensor::module::attention(q, k, v, None, None, Default::default());
+        let out = attention_padded(q, k, v, query_padding());
         out.swap_dims(1, 2).reshape([b, n, d])
     }
 
@@ -97,6 +97,38 @@ impl Attention {
         let out = self.attn_drop.forward(attn.clone()).matmul(v);
         (out.swap_dims(1, 2).reshape([b, n, d]), attn)
     }
+}
+
+/// Burn's attention operation with the query length padded by zero rows to a multiple of
+/// `multiple` (nothing is padded when it is 0 or 1); the padded rows' outputs are dropped, and
+/// keys and values are left as they are, so the result is the unpadded attention's.
+///
+/// Why: Burn's CUDA flash-attention kernels need the query length to be a multiple of their
+/// row block (32, 64 or 128) and otherwise fall back to a composed path of separate passes; a
+/// ViT's 197 tokens are not. Off by default until measured on a GPU: `VITKIT_PAD_QUERIES=128`.
+pub fn attention_padded(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, multiple: usize) -> Tensor<4> {
+    let [b, h, n, dh] = q.dims();
+    let padded = n.next_multiple_of(multiple.max(1));
+    let q = if padded > n {
+        let zeros = Tensor::<4>::zeros([b, h, padded - n, dh], &q.device()).cast(q.dtype());
+        Tensor::cat(vec![q, zeros], 2)
+    } else {
+        q
+    };
+    let out = burn::tensor::module::attention(q, k, v, None, None, Default::default());
+    if padded > n { out.narrow(2, 0, n) } else { out }
+}
+
+/// The query padding for [`attention_padded`] in inference off the CPU: the environment
+/// variable `VITKIT_PAD_QUERIES` (a row multiple), 1 (none) when unset or unreadable.
+fn query_padding() -> usize {
+    static PADDING: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PADDING.get_or_init(|| {
+        std::env::var("VITKIT_PAD_QUERIES")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(1)
+    })
 }
 
 /// `qkv: [B, N, 3 * D]` → q, k and v, each `[B, heads, N, D / heads]`.

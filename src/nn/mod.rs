@@ -8,7 +8,7 @@ mod attention;
 mod block;
 mod norm;
 
-pub use attention::Attention;
+pub use attention::{Attention, attention_padded};
 pub use block::{Block, BlockConfig, DropPath, Mlp};
 pub use norm::LayerNorm;
 
