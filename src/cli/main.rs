@@ -320,7 +320,7 @@ struct PredictArgs {
 }
 
 fn train(args: TrainArgs, device: &str) -> anyhow::Result<()> {
-    let device = parse_device(device)?;
+    let device = open_device(device)?;
     let augment = if args.no_augment {
         None
     } else {
@@ -381,7 +381,7 @@ fn train(args: TrainArgs, device: &str) -> anyhow::Result<()> {
 }
 
 fn eval(args: EvalArgs, device: &str) -> anyhow::Result<()> {
-    let device = parse_device(device)?;
+    let device = open_device(device)?;
     let (result, run) = run_eval(
         &args.model.source()?,
         args.data.as_deref(),
@@ -423,7 +423,7 @@ fn eval(args: EvalArgs, device: &str) -> anyhow::Result<()> {
 }
 
 fn predict(args: PredictArgs, device: &str) -> anyhow::Result<()> {
-    let device = parse_device(device)?;
+    let device = open_device(device)?;
     for prediction in run_predict(&args.model.source()?, &args.images, args.top_k, &device)? {
         println!("{}", prediction.path.display());
         for (name, p) in prediction.top {
@@ -463,7 +463,7 @@ fn show_data(args: ShowDataArgs) -> anyhow::Result<()> {
 }
 
 fn explain(args: ExplainArgs, device: &str) -> anyhow::Result<()> {
-    let device = parse_device(device)?;
+    let device = open_device(device)?;
     if args.images.is_empty() && !args.figures {
         anyhow::bail!("nothing to do: give image files and/or --figures");
     }
@@ -487,7 +487,7 @@ fn explain(args: ExplainArgs, device: &str) -> anyhow::Result<()> {
 }
 
 fn report(args: ReportArgs, device: &str) -> anyhow::Result<()> {
-    let device = parse_device(device)?;
+    let device = open_device(device)?;
     let out = args.out.unwrap_or_else(|| args.run.join("report"));
     let html = vitkit::report::write_report(&args.run, args.data.as_deref(), &out, args.samples, &device)?;
     println!("wrote {}", html.display());
@@ -496,7 +496,7 @@ fn report(args: ReportArgs, device: &str) -> anyhow::Result<()> {
 
 fn bench(args: BenchArgs, device: &str) -> anyhow::Result<()> {
     use vitkit::bench::{BenchMode, bench};
-    let mut device = parse_device(device)?;
+    let mut device = open_device(device)?;
     set_float_dtype(&mut device, parse_float_dtype(&args.dtype)?)?;
     let mode = match args.mode.as_str() {
         "train" => BenchMode::Train,
@@ -539,7 +539,7 @@ fn bench(args: BenchArgs, device: &str) -> anyhow::Result<()> {
 }
 
 fn import(args: ImportArgs, device: &str) -> anyhow::Result<()> {
-    let device = parse_device(device)?;
+    let device = open_device(device)?;
     let spec = WeightsSpec {
         file: args.file,
         source: args.from.parse()?,
@@ -563,7 +563,7 @@ fn import(args: ImportArgs, device: &str) -> anyhow::Result<()> {
 }
 
 fn infer(args: InferArgs, device: &str) -> anyhow::Result<()> {
-    let device = parse_device(device)?;
+    let device = open_device(device)?;
     let n = vitkit::app::run_infer(&args.model.source()?, &args.input, &args.output, &device)?;
     println!(
         "wrote logits and pre_logits of {n} images to {}",
@@ -614,6 +614,21 @@ fn group_digits(n: usize) -> String {
         out.push(c);
     }
     out
+}
+
+/// The device named on the command line. On a GPU, says first that the first use of each
+/// shape autotunes its kernels: without that, a first run that spends minutes tuning before
+/// its first step looks hung.
+fn open_device(name: &str) -> anyhow::Result<burn::tensor::Device> {
+    let device = parse_device(name)?;
+    if !matches!(name, "cpu" | "flex") {
+        eprintln!(
+            "{name}: the first use of each tensor shape on a machine autotunes its kernels, which can \
+             take minutes; the results are kept (target/environment inside a Cargo project, else \
+             the user cache directory's cubecl/) and later runs start at full speed"
+        );
+    }
+    Ok(device)
 }
 
 fn main() -> ExitCode {
