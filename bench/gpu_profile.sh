@@ -37,10 +37,7 @@ ncu="${NCU:-$(command -v ncu || echo /usr/local/cuda/bin/ncu)}"
 
 for case in "$@"; do
     read -r mode batch dtype <<<"$case"
-    vk() {
-        timeout "$limit" "$vitkit" --device cuda bench --model "$model" --mode "$mode" \
-            --batch-size "$batch" --dtype "$dtype" "$@"
-    }
+    bench=("$vitkit" --device cuda bench --model "$model" --mode "$mode" --batch-size "$batch" --dtype "$dtype")
     echo "## $model $case" | tee -a "$report"
 
     tune="$out/tune-$mode-$batch-$dtype.log"
@@ -48,18 +45,18 @@ for case in "$@"; do
     if [ "${TIMED:-1}" = 1 ]; then
         # shellcheck disable=SC2059
         printf "$tune_config" "$tune" > "$config"
+        : > "$tune"
         start=$(date +%s)
-        vk --steps "$steps" --warmup "$warmup" --json >> "$report" 2> "$work/err" \
+        timeout "$limit" "${bench[@]}" --steps "$steps" --warmup "$warmup" --json >> "$report" 2> "$work/err" \
             || { echo "vitkit timed run failed or timed out (exit $?)" >> "$report"; tail -n 5 "$work/err" >> "$report"; }
-        echo "vitkit timed run: $(( $(date +%s) - start )) s wall; $(wc -l < "$tune") autotune decisions so far" >> "$report"
+        echo "vitkit timed run: $(( $(date +%s) - start )) s wall; $(grep -c "^Fastest result" "$tune") autotune decisions" >> "$report"
     fi
 
     if [ "${NCU_RUN:-1}" = 1 ]; then
         csv="$out/ncu-$mode-$batch-$dtype.csv"
         start=$(date +%s)
         timeout "$limit" "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv \
-            "$vitkit" --device cuda bench --model "$model" --mode "$mode" --batch-size "$batch" \
-            --dtype "$dtype" --steps 1 --warmup 1 > "$csv" 2> "$work/err" \
+            "${bench[@]}" --steps 1 --warmup 1 > "$csv" 2> "$work/err" \
             || { echo "ncu run failed or timed out (exit $?)" >> "$report"; tail -n 3 "$work/err" >> "$report"; }
         echo "vitkit under ncu: $(( $(date +%s) - start )) s wall" >> "$report"
         "$python" "$root/bench/ncu_summary.py" "$csv" --steps 2 >> "$report" 2>&1

@@ -33,6 +33,15 @@ pub fn parse_device(name: &str) -> crate::Result<Device> {
     }
 }
 
+/// Whether `device` is the flex CPU backend (with or without autodiff).
+pub fn is_cpu(device: &Device) -> bool {
+    use burn::backend::DispatchDevice;
+    let flex = |d: &DispatchDevice| matches!(d, DispatchDevice::Flex(_));
+    // An autodiff device dereferences to the device it wraps.
+    flex(device.as_dispatch())
+        || matches!(device.as_dispatch(), DispatchDevice::Autodiff(inner) if flex(inner))
+}
+
 /// Whether the NVIDIA driver library can be loaded (what the CUDA backend loads at first use).
 #[cfg(feature = "cuda")]
 fn cuda_driver_present() -> bool {

@@ -621,7 +621,7 @@ fn group_digits(n: usize) -> String {
 /// its first step looks hung.
 fn open_device(name: &str) -> anyhow::Result<burn::tensor::Device> {
     let device = parse_device(name)?;
-    if !matches!(name, "cpu" | "flex") {
+    if !vitkit::device::is_cpu(&device) {
         eprintln!(
             "{name}: the first use of each tensor shape on a machine autotunes its kernels, which can \
              take minutes; the results are kept (target/environment inside a Cargo project, else \

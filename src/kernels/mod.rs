@@ -23,7 +23,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Bytes, DType, Dispatch, DispatchDevice, Flex, backend_extension};
+use burn::backend::{Autodiff, Backend, Bytes, DType, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
 
 #[backend_extension(Flex, Autodiff)]
@@ -114,7 +114,7 @@ pub fn applies<const D: usize>(x: &Tensor<D>, op: Fused) -> bool {
 
 /// Whether `x` lives on the flex CPU backend (with or without autodiff).
 pub fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
-    matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_))
+    crate::device::is_cpu(&x.device())
 }
 
 /// Exact GELU, `x * Phi(x)`.
@@ -162,7 +162,7 @@ pub fn linear_with<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option
             Some(b) => <Dispatch as VitOps>::vit_linear(x, w, b.into_dispatch()),
             None => <Dispatch as VitOps>::vit_linear_no_bias(x, w),
         })
-    } else if D > 2 && !on_flex(&x) {
+    } else if !on_flex(&x) {
         linear_rows(x, weight, bias)
     } else {
         burn::tensor::module::linear(x, weight, bias)
@@ -179,7 +179,7 @@ pub fn linear_with<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option
 pub fn linear_rows<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<D> {
     let mut dims = x.dims();
     let d_in = dims[D - 1];
-    let rows = x.shape().num_elements() / d_in.max(1);
+    let rows = dims[..D - 1].iter().product::<usize>();
     dims[D - 1] = weight.dims()[1];
     burn::tensor::module::linear(x.reshape([rows, d_in]), weight, bias).reshape(dims)
 }

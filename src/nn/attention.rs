@@ -67,18 +67,22 @@ impl Attention {
     /// every token): what class-token pooling needs from the last block.
     pub fn first_query_heads(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, _, d] = x.dims();
-        let [q, k, v] = split_heads(crate::kernels::linear(x, &self.qkv), self.num_heads);
+        let qkv = crate::kernels::linear(x, &self.qkv);
+        let h = self.num_heads;
+        let q = head_part(qkv.clone().narrow(1, 0, 1), h, 0);
+        let [k, v] = [1, 2].map(|i| head_part(qkv.clone(), h, i));
         self.attn_drop
-            .forward(probabilities(q.narrow(2, 0, 1), k))
+            .forward(probabilities(q, k))
             .matmul(v)
             .reshape([b, 1, d])
     }
 
-    /// Inference through the backend's own attention operation (a flash-attention kernel on
-    /// CUDA, chosen by autotune; the scores are never written out). Burn differentiates that
-    /// operation through its composed fallback, so training keeps [`Self::composed`]. On the
-    /// CPU flex's attention operation measured no faster than the composed path (which the
-    /// fused kernel's tests compare against), so the CPU keeps the composed one.
+    /// Inference through the backend's own attention operation (on CUDA a flash-attention
+    /// kernel chosen by autotune where the query length suits it, see [`attention_padded`];
+    /// otherwise Burn's composed fallback). Burn differentiates that operation through its
+    /// composed fallback, so training keeps [`Self::composed`]. On the CPU flex's attention
+    /// operation measured no faster than the composed path (which the fused kernel's tests
+    /// compare against), so the CPU keeps the composed one.
     fn backend_attention(&self, qkv: Tensor<3>) -> Tensor<3> {
         let [b, n, d3] = qkv.dims();
         let (h, d) = (self.num_heads, d3 / 3);
@@ -133,11 +137,17 @@ fn query_padding() -> usize {
 
 /// `qkv: [B, N, 3 * D]` → q, k and v, each `[B, heads, N, D / heads]`.
 fn split_heads(qkv: Tensor<3>, heads: usize) -> [Tensor<4>; 3] {
+    [0, 1, 2].map(|i| head_part(qkv.clone(), heads, i))
+}
+
+/// Part `i` (0: q, 1: k, 2: v) of `qkv: [B, N, 3 * D]`, as `[B, heads, N, D / heads]`.
+fn head_part(qkv: Tensor<3>, heads: usize, i: usize) -> Tensor<4> {
     let [b, n, d3] = qkv.dims();
     let dh = d3 / 3 / heads;
-    let qkv = qkv.reshape([b, n, 3, heads, dh]).permute([2, 0, 3, 1, 4]);
-    let part = |i| qkv.clone().narrow(0, i, 1).reshape([b, heads, n, dh]);
-    [part(0), part(1), part(2)]
+    qkv.reshape([b, n, 3, heads, dh])
+        .permute([2, 0, 3, 1, 4])
+        .narrow(0, i, 1)
+        .reshape([b, heads, n, dh])
 }
 
 /// `softmax(q kᵀ / sqrt(head_dim))` for `q: [B, heads, Nq, head_dim]`, `k: [B, heads, N, head_dim]`.
