@@ -350,11 +350,15 @@ pub fn default_augment(data: &str) -> Option<Augment> {
 /// file and writes `logits` `[B, K]` and `pre_logits` `[B, D]` to another. Returns B.
 pub fn run_infer(source: &ModelSource, input: &Path, output: &Path, device: &Device) -> Result<usize> {
     let (model, run) = LoadedModel::from_source(source, device)?;
-    let (mut tensors, _) = crate::io::read_safetensors(input)?;
     let bad = |reason: String| VitError::BadData {
         path: input.to_path_buf(),
         reason,
     };
+    // The input is data, not a checkpoint: say so when it is not a safetensors file.
+    let (mut tensors, _) = crate::io::read_safetensors(input).map_err(|e| match e {
+        VitError::Checkpoint { reason, .. } => bad(reason),
+        other => other,
+    })?;
     let x = tensors
         .remove("pixel_values")
         .ok_or_else(|| bad("no tensor named pixel_values".into()))?;

@@ -330,6 +330,18 @@ fn import_and_infer_foreign_weights() {
     std::fs::write(&junk, "hello").unwrap();
     fails_with(
         &[
+            "infer",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+            "--input",
+            junk.to_str().unwrap(),
+            "--output",
+            a.to_str().unwrap(),
+        ],
+        &["junk.bin: invalid data", "safetensors"],
+    );
+    fails_with(
+        &[
             "import",
             "--model",
             "vit_nano_patch8_32",
