@@ -272,3 +272,30 @@ fn fused_linear_epilogues_match_burn() {
         assert!(gap < 1e-5, "inference, {rows} rows: {gap}");
     }
 }
+
+/// One 224px image's worth of tokens through a ViT-S-sized layer stored `[out, in]`: the
+/// inference path that reads the weight in place and transposes the output (plain linear,
+/// linear + GELU, linear onto a residual) against Burn's `Linear`.
+#[test]
+fn few_row_linears_with_the_weight_in_place_match_burn() {
+    use burn::nn::{LinearConfig, LinearLayout};
+    let device = Device::flex();
+    let layer = LinearConfig::new(384, 1536)
+        .with_layout(LinearLayout::Col)
+        .init(&device);
+    let x = Tensor::<3>::random([1, 197, 384], Distribution::Normal(0.0, 1.0), &device);
+    let resid = Tensor::<3>::random([1, 197, 1536], Distribution::Normal(0.0, 1.0), &device);
+    let reference = layer.forward(x.clone());
+    let plain = relative_diff(vitkit::kernels::linear(x.clone(), &layer), reference.clone());
+    assert!(plain < 1e-5, "linear: {plain}");
+    let gelu = relative_diff(
+        vitkit::kernels::linear_gelu(x.clone(), &layer),
+        burn::tensor::activation::gelu(reference.clone()),
+    );
+    assert!(gelu < 1e-5, "linear + GELU: {gelu}");
+    let onto = relative_diff(
+        vitkit::kernels::linear_residual(resid.clone(), x, &layer),
+        resid + reference,
+    );
+    assert!(onto < 1e-5, "linear onto a residual: {onto}");
+}

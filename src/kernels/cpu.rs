@@ -352,6 +352,67 @@ pub fn add_row_vector(resid: &[f32], bias: &[f32]) -> Vec<f32> {
     })
 }
 
+/// `out[r][c] = base + t[c][r]` for `out: [rows, cols]` and `t: [cols, rows]`, both row-major,
+/// where `base` is `out`'s own value when `accumulate` (then `out` must be initialised), else 0,
+/// plus `bias[c]` when given. In 8 x 8 tiles, so that both sides move eight floats at a time.
+pub fn write_transposed(
+    out: &mut [MaybeUninit<f32>],
+    t: &[f32],
+    rows: usize,
+    cols: usize,
+    bias: Option<&[f32]>,
+    accumulate: bool,
+) {
+    assert_eq!(out.len(), rows * cols);
+    assert_eq!(t.len(), rows * cols);
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), cols, "bias length differs from the output width");
+    }
+    const TILE: usize = 8;
+    let base = |o: &MaybeUninit<f32>, c: usize| {
+        // SAFETY: the caller guarantees `out` is initialised when accumulating.
+        let own = if accumulate {
+            unsafe { o.assume_init() }
+        } else {
+            0.0
+        };
+        own + bias.map_or(0.0, |b| b[c])
+    };
+    let block_rows = (rows_per_task(cols) / TILE).max(1) * TILE;
+    out.par_chunks_mut(block_rows * cols.max(1))
+        .enumerate()
+        .for_each(|(block, out)| {
+            let r0 = block * block_rows;
+            let n = out.len() / cols.max(1);
+            let mut c0 = 0;
+            while c0 < cols {
+                let tc = TILE.min(cols - c0);
+                let mut r = 0;
+                while r + TILE <= n && tc == TILE {
+                    let mut tile = [[0.0f32; TILE]; TILE];
+                    for (i, row) in tile.iter_mut().enumerate() {
+                        let at = (c0 + i) * rows + r0 + r;
+                        row.copy_from_slice(&t[at..at + TILE]);
+                    }
+                    for j in 0..TILE {
+                        let o = &mut out[(r + j) * cols + c0..][..TILE];
+                        for (i, o) in o.iter_mut().enumerate() {
+                            o.write(base(o, c0 + i) + tile[i][j]);
+                        }
+                    }
+                    r += TILE;
+                }
+                for r in r..n {
+                    for c in c0..c0 + tc {
+                        let o = &mut out[r * cols + c];
+                        o.write(base(o, c) + t[c * rows + r0 + r]);
+                    }
+                }
+                c0 += tc;
+            }
+        });
+}
+
 /// Rows per rayon task for the row kernels.
 fn rows_per_task(row_len: usize) -> usize {
     (ELEMS_PER_TASK / row_len.max(1)).max(1)

@@ -78,32 +78,40 @@ pub enum Fused {
     ClassTokenOnly = 32,
     /// The bias, GELU and residual add done inside the linear layers around them.
     Epilogue = 64,
+    /// Not a kernel: threaded products split along the weights' output features (see
+    /// `matmul::split_parts`) instead of gemm's own threading.
+    SplitProducts = 128,
+    /// Not a kernel: for few rows, linear layers read their `[out, in]` weight in place rather
+    /// than have gemm pack it (see `matmul::weight_in_place`).
+    WeightInPlace = 256,
 }
 
-const ALL_FUSED: u8 = 127;
+const ALL_FUSED: u16 = 511;
 
 /// The fused operations in use: all, unless the environment variable `VITKIT_FUSED` lists some
-/// (`gelu,softmax,layernorm,linear,attention,epilogue,cls`) or says `none`. For measuring what each buys.
+/// (`gelu,softmax,layernorm,linear,attention,epilogue,cls,split,inplace`) or says `none`. For measuring what each buys.
 pub fn enabled(op: Fused) -> bool {
-    static MASK: OnceLock<u8> = OnceLock::new();
+    static MASK: OnceLock<u16> = OnceLock::new();
     let mask = *MASK.get_or_init(|| match std::env::var("VITKIT_FUSED") {
         Err(_) => ALL_FUSED,
         Ok(list) => list
             .split(',')
             .map(|s| match s.trim() {
-                "gelu" => Fused::Gelu as u8,
-                "softmax" => Fused::Softmax as u8,
-                "layernorm" => Fused::LayerNorm as u8,
-                "linear" => Fused::Linear as u8,
-                "attention" => Fused::Attention as u8,
-                "cls" => Fused::ClassTokenOnly as u8,
-                "epilogue" => Fused::Epilogue as u8,
+                "gelu" => Fused::Gelu as u16,
+                "softmax" => Fused::Softmax as u16,
+                "layernorm" => Fused::LayerNorm as u16,
+                "linear" => Fused::Linear as u16,
+                "attention" => Fused::Attention as u16,
+                "cls" => Fused::ClassTokenOnly as u16,
+                "epilogue" => Fused::Epilogue as u16,
+                "split" => Fused::SplitProducts as u16,
+                "inplace" => Fused::WeightInPlace as u16,
                 "all" => ALL_FUSED,
                 _ => 0,
             })
             .fold(0, |a, b| a | b),
     });
-    mask & op as u8 != 0
+    mask & op as u16 != 0
 }
 
 /// Whether a fused kernel applies: it is enabled and `x` is an f32 tensor on the flex CPU backend
