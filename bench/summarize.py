@@ -66,7 +66,7 @@ def main(path):
                 row += ["—", "—"]
         print("| " + " | ".join(row) + " |")
     print()
-    print(f"{len(runs)} pairs; time ratio = vitkit step time / PyTorch step time (lower is better for vitkit);")
+    print(f"{len(runs)} pairs over {len({c for c, _ in runs})} case(s); time ratio = vitkit step time / PyTorch step time (lower is better for vitkit);")
     print("throughput ratio = vitkit images/s / PyTorch images/s (higher is better); memory = peak resident set.")
     frameworks = {r.get("framework") for v in runs.values() for r in v.values() if r.get("framework")}
     if frameworks:
