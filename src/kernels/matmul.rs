@@ -467,6 +467,13 @@ mod tests {
         }
     }
 
+    /// `[cols, rows]` row-major from `[rows, cols]` row-major.
+    fn transposed(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        (0..cols * rows)
+            .map(|i| a[(i % rows) * cols + i / rows])
+            .collect()
+    }
+
     fn values(len: usize, seed: f32) -> Vec<f32> {
         (0..len).map(|i| ((i as f32 + seed) * 0.731).sin()).collect()
     }
@@ -479,12 +486,7 @@ mod tests {
         // Stored as PyTorch does, [d_out, d_in], and viewed transposed as [d_in, d_out].
         let w_out_in = values(d_out * d_in, 1.0);
         let w = View::row_major(&w_out_in, d_out, d_in).t();
-        let mut w_in_out = vec![0.0; d_in * d_out];
-        for o in 0..d_out {
-            for i in 0..d_in {
-                w_in_out[i * d_out + o] = w_out_in[o * d_in + i];
-            }
-        }
+        let w_in_out = transposed(&w_out_in, d_out, d_in);
         let bias = values(d_out, 2.0);
         let mut expected = naive(&x, &w_in_out, rows, d_in, d_out);
         for row in expected.chunks_exact_mut(d_out) {
@@ -503,12 +505,7 @@ mod tests {
             &linear_grad_input(&dy, rows, w),
             &naive(&dy, &w_t, rows, d_out, d_in),
         );
-        let mut x_t = vec![0.0; d_in * rows];
-        for r in 0..rows {
-            for i in 0..d_in {
-                x_t[i * rows + r] = x[r * d_in + i];
-            }
-        }
+        let x_t = transposed(&x, rows, d_in);
         close(
             &linear_grad_weight(&x, &dy, rows, d_in, d_out),
             &naive(&x_t, &dy, d_in, rows, d_out),
@@ -528,12 +525,7 @@ mod tests {
         let w_out_in = values(d_out * d_in, 7.0);
         let w = View::row_major(&w_out_in, d_out, d_in).t();
         assert!(weight_in_place(rows, w));
-        let mut w_in_out = vec![0.0; d_in * d_out];
-        for o in 0..d_out {
-            for i in 0..d_in {
-                w_in_out[i * d_out + o] = w_out_in[o * d_in + i];
-            }
-        }
+        let w_in_out = transposed(&w_out_in, d_out, d_in);
         let product = naive(&x, &w_in_out, rows, d_in, d_out);
         close(&linear(&x, rows, w, None), &product);
         let bias = values(d_out, 8.0);

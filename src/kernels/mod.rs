@@ -65,8 +65,8 @@ pub trait VitOps: Backend {
     fn vit_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self>;
 }
 
-/// One bit per fused operation (and one shortcut), for switching them off one at a time to
-/// measure each.
+/// One bit per fused operation (and per shortcut that is not a kernel), for switching them off
+/// one at a time to measure each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fused {
     Gelu = 1,
