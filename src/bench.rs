@@ -42,6 +42,8 @@ pub struct BenchResult {
     pub device: String,
     /// Float type of parameters and activations (f32, bf16, f16).
     pub dtype: String,
+    /// "bf16" when linear layers multiply in bf16 with f32 sums (`--autocast bf16` on the CPU).
+    pub autocast: Option<String>,
 }
 
 fn peak_rss_mib() -> f64 {
@@ -139,6 +141,7 @@ pub fn bench(
         config: config.clone(),
         device: format!("{device:?}"),
         dtype: format!("{:?}", device.settings().float_dtype).to_lowercase(),
+        autocast: crate::kernels::bf16_products().then(|| "bf16".to_string()),
     })
 }
 

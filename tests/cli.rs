@@ -427,3 +427,41 @@ fn bench_runs_in_bf16_and_rejects_unknown_dtypes() {
         &["unknown dtype 'int8'", "bf16"],
     );
 }
+
+#[test]
+fn bench_autocast_is_for_cpu_inference_in_bf16() {
+    let out = vitkit(&[
+        "bench",
+        "--model",
+        "vit_tiny_patch4_32",
+        "--mode",
+        "infer",
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--autocast",
+        "bf16",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        let r: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+        assert_eq!(r["autocast"], "bf16", "{stdout}");
+        assert_eq!(r["dtype"], "f32", "{stdout}");
+    } else {
+        // A CPU without AVX-512 BF16 refuses it with a reason.
+        assert!(stderr.contains("AVX-512 BF16"), "{stderr}");
+    }
+    fails_with(
+        &["bench", "--steps", "1", "--mode", "train", "--autocast", "bf16"],
+        &["--autocast is for inference"],
+    );
+    fails_with(
+        &["bench", "--steps", "1", "--mode", "infer", "--autocast", "fp16"],
+        &["unknown --autocast 'fp16'", "bf16"],
+    );
+}

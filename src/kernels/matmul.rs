@@ -76,6 +76,19 @@ impl View {
         }
     }
 
+    /// The distance between consecutive rows, in elements.
+    pub fn row_stride(&self) -> isize {
+        self.rs
+    }
+
+    /// Column `c` as a slice, for a view whose columns are contiguous (row stride 1).
+    pub fn contiguous_column(&self, c: usize) -> &[f32] {
+        assert!(self.rs == 1 && c < self.cols, "no contiguous column {c}");
+        // SAFETY: the view's extent was checked against its storage when it was built, and the
+        // storage outlives the view (see the `Send` note above).
+        unsafe { std::slice::from_raw_parts(self.ptr.offset(c as isize * self.cs), self.rows) }
+    }
+
     /// The transpose, without moving data.
     pub fn t(self) -> Self {
         Self {
@@ -248,6 +261,17 @@ fn split_parts(dst: ViewMut, a: View, b: View, par: Parallelism) -> Option<Vec<(
 /// and an `[out, in]` weight, see [`weight_in_place`]).
 pub fn linear(x: &[f32], rows: usize, w: View, bias: Option<&[f32]>) -> Vec<f32> {
     let (d_in, d_out) = (w.rows, w.cols);
+    if super::bf16::applies(w) {
+        let mut out = match bias {
+            Some(bias) => {
+                assert_eq!(bias.len(), d_out, "bias length differs from the output width");
+                bias.repeat(rows)
+            }
+            None => vec![0.0; rows * d_out],
+        };
+        super::bf16::accumulate(&mut out, x, rows, w);
+        return out;
+    }
     let x = View::row_major(x, rows, d_in);
     let mut out = Vec::with_capacity(rows * d_out);
     let spare = &mut out.spare_capacity_mut()[..rows * d_out];
@@ -361,9 +385,17 @@ pub fn linear_blocks(
     epilogue: impl Fn(usize, &mut [f32]) + Sync,
 ) -> Vec<f32> {
     let (d_in, d_out) = (w.rows, w.cols);
+    let block_len = block_rows.max(1) * d_out.max(1);
+    if super::bf16::applies(w) {
+        let mut out = vec![0.0; rows * d_out];
+        super::bf16::accumulate(&mut out, x, rows, w);
+        out.par_chunks_mut(block_len)
+            .enumerate()
+            .for_each(|(i, block)| epilogue(i * block_rows.max(1), block));
+        return out;
+    }
     let x = View::row_major(x, rows, d_in);
     let mut out = Vec::with_capacity(rows * d_out);
-    let block_len = block_rows.max(1) * d_out.max(1);
     out.spare_capacity_mut()[..rows * d_out]
         .par_chunks_mut(block_len)
         .enumerate()
@@ -391,6 +423,10 @@ pub fn linear_onto(mut start: Vec<f32>, x: &[f32], rows: usize, w: View) -> Vec<
         rows * d_out,
         "starting value does not match the output shape"
     );
+    if super::bf16::applies(w) {
+        super::bf16::accumulate(&mut start, x, rows, w);
+        return start;
+    }
     let x = View::row_major(x, rows, d_in);
     // SAFETY: `start` is initialised; viewing it as MaybeUninit only forgets that.
     let spare = unsafe { &mut *(start.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>]) };

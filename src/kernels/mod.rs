@@ -11,8 +11,11 @@
 //! (CUDA) the wrappers fall back to Burn's own operations.
 
 mod attention;
+mod bf16;
 mod cpu;
 mod matmul;
+
+pub use bf16::{bf16_products, set_bf16_products};
 
 use std::sync::OnceLock;
 
