@@ -10,7 +10,6 @@
 //! packed into tiles of 6 tokens (`[k / 2][6]`). One micro-tile (64 features x 6 tokens) keeps
 //! 24 accumulators in registers and adds onto the row-major output.
 
-use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
@@ -100,10 +99,7 @@ pub fn accumulate(out: &mut [f32], x: &[f32], rows: usize, w: View) {
         .enumerate()
         .for_each(|(tile, packed)| {
             for j in 0..TOKENS.min(rows - tile * TOKENS) {
-                let row = &x[(tile * TOKENS + j) * d_in..][..d_in];
-                for q in 0..half {
-                    packed[q * TOKENS + j] = pair(row[2 * q], row[2 * q + 1]);
-                }
+                pack_pairs(&x[(tile * TOKENS + j) * d_in..][..d_in], &mut packed[j..], TOKENS);
             }
         });
 
@@ -114,18 +110,13 @@ pub fn accumulate(out: &mut [f32], x: &[f32], rows: usize, w: View) {
         let mine = thread * panels / threads..(thread + 1) * panels / threads;
         // Each thread packs the weight panels it multiplies, so the packing runs in parallel
         // and every panel is packed once.
-        let mut packed_w = vec![MaybeUninit::<u32>::uninit(); mine.len() * half * FEATURES];
+        let mut packed_w = vec![0u32; mine.len() * half * FEATURES];
         for (i, panel) in mine.clone().enumerate() {
             let dst = &mut packed_w[i * half * FEATURES..][..half * FEATURES];
             for f in 0..FEATURES {
-                let weights = w.contiguous_column(panel * FEATURES + f);
-                for (q, two) in weights.chunks_exact(2).enumerate() {
-                    dst[q * FEATURES + f].write(pair(two[0], two[1]));
-                }
+                pack_pairs(w.contiguous_column(panel * FEATURES + f), &mut dst[f..], FEATURES);
             }
         }
-        // SAFETY: every element was written above.
-        let packed_w: Vec<u32> = packed_w.into_iter().map(|v| unsafe { v.assume_init() }).collect();
         for group in (0..tiles).step_by(TILES_PER_GROUP) {
             for (i, panel) in mine.clone().enumerate() {
                 for tile in group..(group + TILES_PER_GROUP).min(tiles) {
@@ -147,6 +138,51 @@ pub fn accumulate(out: &mut [f32], x: &[f32], rows: usize, w: View) {
             }
         }
     });
+}
+
+/// `dst[q * stride] = pair(src[2q], src[2q + 1])` for every pair of `src` (even length).
+fn pack_pairs(src: &[f32], dst: &mut [u32], stride: usize) {
+    let pairs = src.len() / 2;
+    assert!(
+        pairs == 0 || (pairs - 1) * stride < dst.len(),
+        "packed pairs reach past their panel"
+    );
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if supported() {
+        // SAFETY: the CPU has the instructions; bounds checked above.
+        done = unsafe { pack_pairs_avx512(src, dst, stride) };
+    }
+    for q in done..pairs {
+        dst[q * stride] = pair(src[2 * q], src[2 * q + 1]);
+    }
+}
+
+/// [`pack_pairs`] sixteen pairs at a time (`vcvtne2ps2bf16` rounds to nearest even, as
+/// [`bf16`] does); returns how many pairs it packed.
+///
+/// # Safety
+/// The CPU has AVX-512 F and BF16; `dst` holds `(src.len() / 2 - 1) * stride + 1` words.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pack_pairs_avx512(src: &[f32], dst: &mut [u32], stride: usize) -> usize {
+    use std::arch::x86_64::*;
+    let blocks = src.len() / 32;
+    let mut words = [0u32; 16];
+    for b in 0..blocks {
+        // SAFETY: 32 floats of `src` from `32 b`; `words` holds 16 words.
+        unsafe {
+            let lo = _mm512_loadu_ps(src.as_ptr().add(32 * b));
+            let hi = _mm512_loadu_ps(src.as_ptr().add(32 * b + 16));
+            // Lanes 0..16 from `lo`, 16..32 from `hi`: in order, so word q holds pair q.
+            let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(words.as_mut_ptr().cast(), packed);
+        }
+        for (q, &word) in words.iter().enumerate() {
+            dst[(16 * b + q) * stride] = word;
+        }
+    }
+    16 * blocks
 }
 
 /// The output pointer, shared by threads that write disjoint columns of it.
@@ -219,6 +255,24 @@ mod tests {
         assert_eq!(bf16(-2.5), 0xc020);
         assert!(f32::from_bits((bf16(f32::NAN) as u32) << 16).is_nan());
         assert_eq!(pair(1.0, -2.5), 0xc020_3f80);
+    }
+
+    #[test]
+    fn vector_packing_rounds_as_the_scalar_conversion() {
+        // 70 values: two blocks of 32 through the vector path, three pairs after it; ties
+        // (x.5 in the last kept bit) in both.
+        let src: Vec<f32> = (0..70)
+            .map(|i| match i % 5 {
+                0 => 1.0 + 1.0 / 256.0,
+                1 => -(1.0 + 3.0 / 256.0),
+                _ => (i as f32 * 0.377).sin() * 3.1,
+            })
+            .collect();
+        let mut packed = vec![0u32; 35 * 3];
+        pack_pairs(&src, &mut packed, 3);
+        for q in 0..35 {
+            assert_eq!(packed[3 * q], pair(src[2 * q], src[2 * q + 1]), "pair {q}");
+        }
     }
 
     /// Against sums in f64 of the bf16-rounded inputs' products, which the kernel must match up
