@@ -7,8 +7,9 @@
 //! copy it once more, and attention needs copies to split and merge heads. Here: one pass
 //! forward and one backward per elementwise operation (`cpu.rs`), linear layers that write each
 //! output once with their bias, GELU or residual add folded in (`matmul.rs`), and attention that
-//! reads q, k and v where the qkv projection left them (`attention.rs`). On any other device
-//! (CUDA) the wrappers fall back to Burn's own operations.
+//! reads q, k and v where the qkv projection left them (`attention.rs`). For inference, the
+//! linear layers can multiply in bf16 with f32 sums (`bf16.rs`, off unless switched on). On any
+//! other device (CUDA) the wrappers fall back to Burn's own operations.
 
 mod attention;
 mod bf16;
