@@ -1,10 +1,35 @@
 //! CPU inference with bf16 products (`--autocast bf16`): the switch is process-wide, so this
 //! file runs in its own test process and has one test.
 
+use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Distribution, Tensor};
 use vitkit::device::parse_device;
 use vitkit::kernels::{bf16_products, set_bf16_products};
-use vitkit::models::VitConfig;
+use vitkit::models::{Vit, VitConfig};
+
+/// Doubles every parameter (in place where flex can: a tensor nobody else holds).
+struct Double;
+
+impl ModuleMapper for Double {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.map(|t| t * 2.0)
+    }
+}
+
+fn logits(model: &Vit, x: &Tensor<4>) -> Vec<f32> {
+    model.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap()
+}
+
+/// The largest gap over the reference's largest magnitude.
+fn relative_gap(got: &[f32], reference: &[f32]) -> f32 {
+    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = got
+        .iter()
+        .zip(reference)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(scale > 0.0, "all-zero reference logits");
+    worst / scale
+}
 
 #[test]
 fn bf16_products_give_the_f32_logits_to_bf16_precision() {
@@ -17,7 +42,7 @@ fn bf16_products_give_the_f32_logits_to_bf16_precision() {
     };
     let model = config.init(&device).unwrap();
     let x = Tensor::<4>::random([3, 3, 32, 32], Distribution::Normal(0.0, 1.0), &device);
-    let reference = model.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
+    let reference = logits(&model, &x);
 
     if let Err(message) = set_bf16_products(true) {
         assert!(message.contains("AVX-512 BF16"), "{message}");
@@ -25,19 +50,24 @@ fn bf16_products_give_the_f32_logits_to_bf16_precision() {
         return;
     }
     assert!(bf16_products());
-    let got = model.forward(x).into_data().try_to_vec::<f32>().unwrap();
-    set_bf16_products(false).unwrap();
-
-    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let worst = got
-        .iter()
-        .zip(&reference)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    eprintln!("bf16 products vs f32: max diff {worst}, scale {scale}");
+    let got = logits(&model, &x);
+    let gap = relative_gap(&got, &reference);
+    eprintln!("bf16 products vs f32: largest gap {gap} of the logits' scale");
     // Different (the products really ran in bf16) and close (to bf16's 8-bit mantissa).
-    assert!(worst > 0.0, "bf16 products left the logits bit-identical");
+    assert!(gap > 0.0, "bf16 products left the logits bit-identical");
+    assert!(gap <= 0.03, "bf16 products vs f32: gap {gap}");
+    // The second pass reads the weights packed and kept by the first: the same logits.
+    assert_eq!(logits(&model, &x), got);
+
+    // New weights where the old ones lay (doubled in place where flex may): the kept packing
+    // must not be served for them.
+    let doubled = model.map(&mut Double);
+    let got = logits(&doubled, &x);
+    set_bf16_products(false).unwrap();
+    let reference = logits(&doubled, &x);
+    let gap = relative_gap(&got, &reference);
     assert!(
-        scale > 0.0 && worst <= 0.03 * scale,
-        "bf16 products vs f32: max diff {worst}, scale {scale}"
+        gap <= 0.03,
+        "bf16 products after the weights changed vs f32: gap {gap}"
     );
 }

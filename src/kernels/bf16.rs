@@ -11,6 +11,9 @@
 //! 24 accumulators in registers and adds onto the row-major output.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use burn::backend::flex::FlexTensor;
 
 use rayon::prelude::*;
 
@@ -44,12 +47,85 @@ pub fn set_bf16_products(on: bool) -> Result<(), String> {
         return Err("bf16 products need a CPU with AVX-512 BF16 (avx512_bf16), which this one lacks".into());
     }
     ON.store(on, Ordering::Relaxed);
+    if !on {
+        *PINNED.lock().unwrap_or_else(|e| e.into_inner()) = (Vec::new(), 0);
+    }
     Ok(())
 }
 
 /// Whether bf16 products are switched on.
 pub fn bf16_products() -> bool {
     ON.load(Ordering::Relaxed)
+}
+
+/// A weight packed into bf16 panels, kept with a handle on the weight's storage: while the
+/// handle lives, flex copies the storage before any write through another handle
+/// (`Arc::make_mut`), and the memory cannot be freed and reused, so a view with the same key
+/// reads exactly the values that were packed.
+struct Pinned {
+    _weight: FlexTensor,
+    key: (usize, usize, usize, isize, isize),
+    panels: Arc<Vec<u32>>,
+}
+
+/// Packed weights kept between calls, and their total size in bytes.
+static PINNED: Mutex<(Vec<Pinned>, usize)> = Mutex::new((Vec::new(), 0));
+
+/// Packed bf16 bytes kept at most; past it the cache starts again (a model is packed on its
+/// first forward pass, ViT-B/16 in 172 MB).
+const PINNED_MAX_BYTES: usize = 1 << 30;
+
+/// Packs `weight` (seen through `view`) once and keeps it for later calls, when bf16 products
+/// apply to it. Why: for one image, packing ViT-B/16's 86 M weights on every forward pass took
+/// as long as its products.
+pub fn pin(weight: &FlexTensor, view: View) {
+    if !applies(view) {
+        return;
+    }
+    let key = view.key();
+    if pinned(view).is_some() {
+        return;
+    }
+    // Packed outside the lock: the packing runs on rayon's threads.
+    let panels = pack_weight(view);
+    let bytes = panels.len() * 4;
+    let mut pinned = PINNED.lock().unwrap_or_else(|e| e.into_inner());
+    if pinned.0.iter().any(|p| p.key == key) {
+        return;
+    }
+    if pinned.1 + bytes > PINNED_MAX_BYTES {
+        *pinned = (Vec::new(), 0);
+    }
+    pinned.1 += bytes;
+    pinned.0.push(Pinned {
+        _weight: weight.clone(),
+        key,
+        panels: Arc::new(panels),
+    });
+}
+
+fn pinned(view: View) -> Option<Arc<Vec<u32>>> {
+    let key = view.key();
+    let pinned = PINNED.lock().unwrap_or_else(|e| e.into_inner());
+    pinned.0.iter().find(|p| p.key == key).map(|p| p.panels.clone())
+}
+
+/// Every 64-feature panel of the weight, in order, packed in parallel.
+fn pack_weight(w: View) -> Vec<u32> {
+    let half = w.rows / 2;
+    let mut panels = vec![0u32; w.cols * half];
+    panels
+        .par_chunks_mut(half * FEATURES)
+        .enumerate()
+        .for_each(|(panel, dst)| pack_panel(w, panel, dst));
+    panels
+}
+
+/// Panel `panel` of the weight (64 output features) as `[k / 2][64]` pairs.
+fn pack_panel(w: View, panel: usize, dst: &mut [u32]) {
+    for f in 0..FEATURES {
+        pack_pairs(w.contiguous_column(panel * FEATURES + f), &mut dst[f..], FEATURES);
+    }
 }
 
 /// Whether a product `[rows, d_in] · w` takes the bf16 path: switched on, and a weight that
@@ -104,21 +180,27 @@ pub fn accumulate(out: &mut [f32], x: &[f32], rows: usize, w: View) {
         });
 
     let panels = d_out / FEATURES;
+    let kept = pinned(w);
     let threads = rayon::current_num_threads().clamp(1, panels);
     let out_at = SharedOut(out.as_mut_ptr());
     (0..threads).into_par_iter().for_each(|thread| {
         let mine = thread * panels / threads..(thread + 1) * panels / threads;
-        // Each thread packs the weight panels it multiplies, so the packing runs in parallel
-        // and every panel is packed once.
-        let mut packed_w = vec![0u32; mine.len() * half * FEATURES];
-        for (i, panel) in mine.clone().enumerate() {
-            let dst = &mut packed_w[i * half * FEATURES..][..half * FEATURES];
-            for f in 0..FEATURES {
-                pack_pairs(w.contiguous_column(panel * FEATURES + f), &mut dst[f..], FEATURES);
+        // A pinned weight is packed already; otherwise each thread packs the panels it
+        // multiplies, so the packing runs in parallel and every panel is packed once.
+        let own;
+        let (packed_w, first_panel): (&[u32], usize) = match &kept {
+            Some(all) => (all, 0),
+            None => {
+                let mut panels = vec![0u32; mine.len() * half * FEATURES];
+                for (i, dst) in panels.chunks_exact_mut(half * FEATURES).enumerate() {
+                    pack_panel(w, mine.start + i, dst);
+                }
+                own = panels;
+                (&own, mine.start)
             }
-        }
+        };
         for group in (0..tiles).step_by(TILES_PER_GROUP) {
-            for (i, panel) in mine.clone().enumerate() {
+            for panel in mine.clone() {
                 for tile in group..(group + TILES_PER_GROUP).min(tiles) {
                     let tokens = TOKENS.min(rows - tile * TOKENS);
                     // SAFETY: the CPU was checked above; the packed panel and tile hold
@@ -127,7 +209,7 @@ pub fn accumulate(out: &mut [f32], x: &[f32], rows: usize, w: View) {
                     unsafe {
                         micro_tile(
                             half,
-                            packed_w.as_ptr().add(i * half * FEATURES),
+                            packed_w.as_ptr().add((panel - first_panel) * half * FEATURES),
                             packed_x.as_ptr().add(tile * half * TOKENS),
                             out_at.get().add(tile * TOKENS * d_out + panel * FEATURES),
                             d_out,

@@ -76,6 +76,11 @@ impl View {
         }
     }
 
+    /// Where and how the view reads: equal keys read the same elements of the same storage.
+    pub fn key(&self) -> (usize, usize, usize, isize, isize) {
+        (self.ptr as usize, self.rows, self.cols, self.rs, self.cs)
+    }
+
     /// The distance between consecutive rows, in elements.
     pub fn row_stride(&self) -> isize {
         self.rs

@@ -276,6 +276,7 @@ fn weight_view(w: &FlexTensor) -> matmul::View {
 
 fn flex_linear(x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTensor {
     let (w, rows, shape) = linear_geometry(x, w);
+    pin_for_bf16(&w);
     let bias = bias.map(|b| contiguous(b.clone()));
     let out = matmul::linear(slice(x), rows, weight_view(&w), bias.as_ref().map(slice));
     f32_tensor(out, shape)
@@ -292,6 +293,15 @@ unsafe impl Sync for SendPtr {}
 impl SendPtr {
     fn get(self) -> *mut std::mem::MaybeUninit<f32> {
         self.0
+    }
+}
+
+/// With bf16 products on, packs the weight once and keeps it for later forward passes
+/// (`bf16::pin`). Only a weight that is the model's own storage: a copy made here (negative
+/// strides) would be pinned anew on every call.
+fn pin_for_bf16(w: &FlexTensor) {
+    if bf16::bf16_products() && w.layout().has_positive_strides() {
+        bf16::pin(w, weight_view(w));
     }
 }
 
@@ -323,6 +333,7 @@ fn flex_linear_gelu(
     keep_pre: bool,
 ) -> (FlexTensor, Option<FlexTensor>) {
     let (w, rows, shape) = linear_geometry(x, w);
+    pin_for_bf16(&w);
     let bias = contiguous(b.clone());
     let bias = slice(&bias);
     let d_out = bias.len();
@@ -360,6 +371,7 @@ fn flex_linear_gelu(
 /// `resid + x · w + b`.
 fn flex_linear_residual(resid: &FlexTensor, x: &FlexTensor, w: &FlexTensor, b: &FlexTensor) -> FlexTensor {
     let (w, rows, shape) = linear_geometry(x, w);
+    pin_for_bf16(&w);
     assert_eq!(
         shape_of(resid),
         shape,
