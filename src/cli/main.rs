@@ -95,7 +95,8 @@ struct InferArgs {
     #[arg(long)]
     output: PathBuf,
     /// CPU inference only: linear layers multiply in bf16 with f32 sums, as PyTorch's CPU
-    /// autocast does (needs AVX-512 BF16; parameters and everything else stay f32). Only: bf16.
+    /// autocast does (needs AVX-512 BF16; parameters and everything else stay f32; a bf16 copy
+    /// of the weights, half their size, is kept while the process runs). Only: bf16.
     #[arg(long, value_name = "DTYPE")]
     autocast: Option<String>,
 }
@@ -133,7 +134,8 @@ struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// CPU inference only: linear layers multiply in bf16 with f32 sums, as PyTorch's CPU
-    /// autocast does (needs AVX-512 BF16; parameters and everything else stay f32). Only: bf16.
+    /// autocast does (needs AVX-512 BF16; parameters and everything else stay f32; a bf16 copy
+    /// of the weights, half their size, is kept while the process runs). Only: bf16.
     #[arg(long, value_name = "DTYPE")]
     autocast: Option<String>,
 }
@@ -315,7 +317,8 @@ struct EvalArgs {
     #[arg(long)]
     confusion_png: Option<PathBuf>,
     /// CPU inference only: linear layers multiply in bf16 with f32 sums, as PyTorch's CPU
-    /// autocast does (needs AVX-512 BF16; parameters and everything else stay f32). Only: bf16.
+    /// autocast does (needs AVX-512 BF16; parameters and everything else stay f32; a bf16 copy
+    /// of the weights, half their size, is kept while the process runs). Only: bf16.
     #[arg(long, value_name = "DTYPE")]
     autocast: Option<String>,
 }
