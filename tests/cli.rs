@@ -393,25 +393,30 @@ fn import_and_infer_foreign_weights() {
     );
 }
 
+/// One step of `vitkit bench` on ViT-Ti/4 at batch 2 in `mode`, JSON out, with `extra` options.
+fn tiny_bench(mode: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "bench",
+        "--model",
+        "vit_tiny_patch4_32",
+        "--mode",
+        mode,
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    vitkit(&args)
+}
+
 #[test]
 fn bench_runs_in_bf16_and_rejects_unknown_dtypes() {
     for mode in ["train", "infer"] {
-        let out = vitkit(&[
-            "bench",
-            "--model",
-            "vit_tiny_patch4_32",
-            "--mode",
-            mode,
-            "--batch-size",
-            "2",
-            "--steps",
-            "1",
-            "--warmup",
-            "0",
-            "--dtype",
-            "bf16",
-            "--json",
-        ]);
+        let out = tiny_bench(mode, &["--dtype", "bf16"]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),
@@ -430,22 +435,7 @@ fn bench_runs_in_bf16_and_rejects_unknown_dtypes() {
 
 #[test]
 fn bench_autocast_is_for_cpu_inference_in_bf16() {
-    let out = vitkit(&[
-        "bench",
-        "--model",
-        "vit_tiny_patch4_32",
-        "--mode",
-        "infer",
-        "--batch-size",
-        "2",
-        "--steps",
-        "1",
-        "--warmup",
-        "0",
-        "--autocast",
-        "bf16",
-        "--json",
-    ]);
+    let out = tiny_bench("infer", &["--autocast", "bf16"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if out.status.success() {

@@ -2,12 +2,12 @@
 //! CPU autocast does for inference, off unless switched on (`set_bf16_products`).
 //!
 //! Why: on a CPU with AVX-512 BF16 one `vdpbf16ps` does twice the multiply-adds of an f32 FMA;
-//! measured on vit_base's layers (bench/bf16_kernel), such a kernel ran 2.2–3x faster than the
+//! measured on vit_base's layers (docs/performance.md), such a kernel ran 2.2–3x faster than the
 //! f32 gemm. Inputs and weights are rounded to bf16 (8 bits of mantissa); sums stay in f32.
 //!
-//! Layout: the weight is read as PyTorch stores it, `[out, in]`, and packed per call into panels
-//! of 64 output features holding bf16 pairs of consecutive inputs (`[k / 2][64]`); the input is
-//! packed into tiles of 6 tokens (`[k / 2][6]`). One micro-tile (64 features x 6 tokens) keeps
+//! Layout: the weight is read as PyTorch stores it, `[out, in]`, and packed into panels of 64
+//! output features holding bf16 pairs of consecutive inputs (`[k / 2][64]`), once per weight
+//! (see [`pin`]); the input is packed per call into tiles of 6 tokens (`[k / 2][6]`). One micro-tile (64 features x 6 tokens) keeps
 //! 24 accumulators in registers and adds onto the row-major output.
 
 use std::sync::atomic::{AtomicBool, Ordering};

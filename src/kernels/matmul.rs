@@ -520,15 +520,20 @@ mod tests {
         (0..len).map(|i| ((i as f32 + seed) * 0.731).sin()).collect()
     }
 
+    /// An input `[rows, d_in]` and a weight stored as PyTorch does, `[d_out, d_in]` (to be viewed
+    /// transposed as `[d_in, d_out]`), with that weight also laid out `[d_in, d_out]`.
+    fn layer(rows: usize, d_in: usize, d_out: usize, seed: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let w_out_in = values(d_out * d_in, seed + 1.0);
+        let w_in_out = transposed(&w_out_in, d_out, d_in);
+        (values(rows * d_in, seed), w_out_in, w_in_out)
+    }
+
     #[test]
     fn linear_and_its_gradients_match_naive_products() {
         // Large enough to take the multi-threaded path, with an odd width.
         let (rows, d_in, d_out) = (300, 70, 333);
-        let x = values(rows * d_in, 0.0);
-        // Stored as PyTorch does, [d_out, d_in], and viewed transposed as [d_in, d_out].
-        let w_out_in = values(d_out * d_in, 1.0);
+        let (x, w_out_in, w_in_out) = layer(rows, d_in, d_out, 0.0);
         let w = View::row_major(&w_out_in, d_out, d_in).t();
-        let w_in_out = transposed(&w_out_in, d_out, d_in);
         let bias = values(d_out, 2.0);
         let mut expected = naive(&x, &w_in_out, rows, d_in, d_out);
         for row in expected.chunks_exact_mut(d_out) {
@@ -563,11 +568,9 @@ mod tests {
         // Few rows and a weight stored [out, in]: the transposed-output path. Sizes not
         // multiples of the 8 x 8 transpose tiles.
         let (rows, d_in, d_out) = (197, 200, 333);
-        let x = values(rows * d_in, 6.0);
-        let w_out_in = values(d_out * d_in, 7.0);
+        let (x, w_out_in, w_in_out) = layer(rows, d_in, d_out, 6.0);
         let w = View::row_major(&w_out_in, d_out, d_in).t();
         assert!(weight_in_place(rows, w));
-        let w_in_out = transposed(&w_out_in, d_out, d_in);
         let product = naive(&x, &w_in_out, rows, d_in, d_out);
         close(&linear(&x, rows, w, None), &product);
         let bias = values(d_out, 8.0);
