@@ -314,32 +314,25 @@ fn import_and_infer_foreign_weights() {
 
     // Bad input: wrong input size, a file that is not safetensors, an unknown source, --strict.
     pixel_values(&input, [1, 3, 32, 32]);
-    fails_with(
-        &[
-            "infer",
-            "--checkpoint",
-            ck.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            a.to_str().unwrap(),
-        ],
-        &["[B, 3, 48, 48]"],
-    );
     let junk = dir.path().join("junk.bin");
     std::fs::write(&junk, "hello").unwrap();
-    fails_with(
-        &[
-            "infer",
-            "--checkpoint",
-            ck.to_str().unwrap(),
-            "--input",
-            junk.to_str().unwrap(),
-            "--output",
-            a.to_str().unwrap(),
-        ],
-        &["junk.bin: invalid data", "safetensors"],
-    );
+    for (bad_input, needles) in [
+        (&input, &["[B, 3, 48, 48]"][..]),
+        (&junk, &["junk.bin: invalid data", "safetensors"][..]),
+    ] {
+        fails_with(
+            &[
+                "infer",
+                "--checkpoint",
+                ck.to_str().unwrap(),
+                "--input",
+                bad_input.to_str().unwrap(),
+                "--output",
+                a.to_str().unwrap(),
+            ],
+            needles,
+        );
+    }
     fails_with(
         &[
             "import",

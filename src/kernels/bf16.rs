@@ -7,8 +7,9 @@
 //!
 //! Layout: the weight is read as PyTorch stores it, `[out, in]`, and packed into panels of 64
 //! output features holding bf16 pairs of consecutive inputs (`[k / 2][64]`), once per weight
-//! (see [`pin`]); the input is packed per call into tiles of 6 tokens (`[k / 2][6]`). One micro-tile (64 features x 6 tokens) keeps
-//! 24 accumulators in registers and adds onto the row-major output.
+//! (see [`pin`]); the input is packed per call into tiles of 6 tokens (`[k / 2][6]`). One
+//! micro-tile (64 features x 6 tokens) keeps 24 accumulators in registers and adds onto the
+//! row-major output.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,7 @@ use burn::backend::flex::FlexTensor;
 
 use rayon::prelude::*;
 
+use super::SendPtr;
 use super::matmul::View;
 
 /// Output features per micro-tile: four registers of sixteen f32 lanes.
@@ -82,13 +84,13 @@ pub fn pin(weight: &FlexTensor, view: View) {
     if !applies(view) {
         return;
     }
-    let key = view.key();
     if pinned(view).is_some() {
         return;
     }
     // Packed outside the lock: the packing runs on rayon's threads.
     let panels = pack_weight(view);
     let bytes = panels.len() * 4;
+    let key = view.key();
     let mut pinned = PINNED.lock().unwrap_or_else(|e| e.into_inner());
     if pinned.0.iter().any(|p| p.key == key) {
         return;
@@ -180,25 +182,12 @@ pub fn accumulate(out: &mut [f32], x: &[f32], rows: usize, w: View) {
         });
 
     let panels = d_out / FEATURES;
-    let kept = pinned(w);
+    // A pinned weight is packed already; any other is packed here, for this call.
+    let packed_w = pinned(w).unwrap_or_else(|| Arc::new(pack_weight(w)));
     let threads = rayon::current_num_threads().clamp(1, panels);
-    let out_at = SharedOut(out.as_mut_ptr());
+    let out_at = SendPtr(out.as_mut_ptr());
     (0..threads).into_par_iter().for_each(|thread| {
         let mine = thread * panels / threads..(thread + 1) * panels / threads;
-        // A pinned weight is packed already; otherwise each thread packs the panels it
-        // multiplies, so the packing runs in parallel and every panel is packed once.
-        let own;
-        let (packed_w, first_panel): (&[u32], usize) = match &kept {
-            Some(all) => (all, 0),
-            None => {
-                let mut panels = vec![0u32; mine.len() * half * FEATURES];
-                for (i, dst) in panels.chunks_exact_mut(half * FEATURES).enumerate() {
-                    pack_panel(w, mine.start + i, dst);
-                }
-                own = panels;
-                (&own, mine.start)
-            }
-        };
         for group in (0..tiles).step_by(TILES_PER_GROUP) {
             for panel in mine.clone() {
                 for tile in group..(group + TILES_PER_GROUP).min(tiles) {
@@ -209,7 +198,7 @@ pub fn accumulate(out: &mut [f32], x: &[f32], rows: usize, w: View) {
                     unsafe {
                         micro_tile(
                             half,
-                            packed_w.as_ptr().add((panel - first_panel) * half * FEATURES),
+                            packed_w.as_ptr().add(panel * half * FEATURES),
                             packed_x.as_ptr().add(tile * half * TOKENS),
                             out_at.get().add(tile * TOKENS * d_out + panel * FEATURES),
                             d_out,
@@ -265,20 +254,6 @@ unsafe fn pack_pairs_avx512(src: &[f32], dst: &mut [u32], stride: usize) -> usiz
         }
     }
     16 * blocks
-}
-
-/// The output pointer, shared by threads that write disjoint columns of it.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-
-// SAFETY: only used for disjoint writes (each thread its own weight panels' columns).
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// Adds one 64-feature x 6-token tile over the whole depth onto `out` (row stride `ld`), for

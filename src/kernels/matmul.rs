@@ -597,6 +597,7 @@ mod tests {
 
         // Row-major output: split along its columns.
         let mut out = vec![1.0f32; m * n];
+        // SAFETY: viewing initialised floats as MaybeUninit only forgets that they are.
         let spare = unsafe { &mut *(out.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>]) };
         let dst = ViewMut::strided(spare, 0, m, n, n as isize, 1);
         assert_eq!(split_parts(dst, a_view, b_view, par).map(|p| p.len()), Some(2));
@@ -608,6 +609,7 @@ mod tests {
         // Column-major output (the transposed problem): split along its rows.
         let (at, bt) = (b_view.t(), a_view.t());
         let mut out_t = vec![0.0f32; n * m];
+        // SAFETY: as above.
         let spare = unsafe { &mut *(out_t.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>]) };
         let dst = ViewMut::strided(spare, 0, n, m, 1, n as isize);
         assert_eq!(split_parts(dst, at, bt, par).map(|p| p.len()), Some(2));

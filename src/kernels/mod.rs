@@ -283,15 +283,22 @@ fn flex_linear(x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTensor>) -> Fle
 }
 
 /// A raw output pointer shared by tasks that write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut std::mem::MaybeUninit<f32>);
+struct SendPtr<T>(*mut T);
+
+// Not derived: a derive would ask `T: Clone`, which a pointer does not need.
+impl<T> Clone for SendPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SendPtr<T> {}
 
 // SAFETY: only used for disjoint writes, each task within its own range.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
 
-impl SendPtr {
-    fn get(self) -> *mut std::mem::MaybeUninit<f32> {
+impl<T> SendPtr<T> {
+    fn get(self) -> *mut T {
         self.0
     }
 }
