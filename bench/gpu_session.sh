@@ -6,6 +6,7 @@
 #      (VITKIT_PAD_QUERIES, see src/nn/attention.rs), each side by side with PyTorch eager;
 #   2. the same model's training step, batch 64, fp32, side by side with PyTorch eager;
 #   3. the autotune results CubeCL kept, packed so that they can be carried to the next machine.
+# Before them, the CUDA kernels' tests when their build was carried (.gpu/test-gpu.xz).
 # Tables and JSON lines go to $OUT (default /tmp/gpu_session); $OUT/env.tgz holds the tuning.
 #
 # Usage: bench/gpu_session.sh
@@ -14,7 +15,8 @@
 #   target-cuda/release/vitkit. .gpu/env.tgz (earlier autotune results) is unpacked into the
 #   repository root when target/environment does not exist yet.
 #   PYTHON (default python3, with torch + timm), PAIRS (2), STEPS (20), WARMUP (25),
-#   DEVICE (cuda; cpu only to try the script itself), PADS ("1 128"), MODES ("infer train"),
+#   DEVICE (cuda; cpu only to try the script itself), PADS ("1"; "1 128" adds padded queries,
+#   which matter only with VITKIT_FUSED leaving softmax out), MODES ("infer train"),
 #   MODEL (vit_base_patch16_224), INFER_BATCH (256), TRAIN_BATCH (64).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -22,7 +24,7 @@ cd "$root"
 out="${OUT:-/tmp/gpu_session}"
 mkdir -p "$out"
 pairs="${PAIRS:-2}" steps="${STEPS:-20}" warmup="${WARMUP:-25}"
-device="${DEVICE:-cuda}" pads="${PADS:-1 128}" modes="${MODES:-infer train}"
+device="${DEVICE:-cuda}" pads="${PADS:-1}" modes="${MODES:-infer train}"
 model="${MODEL:-vit_base_patch16_224}" infer_batch="${INFER_BATCH:-256}" train_batch="${TRAIN_BATCH:-64}"
 export PYTHON="${PYTHON:-python3}"
 
@@ -38,11 +40,23 @@ if [[ -f .gpu/env.tgz && ! -d target/environment ]]; then
 fi
 
 report="$out/report.md"
+# The CUDA kernels' tests (tests/gpu.rs), when a build of them was carried (.gpu/test-gpu.xz,
+# from `bench/build_cuda.sh --test gpu`): run first, their result heads the report.
+tests=""
+if [[ -f .gpu/test-gpu.xz ]]; then
+    xz -dc .gpu/test-gpu.xz >/tmp/test-gpu
+    chmod +x /tmp/test-gpu
+    tests=/tmp/test-gpu
+fi
 {
     echo "# GPU session $(date -u +%FT%TZ)"
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     "$PYTHON" -c 'import torch, timm; print("torch", torch.__version__, "timm", timm.__version__)' || true
 } | tee "$report"
+if [[ -n "$tests" ]]; then
+    echo "## tests/gpu.rs" | tee -a "$report"
+    "$tests" --test-threads 1 2>&1 | grep -E "^test |test result|panicked|assert" | tee -a "$report" || true
+fi
 
 compare() {
     local name="$1"

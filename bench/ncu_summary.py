@@ -20,6 +20,7 @@ import sys
 
 KINDS = [
     ("matrix product", r"^matmul"),
+    ("softmax (vitkit kernel)", r"^softmax"),
     ("attention kernel", r"attention|flash"),
     ("copy / layout", r"^copy_kernel|^into_contiguous|^slice|^permute"),
     ("reduction (fused)", r"^reduce_kernel_fused|^reduce_kernel_broadcasted"),

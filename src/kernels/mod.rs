@@ -14,6 +14,7 @@
 mod attention;
 mod bf16;
 mod cpu;
+mod gpu;
 mod matmul;
 
 pub use bf16::{bf16_products, set_bf16_products};
@@ -142,9 +143,49 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 pub fn softmax_last<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     if applies(&x, Fused::Softmax) {
         Tensor::from_dispatch(<Dispatch as VitOps>::vit_softmax(x.into_dispatch()))
+    } else if gpu_softmax_applies(&x) {
+        gpu_softmax_scaled(x, 1.0)
     } else {
         burn::tensor::activation::softmax(x, D - 1)
     }
+}
+
+/// Whether vitkit's one-kernel CUDA softmax (forward and backward) runs for `x`: built with
+/// the `cuda` feature, `x` on a CUDA device, softmax not switched off in `VITKIT_FUSED`.
+pub fn gpu_softmax_applies<const D: usize>(x: &Tensor<D>) -> bool {
+    cfg!(feature = "cuda") && enabled(Fused::Softmax) && !on_flex(x)
+}
+
+/// `softmax(scale * x)` over the last axis in one CUDA kernel (forward and backward), for a
+/// positive `scale`. Only where [`gpu_softmax_applies`].
+/// (On the CPU: Burn's composed softmax, for tests.)
+pub fn gpu_softmax_scaled<const D: usize>(x: Tensor<D>, scale: f32) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as gpu::GpuOps>::gpu_softmax(x.into_dispatch(), scale))
+}
+
+/// `x + bias` along the last axis, with a backward pass whose bias gradient is a column sum
+/// in two stages (what the GPU's linear layers use; see `gpu.rs`).
+pub fn add_bias<const D: usize>(x: Tensor<D>, bias: Tensor<1>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as gpu::GpuOps>::gpu_add_bias(
+        x.into_dispatch(),
+        bias.into_dispatch(),
+    ))
+}
+
+/// LayerNorm over the last axis from Burn's operations with vitkit's backward pass (what the
+/// GPU uses; see `gpu.rs`).
+pub fn layer_norm_composed<const D: usize>(
+    x: Tensor<D>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    eps: f64,
+) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as gpu::GpuOps>::gpu_layer_norm(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        eps,
+    ))
 }
 
 /// LayerNorm over the last axis with scale and shift.
@@ -156,6 +197,8 @@ pub fn layer_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, beta: Tensor<1
             beta.into_dispatch(),
             eps,
         ))
+    } else if !on_flex(&x) {
+        layer_norm_composed(x, gamma, beta, eps)
     } else {
         burn::tensor::module::layer_norm(x, gamma, Some(beta), eps)
     }
@@ -193,7 +236,12 @@ pub fn linear_rows<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option
     let d_in = dims[D - 1];
     let rows = dims[..D - 1].iter().product::<usize>();
     dims[D - 1] = weight.dims()[1];
-    burn::tensor::module::linear(x.reshape([rows, d_in]), weight, bias).reshape(dims)
+    let product = x.reshape([rows, d_in]).matmul(weight);
+    match bias {
+        Some(bias) => add_bias(product, bias),
+        None => product,
+    }
+    .reshape(dims)
 }
 
 /// Whether [`linear_gelu`] and [`linear_residual`] have fused kernels for this input and layer

@@ -55,7 +55,11 @@ impl Attention {
         if !attn_dropout_active && crate::kernels::attention_applies(&qkv) {
             let maps = keep_attention.then(|| self.composed(qkv.clone()).1);
             (crate::kernels::attention(qkv, self.num_heads), maps)
-        } else if !keep_attention && !qkv.device().is_autodiff() && !crate::kernels::on_flex(&qkv) {
+        } else if !keep_attention
+            && !qkv.device().is_autodiff()
+            && !crate::kernels::on_flex(&qkv)
+            && !crate::kernels::gpu_softmax_applies(&qkv)
+        {
             (self.backend_attention(qkv), None)
         } else {
             let (out, attn) = self.composed(qkv);
@@ -109,7 +113,10 @@ impl Attention {
 ///
 /// Why: Burn's CUDA flash-attention kernels need the query length to be a multiple of their
 /// row block (32, 64 or 128) and otherwise fall back to a composed path of separate passes; a
-/// ViT's 197 tokens are not. Off by default until measured on a GPU: `VITKIT_PAD_QUERIES=128`.
+/// ViT's 197 tokens are not. `VITKIT_PAD_QUERIES=128` turns it on; measured on an H100
+/// (vit_base, batch 256) it was slower than no padding (228 against 216 ms), so it is off. With
+/// vitkit's CUDA softmax (the default) inference does not come here at all, only when
+/// `VITKIT_FUSED` leaves softmax out.
 pub fn attention_padded(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, multiple: usize) -> Tensor<4> {
     let [b, h, n, dh] = q.dims();
     let padded = n.next_multiple_of(multiple.max(1));
@@ -154,5 +161,10 @@ fn head_part(qkv: Tensor<3>, heads: usize, i: usize) -> Tensor<4> {
 fn probabilities(q: Tensor<4>, k: Tensor<4>) -> Tensor<4> {
     let [_, _, _, dh] = q.dims();
     let scale = (dh as f64).powf(-0.5);
-    crate::kernels::softmax_last(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)))
+    if crate::kernels::gpu_softmax_applies(&q) {
+        // The scale inside the softmax kernel: no pass over q for it.
+        crate::kernels::gpu_softmax_scaled(q.matmul(k.swap_dims(2, 3)), scale as f32)
+    } else {
+        crate::kernels::softmax_last(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)))
+    }
 }

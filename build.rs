@@ -1,0 +1,41 @@
+//! With the `cuda` feature only: links a stand-in for each LLVM entry point that Burn's CUDA
+//! backend brings in but vitkit never calls.
+//!
+//! Why: Burn 0.22.1's CUDA backend always depends on cubecl-llvm, whose build downloads LLVM
+//! (not reachable here); vitkit compiles its kernels with CubeCL's CUDA C++ (NVRTC) compiler
+//! instead, so LLVM is never called, and `bench/build_cuda.sh` skips the download. The symbols
+//! still have to resolve when a binary (vitkit or a test) links and when it is loaded: each
+//! named in `bench/cuda_llvm_symbols.txt` gets a function that aborts if it were ever reached.
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    let list = "bench/cuda_llvm_symbols.txt";
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed={list}");
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
+        return;
+    }
+    let names = std::fs::read_to_string(list).unwrap_or_else(|e| panic!("{list}: {e}"));
+    let mut source = String::from("#include <stdlib.h>\n");
+    for name in names
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        source.push_str(&format!("void {name}(void) {{ abort(); }}\n"));
+    }
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    let (c, object) = (out.join("llvm_stubs.c"), out.join("llvm_stubs.o"));
+    std::fs::write(&c, source).expect("write llvm_stubs.c");
+    let compiler = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let status = Command::new(&compiler)
+        .args(["-O1", "-fPIC", "-c"])
+        .arg(&c)
+        .arg("-o")
+        .arg(&object)
+        .status()
+        .unwrap_or_else(|e| panic!("running {compiler}: {e}"));
+    assert!(status.success(), "{compiler} failed on {}", c.display());
+    println!("cargo:rustc-link-arg={}", object.display());
+}
