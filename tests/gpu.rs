@@ -6,9 +6,8 @@
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
 
-fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
-    (a - b).abs().max().into_scalar::<f32>()
-}
+mod support;
+use support::{bias_and_layer_norm_gaps, max_diff};
 
 /// `softmax(factor * x)` over the last axis of a `[a, b, c]` input (a non-contiguous view, as
 /// attention scores can be) through vitkit and through Burn, with a random upstream gradient:
@@ -98,57 +97,8 @@ fn cuda_vit_inference_matches_the_cpu() {
 fn cuda_bias_add_and_layer_norm_backward_match_burn() {
     // What the GPU's linear layers and LayerNorms run: their parameter gradients are column
     // sums in two stages (rows 4 * 197, chunks of 197) or one (13 rows).
-    let device = Device::cuda(0).autodiff();
     for shape in [[4, 197, 768], [1, 13, 40]] {
-        let d = shape[2];
-        let x0 = Tensor::<3>::random(shape, Distribution::Normal(0.5, 2.0), &device);
-        let p0 = Tensor::<1>::random([d], Distribution::Normal(1.0, 0.5), &device);
-        let q0 = Tensor::<1>::random([d], Distribution::Normal(0.0, 0.5), &device);
-        let upstream = Tensor::<3>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-        let run = |f: &dyn Fn(Tensor<3>, Tensor<1>, Tensor<1>) -> Tensor<3>| {
-            let (x, p, q) = (
-                x0.clone().require_grad(),
-                p0.clone().require_grad(),
-                q0.clone().require_grad(),
-            );
-            let y = f(x.clone(), p.clone(), q.clone());
-            let grads = (y.clone() * upstream.clone()).sum().backward();
-            let q_grad = q.grad(&grads);
-            (
-                y.detach(),
-                x.grad(&grads).unwrap(),
-                p.grad(&grads).unwrap(),
-                q_grad,
-            )
-        };
-        let relative =
-            |a: Tensor<1>, b: Tensor<1>| max_diff(a, b.clone()) / b.abs().max().into_scalar::<f32>().max(1.0);
-        let cases: [(
-            &str,
-            &dyn Fn(Tensor<3>, Tensor<1>, Tensor<1>) -> Tensor<3>,
-            &dyn Fn(Tensor<3>, Tensor<1>, Tensor<1>) -> Tensor<3>,
-        ); 2] = [
-            ("bias", &|x, b, _| vitkit::kernels::add_bias(x, b), &|x, b, _| {
-                x + b.unsqueeze::<3>()
-            }),
-            (
-                "layer norm",
-                &|x, g, b| vitkit::kernels::layer_norm_composed(x, g, b, 1e-6),
-                &|x, g, b| burn::tensor::module::layer_norm(x, g, Some(b), 1e-6),
-            ),
-        ];
-        for (name, ours, burns) in cases {
-            let (y1, x1, p1, q1) = run(ours);
-            let (y2, x2, p2, q2) = run(burns);
-            let gaps = [
-                max_diff(y1, y2),
-                max_diff(x1, x2),
-                relative(p1, p2),
-                match (q1, q2) {
-                    (Some(a), Some(b)) => relative(a, b),
-                    _ => 0.0,
-                },
-            ];
+        for (name, gaps) in bias_and_layer_norm_gaps(&Device::cuda(0).autodiff(), shape) {
             assert!(gaps.iter().all(|g| *g < 1e-4), "{shape:?} {name}: {gaps:?}");
         }
     }

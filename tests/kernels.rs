@@ -2,16 +2,8 @@
 
 use burn::tensor::{Device, Distribution, Tensor};
 
-fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
-    (a - b).abs().max().into_scalar::<f32>()
-}
-
-/// The largest gap relative to the reference's largest magnitude (at least 1): for sums over
-/// thousands of rows, whose rounding grows with their size and differs with summation order.
-fn relative_diff<const D: usize>(a: Tensor<D>, reference: Tensor<D>) -> f32 {
-    let scale = reference.clone().abs().max().into_scalar::<f32>().max(1.0);
-    max_diff(a, reference) / scale
-}
+mod support;
+use support::{bias_and_layer_norm_gaps, max_diff, relative_diff};
 
 /// Runs `fused` and `reference` on the same input (a non-contiguous view, as attention hands
 /// over) and a random upstream gradient; returns the largest output and input-gradient gaps.
@@ -300,63 +292,13 @@ fn few_row_linears_with_the_weight_in_place_match_burn() {
     assert!(onto < 1e-5, "linear onto a residual: {onto}");
 }
 
-/// Output and gradients of `f(x, p1, p2)` for autodiff inputs built from the same values:
-/// vitkit's GPU-path operation against Burn's composition, run on the CPU.
-fn gradient_gaps(
-    x_shape: [usize; 3],
-    fused: impl Fn(Tensor<3>, Tensor<1>, Tensor<1>) -> Tensor<3>,
-    reference: impl Fn(Tensor<3>, Tensor<1>, Tensor<1>) -> Tensor<3>,
-) -> [f32; 4] {
-    let device = Device::flex().autodiff();
-    let d = x_shape[2];
-    let x0 = Tensor::<3>::random(x_shape, Distribution::Normal(0.5, 2.0), &device);
-    let p0 = Tensor::<1>::random([d], Distribution::Normal(1.0, 0.5), &device);
-    let q0 = Tensor::<1>::random([d], Distribution::Normal(0.0, 0.5), &device);
-    let upstream = Tensor::<3>::random(x_shape, Distribution::Normal(0.0, 1.0), &device);
-    let run = |f: &dyn Fn(Tensor<3>, Tensor<1>, Tensor<1>) -> Tensor<3>| {
-        let (x, p, q) = (
-            x0.clone().require_grad(),
-            p0.clone().require_grad(),
-            q0.clone().require_grad(),
-        );
-        let y = f(x.clone(), p.clone(), q.clone());
-        let grads = (y.clone() * upstream.clone()).sum().backward();
-        let q_grad = q
-            .grad(&grads)
-            .unwrap_or_else(|| Tensor::zeros([d], &Device::flex()));
-        (
-            y.detach(),
-            x.grad(&grads).unwrap(),
-            p.grad(&grads).unwrap(),
-            q_grad,
-        )
-    };
-    let (y1, x1, p1, q1) = run(&fused);
-    let (y2, x2, p2, q2) = run(&reference);
-    [
-        relative_diff(y1, y2),
-        relative_diff(x1, x2),
-        relative_diff(p1, p2),
-        relative_diff(q1, q2),
-    ]
-}
-
 #[test]
 fn gpu_path_bias_add_and_layer_norm_backward_match_burn() {
     // Rows 2 * 197 (summed in two stages, chunks of 197) and 13 (prime: one stage).
     for shape in [[2, 197, 48], [1, 13, 40]] {
-        let bias = gradient_gaps(
-            shape,
-            |x, b, _| vitkit::kernels::add_bias(x, b),
-            |x, b, _| x + b.unsqueeze::<3>(),
-        );
-        assert!(bias.iter().all(|g| *g < 1e-5), "{shape:?} bias add: {bias:?}");
-        let norm = gradient_gaps(
-            shape,
-            |x, g, b| vitkit::kernels::layer_norm_composed(x, g, b, 1e-6),
-            |x, g, b| burn::tensor::module::layer_norm(x, g, Some(b), 1e-6),
-        );
-        assert!(norm.iter().all(|g| *g < 1e-5), "{shape:?} layer norm: {norm:?}");
+        for (name, gaps) in bias_and_layer_norm_gaps(&Device::flex().autodiff(), shape) {
+            assert!(gaps.iter().all(|g| *g < 1e-5), "{shape:?} {name}: {gaps:?}");
+        }
     }
 }
 

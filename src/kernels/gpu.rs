@@ -125,6 +125,12 @@ mod cube {
     const ROWS_PER_CUBE: u32 = 8;
     const LANES: u32 = 32;
 
+    /// The row this unit's plane owns (planes are the cube's rows: 32 lanes along x).
+    #[cube]
+    fn plane_row() -> usize {
+        CUBE_POS * CUBE_DIM_Y as usize + UNIT_POS_Y as usize
+    }
+
     #[cube(launch, address_type = "dynamic")]
     fn softmax_kernel<F: Float>(
         input: &Tensor<F>,
@@ -134,13 +140,11 @@ mod cube {
         scale: f32,
         #[define(F)] _dtype: ElemType,
     ) {
-        let row = CUBE_POS * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
+        let row = plane_row();
         if row >= rows {
             terminate!();
         }
-        let start = row * len;
-        let lane = UNIT_POS_X as usize;
-        let step = CUBE_DIM_X as usize;
+        let (start, lane, step) = (row * len, UNIT_POS_X as usize, CUBE_DIM_X as usize);
 
         // max(scale * x) is scale * max(x) for a positive scale, the only kind attention uses.
         let mut max = f32::new(f32::NEG_INFINITY);
@@ -169,13 +173,11 @@ mod cube {
         scale: f32,
         #[define(F)] _dtype: ElemType,
     ) {
-        let row = CUBE_POS * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
+        let row = plane_row();
         if row >= rows {
             terminate!();
         }
-        let start = row * len;
-        let lane = UNIT_POS_X as usize;
-        let step = CUBE_DIM_X as usize;
+        let (start, lane, step) = (row * len, UNIT_POS_X as usize, CUBE_DIM_X as usize);
 
         let mut dot = 0.0f32;
         for i in range_stepped(lane, len, step) {
@@ -188,46 +190,68 @@ mod cube {
         }
     }
 
-    /// The launch geometry for `rows` rows: 32 lanes × [`ROWS_PER_CUBE`] rows per cube.
-    fn row_launch(rows: usize) -> (CubeCount, CubeDim) {
-        let cubes = rows.div_ceil(ROWS_PER_CUBE as usize) as u32;
-        (CubeCount::new_1d(cubes), CubeDim::new_2d(LANES, ROWS_PER_CUBE))
+    /// What both kernels need: their inputs contiguous, an output like the first, the rows
+    /// and their length, the launch geometry (32 lanes × [`ROWS_PER_CUBE`] rows per cube), the
+    /// address width and the element type.
+    struct RowLaunch {
+        inputs: Vec<CubeTensor>,
+        output: CubeTensor,
+        rows: usize,
+        len: usize,
+        count: CubeCount,
+        dim: CubeDim,
+        address: AddressType,
+        dtype: ElemType,
     }
 
-    /// Rows and row length of a tensor softmaxed over its last axis.
-    fn rows_and_length(x: &CubeTensor) -> (usize, usize) {
-        let shape = x.meta.shape();
+    fn row_launch(inputs: Vec<CubeTensor>) -> RowLaunch {
+        let inputs: Vec<_> = inputs.into_iter().map(into_contiguous).collect();
+        let x = &inputs[0];
+        let shape = x.meta.shape().clone();
+        let output =
+            empty_device_contiguous_dtype(x.client.clone(), x.device.clone(), shape.clone(), x.dtype);
         let len = shape[shape.num_dims() - 1];
-        (shape.num_elements() / len.max(1), len)
-    }
-
-    fn empty_like(x: &CubeTensor) -> CubeTensor {
-        empty_device_contiguous_dtype(
-            x.client.clone(),
-            x.device.clone(),
-            x.meta.shape().clone(),
-            x.dtype,
-        )
+        let rows = shape.num_elements() / len.max(1);
+        let address = inputs
+            .iter()
+            .chain([&output])
+            .map(|t| t.required_address_type())
+            .max()
+            .unwrap_or_default();
+        RowLaunch {
+            dtype: burn::backend::cubecl::dtype_to_storage_type(x.dtype),
+            count: CubeCount::new_1d(rows.div_ceil(ROWS_PER_CUBE as usize) as u32),
+            dim: CubeDim::new_2d(LANES, ROWS_PER_CUBE),
+            inputs,
+            output,
+            rows,
+            len,
+            address,
+        }
     }
 
     impl GpuOps for CubeBackend {
         fn gpu_softmax(x: CubeTensor, scale: f32) -> CubeTensor {
             assert!(scale > 0.0, "softmax scale must be positive");
-            let x = into_contiguous(x);
-            let output = empty_like(&x);
-            let (rows, len) = rows_and_length(&x);
+            let RowLaunch {
+                mut inputs,
+                output,
+                rows,
+                len,
+                count,
+                dim,
+                address,
+                dtype,
+            } = row_launch(vec![x]);
             if rows == 0 || len == 0 {
                 return output;
             }
-            let (count, dim) = row_launch(rows);
-            let address = x.required_address_type().max(output.required_address_type());
-            let dtype = burn::backend::cubecl::dtype_to_storage_type(x.dtype);
             softmax_kernel::launch(
                 &output.client,
                 count,
                 dim,
                 address,
-                x.into_tensor_arg(),
+                inputs.remove(0).into_tensor_arg(),
                 output.clone().into_tensor_arg(),
                 rows,
                 len,
@@ -238,19 +262,20 @@ mod cube {
         }
 
         fn gpu_softmax_backward(y: CubeTensor, grad: CubeTensor, scale: f32) -> CubeTensor {
-            let y = into_contiguous(y);
-            let grad = into_contiguous(grad);
-            let output = empty_like(&y);
-            let (rows, len) = rows_and_length(&y);
+            let RowLaunch {
+                mut inputs,
+                output,
+                rows,
+                len,
+                count,
+                dim,
+                address,
+                dtype,
+            } = row_launch(vec![y, grad]);
             if rows == 0 || len == 0 {
                 return output;
             }
-            let (count, dim) = row_launch(rows);
-            let address = y
-                .required_address_type()
-                .max(grad.required_address_type())
-                .max(output.required_address_type());
-            let dtype = burn::backend::cubecl::dtype_to_storage_type(y.dtype);
+            let (y, grad) = (inputs.remove(0), inputs.remove(0));
             softmax_backward_kernel::launch(
                 &output.client,
                 count,
@@ -329,7 +354,7 @@ impl<B: Backend + GpuOps, C: CheckpointStrategy> GpuOps for Autodiff<B, C> {
         beta: FloatTensor<Self>,
         eps: f64,
     ) -> FloatTensor<Self> {
-        match LayerNormBackward
+        match ComposedLayerNormBackward
             .prepare::<C>([x.node(), gamma.node(), beta.node()])
             .compute_bound()
             .stateful()
@@ -386,9 +411,9 @@ impl<B: Backend> Backward<B, 2> for BiasBackward {
 }
 
 #[derive(Debug)]
-struct LayerNormBackward;
+struct ComposedLayerNormBackward;
 
-impl<B: Backend> Backward<B, 3> for LayerNormBackward {
+impl<B: Backend> Backward<B, 3> for ComposedLayerNormBackward {
     /// The input, gamma, and the rows' mean and `1 / sqrt(var + eps)`.
     type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
 
