@@ -7,30 +7,34 @@ use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
 
 mod support;
-use support::{bias_and_layer_norm_gaps, max_diff};
+use support::{bias_and_layer_norm_gaps, max_diff, unary_gaps};
 
-/// `softmax(factor * x)` over the last axis of a `[a, b, c]` input (a non-contiguous view, as
-/// attention scores can be) through vitkit and through Burn, with a random upstream gradient:
-/// the largest output and input-gradient gaps.
+/// The first GPU, or a failure that says there is no NVIDIA driver (rather than the CUDA
+/// runtime's panic deep inside its first call).
+fn cuda() -> Device {
+    vitkit::device::parse_device("cuda").unwrap_or_else(|e| panic!("these tests need an NVIDIA GPU: {e}"))
+}
+
+/// `softmax(factor * x)` over the last axis through vitkit's CUDA kernel and through Burn
+/// ([`unary_gaps`]): the largest output and input-gradient gaps.
 fn softmax_gaps(shape: [usize; 3], scale: f64, factor: f32) -> (f32, f32) {
-    let device = Device::cuda(0).autodiff();
-    let [a, b, c] = shape;
-    let base = Tensor::<3>::random([a, c, b], Distribution::Normal(0.0, scale), &device).swap_dims(1, 2);
-    let upstream = Tensor::<3>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-    assert!(vitkit::kernels::gpu_softmax_applies(&base));
-    let run = |f: &dyn Fn(Tensor<3>) -> Tensor<3>| {
-        let x = base.clone().detach().require_grad();
-        let y = f(x.clone());
-        let grads = (y.clone() * upstream.clone()).sum().backward();
-        (y.detach(), x.grad(&grads).expect("input gradient"))
-    };
-    let (y1, g1) = if factor == 1.0 {
-        run(&vitkit::kernels::softmax_last)
+    let device = cuda().autodiff();
+    assert!(vitkit::kernels::gpu_softmax_applies(&Tensor::<1>::zeros(
+        [1],
+        &device
+    )));
+    let reference = |x: Tensor<3>| burn::tensor::activation::softmax(x.mul_scalar(factor), 2);
+    if factor == 1.0 {
+        unary_gaps(&device, shape, scale, vitkit::kernels::softmax_last, reference)
     } else {
-        run(&|x| vitkit::kernels::gpu_softmax_scaled(x, factor))
-    };
-    let (y2, g2) = run(&|x| burn::tensor::activation::softmax(x.mul_scalar(factor), 2));
-    (max_diff(y1, y2), max_diff(g1, g2))
+        unary_gaps(
+            &device,
+            shape,
+            scale,
+            |x| vitkit::kernels::gpu_softmax_scaled(x, factor),
+            reference,
+        )
+    }
 }
 
 #[test]
@@ -64,7 +68,7 @@ fn cuda_softmax_folds_in_the_attention_scale() {
 
 #[test]
 fn cuda_softmax_rows_sum_to_one_without_autodiff() {
-    let device = Device::cuda(0);
+    let device = cuda();
     let x = Tensor::<4>::random([2, 3, 197, 197], Distribution::Normal(0.0, 10.0), &device);
     let y = vitkit::kernels::softmax_last(x.clone());
     let sums = y.clone().sum_dim(3);
@@ -83,10 +87,10 @@ fn cuda_vit_inference_matches_the_cpu() {
     let model = config.init(&cpu).unwrap();
     let images = Tensor::<4>::random([2, 3, 32, 32], Distribution::Normal(0.0, 1.0), &cpu);
     let expected = model.forward(images.clone());
-    let cuda = Device::cuda(0);
+    let gpu = cuda();
     let on_gpu = model
-        .to_device(&cuda)
-        .forward(images.to_device(&cuda))
+        .to_device(&gpu)
+        .forward(images.to_device(&gpu))
         .to_device(&cpu);
     let scale = expected.clone().abs().max().into_scalar::<f32>().max(1.0);
     let gap = max_diff(on_gpu, expected) / scale;
@@ -98,7 +102,7 @@ fn cuda_bias_add_and_layer_norm_backward_match_burn() {
     // What the GPU's linear layers and LayerNorms run: their parameter gradients are column
     // sums in two stages (rows 4 * 197, chunks of 197) or one (13 rows).
     for shape in [[4, 197, 768], [1, 13, 40]] {
-        for (name, gaps) in bias_and_layer_norm_gaps(&Device::cuda(0).autodiff(), shape) {
+        for (name, gaps) in bias_and_layer_norm_gaps(&cuda().autodiff(), shape) {
             assert!(gaps.iter().all(|g| *g < 1e-4), "{shape:?} {name}: {gaps:?}");
         }
     }

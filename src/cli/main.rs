@@ -94,11 +94,8 @@ struct InferArgs {
     /// safetensors file to write `logits` and `pre_logits` to.
     #[arg(long)]
     output: PathBuf,
-    /// CPU inference only: linear layers multiply in bf16 with f32 sums, as PyTorch's CPU
-    /// autocast does (needs AVX-512 BF16; parameters and everything else stay f32; a bf16 copy
-    /// of the weights, half their size, is kept while the process runs). Only: bf16.
-    #[arg(long, value_name = "DTYPE")]
-    autocast: Option<String>,
+    #[command(flatten)]
+    autocast: AutocastArg,
 }
 
 #[derive(Args)]
@@ -133,11 +130,8 @@ struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
-    /// CPU inference only: linear layers multiply in bf16 with f32 sums, as PyTorch's CPU
-    /// autocast does (needs AVX-512 BF16; parameters and everything else stay f32; a bf16 copy
-    /// of the weights, half their size, is kept while the process runs). Only: bf16.
-    #[arg(long, value_name = "DTYPE")]
-    autocast: Option<String>,
+    #[command(flatten)]
+    autocast: AutocastArg,
 }
 
 #[derive(Args)]
@@ -316,11 +310,8 @@ struct EvalArgs {
     /// Where to write the confusion matrix (default: CHECKPOINT/confusion_matrix.png).
     #[arg(long)]
     confusion_png: Option<PathBuf>,
-    /// CPU inference only: linear layers multiply in bf16 with f32 sums, as PyTorch's CPU
-    /// autocast does (needs AVX-512 BF16; parameters and everything else stay f32; a bf16 copy
-    /// of the weights, half their size, is kept while the process runs). Only: bf16.
-    #[arg(long, value_name = "DTYPE")]
-    autocast: Option<String>,
+    #[command(flatten)]
+    autocast: AutocastArg,
 }
 
 #[derive(Args)]
@@ -332,11 +323,8 @@ struct PredictArgs {
     images: Vec<PathBuf>,
     #[arg(long, default_value_t = 5)]
     top_k: usize,
-    /// CPU inference only: linear layers multiply in bf16 with f32 sums, as PyTorch's CPU
-    /// autocast does (needs AVX-512 BF16; parameters and everything else stay f32; a bf16 copy
-    /// of the weights, half their size, is kept while the process runs). Only: bf16.
-    #[arg(long, value_name = "DTYPE")]
-    autocast: Option<String>,
+    #[command(flatten)]
+    autocast: AutocastArg,
 }
 
 fn train(args: TrainArgs, device: &str) -> anyhow::Result<()> {
@@ -402,7 +390,7 @@ fn train(args: TrainArgs, device: &str) -> anyhow::Result<()> {
 
 fn eval(args: EvalArgs, device: &str) -> anyhow::Result<()> {
     let device = open_device(device)?;
-    apply_autocast(args.autocast.as_deref(), &device)?;
+    args.autocast.apply(&device)?;
     let (result, run) = run_eval(
         &args.model.source()?,
         args.data.as_deref(),
@@ -445,7 +433,7 @@ fn eval(args: EvalArgs, device: &str) -> anyhow::Result<()> {
 
 fn predict(args: PredictArgs, device: &str) -> anyhow::Result<()> {
     let device = open_device(device)?;
-    apply_autocast(args.autocast.as_deref(), &device)?;
+    args.autocast.apply(&device)?;
     for prediction in run_predict(&args.model.source()?, &args.images, args.top_k, &device)? {
         println!("{}", prediction.path.display());
         for (name, p) in prediction.top {
@@ -516,15 +504,26 @@ fn report(args: ReportArgs, device: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--autocast bf16`: bf16 products in the CPU's linear layers for this process.
-fn apply_autocast(autocast: Option<&str>, device: &burn::tensor::Device) -> anyhow::Result<()> {
-    match autocast {
-        None => Ok(()),
-        Some("bf16") if vitkit::device::is_cpu(device) => {
-            vitkit::kernels::set_bf16_products(true).map_err(|e| anyhow::anyhow!(e))
+#[derive(Args)]
+struct AutocastArg {
+    /// CPU inference only: linear layers multiply in bf16 with f32 sums, as PyTorch's CPU
+    /// autocast does (needs AVX-512 BF16; parameters and everything else stay f32; a bf16 copy
+    /// of the weights, half their size, is kept while the process runs). Only: bf16.
+    #[arg(long, value_name = "DTYPE")]
+    autocast: Option<String>,
+}
+
+impl AutocastArg {
+    /// `--autocast bf16`: bf16 products in the CPU's linear layers for this process.
+    fn apply(&self, device: &burn::tensor::Device) -> anyhow::Result<()> {
+        match self.autocast.as_deref() {
+            None => Ok(()),
+            Some("bf16") if vitkit::device::is_cpu(device) => {
+                vitkit::kernels::set_bf16_products(true).map_err(|e| anyhow::anyhow!(e))
+            }
+            Some("bf16") => anyhow::bail!("--autocast is for the CPU; on a GPU use --dtype bf16"),
+            Some(other) => anyhow::bail!("unknown --autocast '{other}'; valid: bf16"),
         }
-        Some("bf16") => anyhow::bail!("--autocast is for the CPU; on a GPU use --dtype bf16"),
-        Some(other) => anyhow::bail!("unknown --autocast '{other}'; valid: bf16"),
     }
 }
 
@@ -537,10 +536,10 @@ fn bench(args: BenchArgs, device: &str) -> anyhow::Result<()> {
         "infer" => BenchMode::Infer,
         other => anyhow::bail!("unknown --mode '{other}'; valid: train, infer"),
     };
-    if args.autocast.is_some() && mode != BenchMode::Infer {
+    if args.autocast.autocast.is_some() && mode != BenchMode::Infer {
         anyhow::bail!("--autocast is for inference (--mode infer)");
     }
-    apply_autocast(args.autocast.as_deref(), &device)?;
+    args.autocast.apply(&device)?;
     let mut config = preset(&args.model)?.adapted(args.num_classes, args.in_chans, None)?;
     if let Some(pool) = &args.global_pool {
         let ModelConfig::Vit(c) = &mut config;
@@ -602,7 +601,7 @@ fn import(args: ImportArgs, device: &str) -> anyhow::Result<()> {
 
 fn infer(args: InferArgs, device: &str) -> anyhow::Result<()> {
     let device = open_device(device)?;
-    apply_autocast(args.autocast.as_deref(), &device)?;
+    args.autocast.apply(&device)?;
     let n = vitkit::app::run_infer(&args.model.source()?, &args.input, &args.output, &device)?;
     println!(
         "wrote logits and pre_logits of {n} images to {}",

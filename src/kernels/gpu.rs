@@ -360,6 +360,8 @@ impl<B: Backend + GpuOps, C: CheckpointStrategy> GpuOps for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
+                // Not the default body (Burn's layer_norm): the backward needs the rows' mean
+                // and rstd, which that does not hand out.
                 let x = x.primitive().clone();
                 let gamma = gamma.primitive().clone();
                 let (normalized, mean, rstd) = normalize::<B>(x.clone(), eps);

@@ -14,6 +14,30 @@ pub fn relative_diff<const D: usize>(a: Tensor<D>, reference: Tensor<D>) -> f32 
     max_diff(a, reference) / scale
 }
 
+/// `ours` against `reference` on the same input on `device` (an autodiff device; the input a
+/// non-contiguous `[a, b, c]` view, as attention hands over, values spread by `scale`) with a
+/// random upstream gradient: the largest output and input-gradient gaps.
+pub fn unary_gaps(
+    device: &Device,
+    shape: [usize; 3],
+    scale: f64,
+    ours: impl Fn(Tensor<3>) -> Tensor<3>,
+    reference: impl Fn(Tensor<3>) -> Tensor<3>,
+) -> (f32, f32) {
+    let [a, b, c] = shape;
+    let base = Tensor::<3>::random([a, c, b], Distribution::Normal(0.0, scale), device).swap_dims(1, 2);
+    let upstream = Tensor::<3>::random(shape, Distribution::Normal(0.0, 1.0), device);
+    let run = |f: &dyn Fn(Tensor<3>) -> Tensor<3>| {
+        let x = base.clone().detach().require_grad();
+        let y = f(x.clone());
+        let grads = (y.clone() * upstream.clone()).sum().backward();
+        (y.detach(), x.grad(&grads).expect("input gradient"))
+    };
+    let (y1, g1) = run(&ours);
+    let (y2, g2) = run(&reference);
+    (max_diff(y1, y2), max_diff(g1, g2))
+}
+
 /// An operation on `x: [a, b, d]` and two `[d]` parameters.
 pub type WithParams<'a> = &'a dyn Fn(Tensor<3>, Tensor<1>, Tensor<1>) -> Tensor<3>;
 
