@@ -1,20 +1,21 @@
-//! The commands behind the CLI, as library calls: what `vitkit train|eval|predict` do.
+//! The commands behind the CLI, as library calls: what `vitkit train|eval|predict|infer|import`
+//! do, for a model of any family.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use burn::tensor::Device;
-
 use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::data::{
-    Augment, DataSource, DatasetSplits, FolderOptions, ImageDataset, Normalize, load_image_file,
-};
+use crate::data::{Augment, DataInfo, DataSource, DatasetSplits, FolderOptions, load_image_file};
 use crate::io::{
-    ImportOptions, RunConfig, WeightSource, Which, find_checkpoint, import_vit, load_weights, read_json,
+    ForeignWeights, ImportOptions, LoadReport, Strictness, WeightSource, Which, find_checkpoint,
+    load_weights, read_json,
 };
-use crate::models::{ModelConfig, preset};
-use crate::train::{EvalResult, Session, TrainConfig, TrainOutcome, evaluate, predict_batch, train};
+use crate::models::{Adaptation, Model, preset};
+use crate::train::{
+    EvalResult, RunConfig, Session, TrainConfig, TrainOutcome, evaluate, predict_batch, train,
+};
 use crate::{Result, VitError};
 
 /// What `vitkit train` needs beyond the recipe.
@@ -23,9 +24,9 @@ pub struct TrainRequest {
     pub model: String,
     pub data: String,
     pub out: PathBuf,
-    pub img_size: Option<usize>,
-    pub drop_path: Option<f64>,
-    pub global_pool: Option<crate::models::GlobalPool>,
+    /// Changes to the preset (image size, pooling, drop-path rate); classes and channels come
+    /// from the data.
+    pub adapt: Adaptation,
     pub session: Session,
     /// Start from these weights (fine-tuning) instead of a random initialisation.
     pub init_weights: Option<(PathBuf, WeightSource)>,
@@ -47,112 +48,141 @@ pub fn load_data(source: &DataSource, size: [usize; 2], skip_bad_images: bool) -
     Ok(splits)
 }
 
-pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
-    let source = DataSource::parse(&req.data)?;
-    let mut config = preset(&req.model)?;
-    if let Some(s) = req.img_size {
-        config = config.adapted(None, None, Some([s, s]))?;
-    }
-    let ModelConfig::Vit(c) = &mut config;
-    if let Some(dp) = req.drop_path {
-        c.drop_path_rate = dp;
-    }
-    if let Some(pool) = req.global_pool {
-        c.global_pool = pool;
-    }
-    let splits = load_data(&source, config.img_size(), req.skip_bad_images)?;
-    // Data decides the head and input channels, as timm's create_model(num_classes=, in_chans=);
-    // a pretrained model keeps its channels (grey images are replicated to RGB).
-    let channels = if req.init_weights.is_some() {
-        None
-    } else {
-        Some(splits.info.channels)
-    };
-    let mut config = config.adapted(Some(splits.info.class_names.len()), channels, None)?;
-    if let (Some((_, WeightSource::Hf)), ModelConfig::Vit(c)) = (&req.init_weights, &mut config) {
-        c.norm_eps = 1e-12;
-    }
-    let run = RunConfig {
-        model_name: req.model.clone(),
-        model: config.clone(),
-        data: splits.info.clone(),
-        train: Some(req.recipe.clone()),
-    };
-    let train_device = device.clone().autodiff();
-    match &config {
-        ModelConfig::Vit(c) => train(
-            match &req.init_weights {
-                None => c.init(&train_device)?,
-                Some((file, source)) => {
-                    // Fine-tuning: everything but a head of another size comes from the file.
-                    let (vit, report) =
-                        import_vit(file, *source, c, &ImportOptions::default(), &train_device)?;
-                    if !report.is_exact() {
-                        eprintln!("note: {}: {}", file.display(), report.describe());
-                    }
-                    vit
-                }
-            },
-            run,
-            &splits,
-            &req.out,
-            &req.session,
-            &train_device,
-        ),
+/// Foreign weights of another library say the Hugging Face LayerNorm epsilon.
+fn source_adaptation(source: WeightSource) -> Adaptation {
+    Adaptation {
+        norm_eps: (source == WeightSource::Hf).then_some(1e-12),
+        ..Adaptation::default()
     }
 }
 
-/// A weights file from timm or Hugging Face, read into a preset's architecture.
+pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
+    let source = DataSource::parse(&req.data)?;
+    let base = preset(&req.model)?;
+    let foreign = match &req.init_weights {
+        Some((file, src)) => Some(ForeignWeights::read(file, *src)?),
+        None => None,
+    };
+    let fixed = Adaptation {
+        norm_eps: foreign
+            .as_ref()
+            .and_then(|f| source_adaptation(f.source).norm_eps),
+        ..req.adapt.clone()
+    };
+    // A pretrained model's image size is the file's unless --img-size says otherwise.
+    let config = match &foreign {
+        Some(f) => f.config_for(&base, &fixed)?,
+        None => base.adapted(&fixed)?,
+    };
+    let splits = load_data(&source, config.img_size(), req.skip_bad_images)?;
+    // Data decides the head and input channels, as timm's create_model(num_classes=, in_chans=);
+    // a pretrained model keeps its channels (grey images are replicated to RGB).
+    let fixed = Adaptation {
+        num_classes: Some(splits.info.class_names.len()),
+        in_chans: foreign.is_none().then_some(splits.info.channels),
+        ..fixed
+    };
+    let train_device = device.clone().autodiff();
+    let (model, config) = match foreign {
+        None => {
+            let config = config.adapted(&fixed)?;
+            (config.build(&train_device)?, config)
+        }
+        Some(f) => {
+            // Fine-tuning: everything but a head of another size comes from the file.
+            let file = f.path.clone();
+            let imported = f.load(&base, &fixed, &ImportOptions::default(), &train_device)?;
+            if !imported.report.is_exact() {
+                eprintln!("note: {}: {}", file.display(), imported.report.describe());
+            }
+            (imported.model, imported.config)
+        }
+    };
+    let task = req.recipe.task.build(&config, &req.recipe)?;
+    let run = RunConfig {
+        model_name: req.model.clone(),
+        model: config,
+        data: splits.info.clone(),
+        train: Some(req.recipe.clone()),
+    };
+    train(
+        model,
+        task.as_ref(),
+        run,
+        &splits,
+        &req.out,
+        &req.session,
+        &train_device,
+    )
+}
+
+/// A weights file from another library, read into a preset's architecture.
 #[derive(Debug, Clone)]
 pub struct WeightsSpec {
     pub file: PathBuf,
     pub source: WeightSource,
     /// The preset whose architecture the file holds.
     pub model: String,
-    /// Run at this (square) size, resampling the position embedding.
-    pub img_size: Option<usize>,
-    /// Replace the classifier head with one of this many classes (left initialised).
-    pub num_classes: Option<usize>,
+    /// Changes the user asks for (image size, classes, pooling); what they leave open is read
+    /// from the file.
+    pub adapt: Adaptation,
+    /// Run the file's backbone under a freshly initialised classifier head.
+    pub fresh_head: bool,
+    /// `import` only: fail on any missing, unexpected or mis-shaped key.
     pub strict: bool,
 }
 
+/// What a foreign model is loaded for, which decides how closely the file must fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `infer`, `eval`, `predict`, `explain`: every parameter from the file.
+    Run,
+    /// `import`: whatever matches, reported (with `--strict`, everything).
+    Convert,
+}
+
 impl WeightsSpec {
-    /// The model with the file's weights, and a run configuration describing it (class names
-    /// are indices; inputs are normalised with mean = std = 0.5, as timm's and Hugging Face's
-    /// ViT checkpoints expect). Keys that did not match are printed to stderr.
-    pub fn import(&self, device: &Device) -> Result<(crate::models::Vit, RunConfig)> {
-        let ModelConfig::Vit(mut c) = preset(&self.model)?;
-        if let Some(s) = self.img_size {
-            c.img_size = [s, s];
-        }
-        if let Some(k) = self.num_classes {
-            c.num_classes = k;
-        }
-        if self.source == WeightSource::Hf {
-            // transformers' ViTConfig.layer_norm_eps default.
-            c.norm_eps = 1e-12;
-        }
+    /// The model with the file's weights, what matched, and a run configuration describing it
+    /// (class names are indices; inputs are normalised as the family's pretrained weights
+    /// expect).
+    pub fn load(&self, purpose: Purpose, device: &Device) -> Result<(Model, RunConfig, LoadReport)> {
+        let strictness = match purpose {
+            Purpose::Run if self.fresh_head => Strictness::FreshHead,
+            Purpose::Run => Strictness::Exact,
+            Purpose::Convert if self.strict => Strictness::Exact,
+            Purpose::Convert => Strictness::Lenient,
+        };
         let opts = ImportOptions {
-            strict: self.strict,
+            strictness,
             ..Default::default()
         };
-        let (vit, report) = import_vit(&self.file, self.source, &c, &opts, device)?;
-        if !report.is_exact() {
-            eprintln!("note: {}: {}", self.file.display(), report.describe());
-        }
+        let fixed = Adaptation {
+            norm_eps: source_adaptation(self.source).norm_eps,
+            ..self.adapt.clone()
+        };
+        let imported = ForeignWeights::read(&self.file, self.source)?.load(
+            &preset(&self.model)?,
+            &fixed,
+            &opts,
+            device,
+        )?;
+        let config = imported.config;
+        let (mean, std) = config.pretrained_mean_std();
         let run = RunConfig {
             model_name: self.model.clone(),
-            model: ModelConfig::Vit(c.clone()),
-            data: crate::data::DataInfo {
+            data: DataInfo {
                 name: "imported".into(),
-                class_names: (0..c.num_classes).map(|i| i.to_string()).collect(),
-                channels: c.in_chans,
-                mean: vec![0.5; c.in_chans],
-                std: vec![0.5; c.in_chans],
+                class_names: (0..config.num_classes().unwrap_or(0))
+                    .map(|i| i.to_string())
+                    .collect(),
+                channels: config.in_chans(),
+                mean,
+                std,
             },
+            model: config,
             train: None,
         };
-        Ok((vit, run))
+        Ok((imported.model, run, imported.report))
     }
 }
 
@@ -168,88 +198,35 @@ pub enum ModelSource {
 /// A row-major matrix on the host with its `[rows, cols]`.
 pub type HostMatrix = (Vec<f32>, [usize; 2]);
 
-/// A trained classifier of any family, loaded from a checkpoint for inference.
-pub enum LoadedModel {
-    Vit(crate::models::Vit),
+/// The model of a vitkit checkpoint (a run directory, whose best checkpoint is used, or a
+/// checkpoint directory) or of a foreign weights file, in inference mode, with its run
+/// configuration (checked: its normalisation fits the model).
+pub fn load_model(source: &ModelSource, device: &Device) -> Result<(Model, RunConfig)> {
+    let (model, run) = match source {
+        ModelSource::Checkpoint(dir) => {
+            let ck = find_checkpoint(dir, Which::Best)?;
+            let run: RunConfig = read_json(&ck.config())?;
+            run.normalize()?;
+            let model = load_weights(run.model.build(device)?, &ck.model(), true)?.0;
+            (model, run)
+        }
+        ModelSource::Weights(spec) => {
+            let (model, run, _) = spec.load(Purpose::Run, device)?;
+            (model, run)
+        }
+    };
+    run.normalize()?;
+    Ok((model.valid(), run))
 }
 
-impl LoadedModel {
-    /// Rebuilds the model saved at `checkpoint` (a run directory, whose best checkpoint is
-    /// used, or a checkpoint directory) in validation mode.
-    pub fn load(checkpoint: &Path, device: &Device) -> Result<(Self, RunConfig)> {
-        let ck = find_checkpoint(checkpoint, Which::Best)?;
-        let run: RunConfig = read_json(&ck.config())?;
-        run.model.validate()?;
-        let model = match &run.model {
-            ModelConfig::Vit(c) => {
-                LoadedModel::Vit(load_weights(c.init(device)?, &ck.model(), true)?.0.valid())
-            }
-        };
-        Ok((model, run))
-    }
-
-    /// Loads from a vitkit checkpoint or a foreign weights file.
-    pub fn from_source(source: &ModelSource, device: &Device) -> Result<(Self, RunConfig)> {
-        match source {
-            ModelSource::Checkpoint(dir) => Self::load(dir, device),
-            ModelSource::Weights(spec) => {
-                let (vit, run) = spec.import(device)?;
-                Ok((LoadedModel::Vit(vit.valid()), run))
-            }
-        }
-    }
-
-    /// The ViT inside, or the family name of a model that is not one.
-    pub fn into_vit(self) -> std::result::Result<crate::models::Vit, &'static str> {
-        match self {
-            LoadedModel::Vit(m) => Ok(m),
-        }
-    }
-
-    /// Logits `[B, K]` and pooled features `[B, D]` for a `[B, C, H, W]` batch.
-    pub fn logits_and_features(
-        &self,
-        images: Vec<f32>,
-        shape: [usize; 4],
-        device: &Device,
-    ) -> Result<(HostMatrix, HostMatrix)> {
-        match self {
-            LoadedModel::Vit(m) => {
-                let x = burn::tensor::Tensor::<4>::from_data(
-                    burn::tensor::TensorData::new(images, shape),
-                    device,
-                );
-                let out = m.forward_detailed(x, false);
-                let (ld, fd) = (out.logits.dims(), out.pre_logits.dims());
-                let host = |t: burn::tensor::Tensor<2>| {
-                    t.into_data()
-                        .convert::<f32>()
-                        .try_into_vec::<f32>()
-                        .map_err(|e| VitError::Other(format!("{e:?}")))
-                };
-                Ok(((host(out.logits)?, ld), (host(out.pre_logits)?, fd)))
-            }
-        }
-    }
-
-    pub fn predict(&self, images: Vec<f32>, shape: [usize; 4], device: &Device) -> Result<Vec<Vec<f32>>> {
-        match self {
-            LoadedModel::Vit(m) => predict_batch(m, images, shape, device).map(|p| p.probs),
-        }
-    }
-
-    pub fn evaluate(
-        &self,
-        data: Arc<ImageDataset>,
-        norm: &Normalize,
-        batch_size: usize,
-        classes: usize,
-        device: &Device,
-    ) -> Result<EvalResult> {
-        match self {
-            LoadedModel::Vit(m) => evaluate(m, data, norm, batch_size, classes, device),
-        }
-    }
+fn host(t: Tensor<2>) -> Result<HostMatrix> {
+    let dims = t.dims();
+    let values = t
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| VitError::Other(format!("{e:?}")))?;
+    Ok((values, dims))
 }
 
 /// Evaluates on the test split of `data` (default: the dataset the model was trained on).
@@ -259,27 +236,24 @@ pub fn run_eval(
     batch_size: usize,
     device: &Device,
 ) -> Result<(EvalResult, RunConfig)> {
-    let (model, run) = LoadedModel::from_source(checkpoint, device)?;
+    let (model, run) = load_model(checkpoint, device)?;
+    let classes = run.model.classes()?;
     let source = DataSource::parse(data.unwrap_or(&run.data.name))?;
     let splits = load_data(&source, run.model.img_size(), false)?;
-    if splits.info.class_names.len() != run.model.num_classes() {
+    if splits.info.class_names.len() != classes {
         return Err(VitError::Config(format!(
-            "the dataset has {} classes but the model was trained for {}",
+            "the dataset has {} classes but the model was trained for {classes}",
             splits.info.class_names.len(),
-            run.model.num_classes()
         )));
     }
-    let norm = Normalize {
-        mean: run.data.mean.clone(),
-        std: run.data.std.clone(),
-        out_channels: run.model.in_chans(),
-    };
+    let norm = run.normalize()?;
     norm.check_channels(splits.test.channels)?;
-    let result = model.evaluate(
+    let result = evaluate(
+        model.classifier()?,
         Arc::new(splits.test),
         &norm,
         batch_size,
-        run.model.num_classes(),
+        classes,
         device,
     )?;
     Ok((result, run))
@@ -300,32 +274,24 @@ pub fn run_predict(
     k: usize,
     device: &Device,
 ) -> Result<Vec<Prediction>> {
-    let (model, run) = LoadedModel::from_source(checkpoint, device)?;
+    let (model, run) = load_model(checkpoint, device)?;
+    let classifier = model.classifier()?;
     let [h, w] = run.model.img_size();
-    let channels = run.model.in_chans();
-    let norm = Normalize {
-        mean: run.data.mean.clone(),
-        std: run.data.std.clone(),
-        out_channels: channels,
-    };
+    let norm = run.normalize()?;
     let mut out = Vec::new();
     for path in images {
         // Decoded as the training data was stored, then normalised and converted as in training.
         let bytes = load_image_file(path, run.data.channels, [h, w])?;
         let x = norm.image(&bytes, run.data.channels, h, w);
-        let probs = model.predict(x, [1, channels, h, w], device)?.remove(0);
+        let probs = predict_batch(classifier, x, [1, norm.out_channels, h, w], device)?
+            .probs
+            .remove(0);
         let mut ranked: Vec<(String, f32)> = probs
             .iter()
             .enumerate()
             .map(|(i, &p)| {
-                (
-                    run.data
-                        .class_names
-                        .get(i)
-                        .cloned()
-                        .unwrap_or_else(|| i.to_string()),
-                    p,
-                )
+                let name = run.data.class_names.get(i).cloned();
+                (name.unwrap_or_else(|| i.to_string()), p)
             })
             .collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -349,7 +315,8 @@ pub fn default_augment(data: &str) -> Option<Augment> {
 /// `vitkit infer`: reads `pixel_values` `[B, C, H, W]` (f32, preprocessed) from a safetensors
 /// file and writes `logits` `[B, K]` and `pre_logits` `[B, D]` to another. Returns B.
 pub fn run_infer(source: &ModelSource, input: &Path, output: &Path, device: &Device) -> Result<usize> {
-    let (model, run) = LoadedModel::from_source(source, device)?;
+    let (model, run) = load_model(source, device)?;
+    let classifier = model.classifier()?;
     let bad = |reason: String| VitError::BadData {
         path: input.to_path_buf(),
         reason,
@@ -371,7 +338,10 @@ pub fn run_infer(source: &ModelSource, input: &Path, output: &Path, device: &Dev
         )));
     }
     let batch = x.shape[0];
-    let ((logits, ld), (feats, fd)) = model.logits_and_features(x.values, [batch, c, h, w], device)?;
+    let x = Tensor::<4>::from_data(TensorData::new(x.values, [batch, c, h, w]), device);
+    let features = classifier.features(x);
+    let (logits, ld) = host(classifier.head(features.clone()))?;
+    let (feats, fd) = host(features)?;
     let bytes = |v: &[f32]| v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
     let (lb, fb) = (bytes(&logits), bytes(&feats));
     let err = |e: safetensors::SafeTensorError| VitError::Other(e.to_string());
@@ -387,7 +357,8 @@ pub fn run_infer(source: &ModelSource, input: &Path, output: &Path, device: &Dev
 
 /// `vitkit import`: converts a foreign weights file into a vitkit checkpoint directory
 /// (`model.safetensors` + `config.json`). Refuses to overwrite an existing checkpoint.
-pub fn run_import(spec: &WeightsSpec, out: &Path, device: &Device) -> Result<RunConfig> {
+/// Returns the run configuration and what matched.
+pub fn run_import(spec: &WeightsSpec, out: &Path, device: &Device) -> Result<(RunConfig, LoadReport)> {
     let target = crate::io::CheckpointPaths::new(out);
     if target.model().exists() || target.config().exists() {
         return Err(VitError::Config(format!(
@@ -395,14 +366,14 @@ pub fn run_import(spec: &WeightsSpec, out: &Path, device: &Device) -> Result<Run
             out.display()
         )));
     }
-    let (vit, run) = spec.import(device)?;
+    let (model, run, report) = spec.load(Purpose::Convert, device)?;
     let mut meta = std::collections::BTreeMap::new();
     meta.insert("vitkit.model".to_string(), spec.model.clone());
     meta.insert(
         "vitkit.imported_from".to_string(),
         spec.file.display().to_string(),
     );
-    crate::io::save_weights(&vit, &target.model(), &meta)?;
+    crate::io::save_weights(&model, &target.model(), &meta)?;
     crate::io::write_json_atomic(&target.config(), &run)?;
-    Ok(run)
+    Ok((run, report))
 }

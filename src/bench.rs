@@ -3,13 +3,13 @@
 
 use std::time::Instant;
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Distribution, Tensor};
 use serde::Serialize;
 
-use crate::models::ModelConfig;
+use crate::models::{Model, ModelConfig};
 use crate::train::{TrainConfig, build_optimizer};
 use crate::{Result, VitError};
 
@@ -70,23 +70,32 @@ pub fn bench(
     if batch == 0 || steps == 0 {
         return Err(VitError::Config("batch size and steps must be positive".into()));
     }
-    let ModelConfig::Vit(c) = config;
-    let [h, w] = c.img_size;
-    let shape = [batch, c.in_chans, h, w];
+    let [h, w] = config.img_size();
+    let shape = [batch, config.in_chans(), h, w];
     let mut times = Vec::with_capacity(steps);
     match mode {
         BenchMode::Infer => {
-            let m = c.init(device)?;
+            let m = config.build(device)?;
+            let classifier = m.classifier()?;
+            let attention = match (keep_attention, m.global_attention()) {
+                (false, _) => None,
+                (true, Some(a)) => Some(a),
+                (true, None) => {
+                    return Err(VitError::Config(format!(
+                        "a {} model has no global attention maps to hand back",
+                        m.family()
+                    )));
+                }
+            };
             let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device);
             for i in 0..warmup + steps {
                 let t = Instant::now();
-                if keep_attention {
-                    let out = m.forward_detailed(x.clone(), true);
-                    let _ = out.logits.into_data();
+                match attention {
                     // The attention tensors are handed back; reading them is the caller's cost.
-                    drop(out.attentions);
-                } else {
-                    let _ = m.forward(x.clone()).into_data();
+                    Some(a) => drop(a.attention_maps(x.clone())),
+                    None => {
+                        let _ = classifier.logits(x.clone()).into_data();
+                    }
                 }
                 if i >= warmup {
                     times.push(t.elapsed().as_secs_f64());
@@ -95,20 +104,19 @@ pub fn bench(
         }
         BenchMode::Train => {
             let ad = device.clone().autodiff();
-            let mut m = c.init(&ad)?;
-            let mut optim = build_optimizer(&m, &TrainConfig::default());
+            let mut m = config.build(&ad)?;
+            let classes = config.classes()?;
+            let mut optim = build_optimizer(&m, config, &TrainConfig::default());
             let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &ad);
-            let labels = Tensor::<2>::random([batch, c.num_classes], Distribution::Uniform(0.0, 1.0), &ad);
+            let labels = Tensor::<2>::random([batch, classes], Distribution::Uniform(0.0, 1.0), &ad);
             for i in 0..warmup + steps {
                 let t = Instant::now();
-                let loss = (log_softmax(m.forward(x.clone()), 1) * labels.clone())
-                    .sum_dim(1)
-                    .mean()
-                    .neg();
+                let logits = m.classifier()?.logits(x.clone());
+                let loss = (log_softmax(logits, 1) * labels.clone()).sum_dim(1).mean().neg();
                 let grads = GradientsParams::from_grads(loss.backward(), &m);
                 m = optim.step(1e-4, m, grads);
                 // Wait for the step to finish before stopping the clock.
-                let _ = m.head.weight.val().into_data();
+                wait_for_update(&m);
                 if i >= warmup {
                     times.push(t.elapsed().as_secs_f64());
                 }
@@ -119,7 +127,7 @@ pub fn bench(
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let passes = if mode == BenchMode::Train { 3.0 } else { 1.0 };
-    let gflop = passes * 2.0 * forward_macs(c) * batch as f64 / 1e9;
+    let gflop = passes * 2.0 * config.forward_macs() * batch as f64 / 1e9;
     Ok(BenchResult {
         model: model.to_string(),
         mode: if mode == BenchMode::Train {
@@ -145,15 +153,18 @@ pub fn bench(
     })
 }
 
-/// Multiply-adds of one image's forward pass through the matrix products of a ViT (patch
-/// embedding, qkv, attention scores and their product with v, projection, MLP, head); the
-/// elementwise work is left out, as usual in FLOP counts.
-pub fn forward_macs(c: &crate::models::VitConfig) -> f64 {
-    let d = c.embed_dim as f64;
-    let patches = c.num_patches() as f64;
-    let tokens = patches + 1.0;
-    let hidden = (c.embed_dim as f64 * c.mlp_ratio).floor();
-    let patch_embed = patches * (c.in_chans * c.patch_size * c.patch_size) as f64 * d;
-    let per_block = tokens * (3.0 * d * d + d * d + 2.0 * d * hidden) + 2.0 * tokens * tokens * d;
-    patch_embed + c.depth as f64 * per_block + d * c.num_classes as f64
+/// Reads the last parameter the optimizer updated (the head, for every family so far): on a
+/// GPU this waits for the step's kernels.
+fn wait_for_update(model: &Model) {
+    struct Last(Option<Tensor<1>>);
+    impl ModuleVisitor for Last {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0 = Some(param.val().flatten(0, D - 1).narrow(0, 0, 1));
+        }
+    }
+    let mut last = Last(None);
+    model.visit(&mut last);
+    if let Some(t) = last.0 {
+        let _ = t.into_data();
+    }
 }

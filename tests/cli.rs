@@ -172,6 +172,56 @@ fn train_eval_predict_on_the_built_in_data() {
     assert!(html.contains("data:image/png;base64,") && html.contains("Mean attention distance"));
     assert!(!html.contains("src=\"rollout"), "images are inlined, not linked");
 
+    // Grad-CAM needs a map the head pools; a class-token ViT has none, and says what it has.
+    fails_with(
+        &[
+            "explain",
+            "--checkpoint",
+            run_s,
+            img.to_str().unwrap(),
+            "--method",
+            "gradcam",
+        ],
+        &["Grad-CAM needs", "attention rollout"],
+    );
+
+    // A log.csv that cannot be read is an error of the report, not a report without curves.
+    let log = run.join("log.csv");
+    let good_log = std::fs::read(&log).unwrap();
+    std::fs::write(&log, "epoch,step,lr\n1,2\n").unwrap();
+    fails_with(
+        &["report", run_s, "--out", report.to_str().unwrap()],
+        &["log.csv", "line 2 has 2 values for 3 columns"],
+    );
+    std::fs::write(&log, &good_log).unwrap();
+
+    // A hand-edited config.json whose data no longer fits the model: errors, not panics.
+    let config = run.join("checkpoints/epoch-0001/config.json");
+    let original = std::fs::read_to_string(&config).unwrap();
+    for (from, to, needle) in [
+        ("\"channels\": 3", "\"channels\": 2", "2 channel(s) but 3 mean"),
+        (
+            "\"std\": [",
+            "\"std\": [0.5,",
+            "3 channel(s) but 3 mean and 4 std",
+        ),
+        (
+            "\"in_chans\": 3",
+            "\"in_chans\": 2",
+            "cannot feed 3-channel images to a 2-channel model",
+        ),
+    ] {
+        assert!(original.contains(from), "{original}");
+        std::fs::write(&config, original.replacen(from, to, 1)).unwrap();
+        for command in ["predict", "explain"] {
+            fails_with(
+                &[command, "--checkpoint", run_s, img.to_str().unwrap()],
+                &[needle],
+            );
+        }
+    }
+    std::fs::write(&config, &original).unwrap();
+
     // Training again into the same directory without --resume is refused; nothing is lost.
     fails_with(&["train", "--out", run_s, "--epochs", "1"], &["--resume"]);
     assert!(
@@ -431,13 +481,17 @@ fn bench_autocast_is_for_cpu_inference_in_bf16() {
     let out = tiny_bench("infer", &["--autocast", "bf16"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    if out.status.success() {
+    if cfg!(no_avx512_bf16) {
+        // A CPU without AVX-512 BF16 refuses it with a reason.
+        assert!(
+            !out.status.success() && stderr.contains("AVX-512 BF16"),
+            "{stderr}"
+        );
+    } else {
+        assert!(out.status.success(), "{stderr}");
         let r: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
         assert_eq!(r["autocast"], "bf16", "{stdout}");
         assert_eq!(r["dtype"], "f32", "{stdout}");
-    } else {
-        // A CPU without AVX-512 BF16 refuses it with a reason.
-        assert!(stderr.contains("AVX-512 BF16"), "{stderr}");
     }
     fails_with(
         &["bench", "--steps", "1", "--mode", "train", "--autocast", "bf16"],
@@ -447,4 +501,287 @@ fn bench_autocast_is_for_cpu_inference_in_bf16() {
         &["bench", "--steps", "1", "--mode", "infer", "--autocast", "fp16"],
         &["unknown --autocast 'fp16'", "bf16"],
     );
+}
+
+/// A timm-style weights file of `vit_nano_patch8_32`'s shape with average pooling (`fc_norm`)
+/// and 17 classes, and the model it came from.
+fn avg_pool_weights(path: &Path) -> vitkit::models::Model {
+    let config = vitkit::models::preset("vit_nano_patch8_32")
+        .unwrap()
+        .adapted(&vitkit::models::Adaptation {
+            num_classes: Some(17),
+            global_pool: Some(vitkit::models::GlobalPool::Avg),
+            ..Default::default()
+        })
+        .unwrap();
+    let model = config.build(&burn::tensor::Device::flex()).unwrap();
+    vitkit::io::save_weights(&model, path, &Default::default()).unwrap();
+    model
+}
+
+/// Foreign weights are never run half-loaded: what the file states (classes from the head,
+/// average pooling from `fc_norm`) is read, and any other mismatch is an error listing it
+/// unless a fresh head is asked for.
+#[test]
+fn foreign_weights_are_read_exactly_or_refused() {
+    use burn::tensor::{Device, Tensor, TensorData};
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("avg17.safetensors");
+    let model = avg_pool_weights(&weights);
+    let w = weights.to_str().unwrap();
+    let input = dir.path().join("in.safetensors");
+    pixel_values(&input, [2, 3, 32, 32]);
+    let output = dir.path().join("out.safetensors");
+    let infer = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec![
+            "infer",
+            "--weights",
+            w,
+            "--model",
+            "vit_nano_patch8_32",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect()
+    };
+    let run = |args: &[String]| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = vitkit(&args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        vitkit::io::read_safetensors(&output).unwrap().0
+    };
+    // The model's own logits for the same input.
+    let (x, _) = vitkit::io::read_safetensors(&input).unwrap();
+    let device = Device::flex();
+    let x = Tensor::<4>::from_data(
+        TensorData::new(x["pixel_values"].values.clone(), [2, 3, 32, 32]),
+        &device,
+    );
+    let want: Vec<f32> = model
+        .classifier()
+        .unwrap()
+        .logits(x)
+        .into_data()
+        .try_to_vec()
+        .unwrap();
+    for extra in [
+        &[][..],
+        &["--num-classes", "17"][..],
+        &["--global-pool", "avg"][..],
+    ] {
+        let got = run(&infer(extra));
+        assert_eq!(got["logits"].shape, vec![2, 17]);
+        let gap = got["logits"]
+            .values
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(gap < 1e-5, "{extra:?}: logits off by {gap}");
+    }
+    // Asked for what the file does not hold: refused, with the keys named.
+    let refuse = |extra: &[&str], needles: &[&str]| {
+        let args = infer(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fails_with(&args, needles);
+    };
+    refuse(
+        &["--global-pool", "token"],
+        &[
+            "missing keys: norm.weight",
+            "unexpected keys: fc_norm.bias",
+            "nothing was run",
+        ],
+    );
+    refuse(
+        &["--num-classes", "5"],
+        &[
+            "shape mismatch for head.weight: file [17, 64], model [5, 64]",
+            "--fresh-head",
+        ],
+    );
+    // A fresh head on request: the features are the file's.
+    let got = run(&infer(&["--num-classes", "5", "--fresh-head"]));
+    assert_eq!(got["logits"].shape, vec![2, 5]);
+    let whole = run(&infer(&[]));
+    assert_eq!(got["pre_logits"].values, whole["pre_logits"].values);
+    // eval / predict / explain take the same route: an exact load or an error.
+    let img = dir.path().join("x.png");
+    image::RgbImage::from_pixel(32, 32, image::Rgb([10, 200, 30]))
+        .save(&img)
+        .unwrap();
+    for command in ["predict", "explain"] {
+        fails_with(
+            &[
+                command,
+                "--weights",
+                w,
+                "--model",
+                "vit_nano_patch8_32",
+                "--global-pool",
+                "token",
+                img.to_str().unwrap(),
+            ],
+            &["missing keys: norm.weight"],
+        );
+    }
+    // An average-pooled ViT has a map its head pools: Grad-CAM draws it.
+    let ex = dir.path().join("ex");
+    let out = vitkit(&[
+        "explain",
+        "--weights",
+        w,
+        "--model",
+        "vit_nano_patch8_32",
+        "--method",
+        "gradcam",
+        img.to_str().unwrap(),
+        "--out",
+        ex.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(ex.join("x_gradcam.png").is_file() && ex.join("x_gradcam.json").is_file());
+
+    // A position embedding without tokens is an error, not an arithmetic underflow.
+    let (mut tensors, _) = vitkit::io::read_safetensors(&weights).unwrap();
+    tensors.insert(
+        "pos_embed".into(),
+        vitkit::models::HostTensor {
+            shape: vec![1, 0, 64],
+            values: vec![],
+        },
+    );
+    let empty = dir.path().join("empty_pos.safetensors");
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                t.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                t.shape.clone(),
+            )
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+        .iter()
+        .map(|(k, b, s)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(&empty, safetensors::serialize(views, None).unwrap()).unwrap();
+    let e = empty.to_str().unwrap();
+    fails_with(
+        &[
+            "infer",
+            "--weights",
+            e,
+            "--model",
+            "vit_nano_patch8_32",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--img-size",
+            "32",
+        ],
+        &["pos_embed has 0 tokens"],
+    );
+    fails_with(
+        &[
+            "import",
+            "--model",
+            "vit_nano_patch8_32",
+            e,
+            "--out",
+            dir.path().join("imp").to_str().unwrap(),
+        ],
+        &["pos_embed has 0 tokens"],
+    );
+}
+
+/// A typo in VITKIT_FUSED is an error naming it, not every fused kernel silently off.
+#[test]
+fn unknown_fused_kernel_names_are_errors() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vitkit"))
+        .args(["models"])
+        .env("VITKIT_FUSED", "gelu,softmaxx")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("'softmaxx'") && stderr.contains("layernorm"),
+        "{stderr}"
+    );
+    assert!(vitkit::kernels::parse_fused("gelu, softmax").is_ok());
+    assert_eq!(vitkit::kernels::parse_fused("none"), Ok(0));
+    assert!(vitkit::kernels::parse_fused("attn").is_err());
+}
+
+/// A folder dataset is known by its path: a run trained on one folder will not resume on
+/// another, and `eval` finds the same folder from another working directory.
+#[test]
+fn folder_datasets_are_told_apart_by_their_path() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, colours) in [
+        ("a", [[250u8, 10, 10], [10, 10, 250]]),
+        ("b", [[10, 250, 10], [250, 250, 10]]),
+    ] {
+        for (class, colour) in ["red", "blue"].iter().zip(colours) {
+            let d = dir.path().join(name).join(class);
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..20u8 {
+                image::RgbImage::from_pixel(
+                    32,
+                    32,
+                    image::Rgb([colour[0], colour[1].wrapping_add(i), colour[2]]),
+                )
+                .save(d.join(format!("{i}.png")))
+                .unwrap();
+            }
+        }
+    }
+    let run = dir.path().join("run");
+    let train = |data: &str, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--data",
+            data,
+            "--out",
+            run.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--max-steps-per-epoch",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        Command::new(env!("CARGO_BIN_EXE_vitkit"))
+            .args(&args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = train("folder:a", &["--stop-after-epoch", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = train("folder:b", &["--resume"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("/a'") && stderr.contains("/b'"), "{stderr}");
+    // eval with the run's own dataset, from another directory.
+    let out = vitkit(&["eval", "--checkpoint", run.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let a = std::path::absolute(dir.path().join("a")).unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("folder:{}", a.display())));
 }

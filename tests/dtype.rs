@@ -6,7 +6,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Distribution, FloatDType, Int, Tensor, TensorData};
 use vitkit::device::{parse_device, parse_float_dtype, set_float_dtype};
-use vitkit::models::VitConfig;
+use vitkit::models::{ModelConfig, VitConfig};
 use vitkit::train::{TrainConfig, build_optimizer};
 
 /// Casts every float parameter to f32.
@@ -59,7 +59,7 @@ fn bf16_models_match_f32_and_learn() {
     let x = Tensor::<4>::random([8, 3, 16, 16], Distribution::Normal(0.0, 1.0), &ad);
     let labels = Tensor::<1, Int>::from_data(TensorData::from([0i64, 1, 2, 3, 0, 1, 2, 3]), &ad);
     let targets = labels.one_hot::<2>(4).float();
-    let mut optim = build_optimizer(&model, &TrainConfig::default());
+    let mut optim = build_optimizer(&model, &ModelConfig::Vit(config.clone()), &TrainConfig::default());
     let mut losses = Vec::new();
     for _ in 0..30 {
         let loss = (log_softmax(model.forward(x.clone()), 1) * targets.clone())

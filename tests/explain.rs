@@ -152,3 +152,65 @@ fn filter_components_find_the_dominant_direction() {
     );
     assert!(explained[0] > 0.99 && explained[0] + explained[1] > 0.999999);
 }
+
+/// Grad-CAM's channel weights are the mean gradient of the class score over the map's
+/// positions: checked against central differences of the head on the feature map, and the map
+/// against ReLU(Σ α_c A_c) recomputed here.
+#[test]
+fn grad_cam_weights_are_the_class_score_gradient() {
+    use burn::tensor::{Device, Distribution, Tensor, TensorData};
+    use vitkit::models::{GlobalPool, ModelConfig, VitConfig};
+    let device = Device::flex();
+    let config = ModelConfig::Vit(VitConfig {
+        num_classes: 3,
+        global_pool: GlobalPool::Avg,
+        ..VitConfig::new(16, 4, 16, 2, 2)
+    });
+    let model = config.build(&device).unwrap();
+    let x = Tensor::<4>::random([1, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+    let class = 2;
+    let cam = vitkit::explain::grad_cam(&model, x.clone(), Some(class)).unwrap();
+    assert_eq!(cam.grid, [4, 4]);
+    assert_eq!((cam.weights.len(), cam.map.len()), (16, 16));
+
+    let spatial = model.spatial_map().unwrap();
+    let map = spatial.feature_map(x);
+    let values: Vec<f32> = map.clone().into_data().try_to_vec().unwrap();
+    let score = |v: &[f32]| -> f64 {
+        let m = Tensor::<4>::from_data(TensorData::new(v.to_vec(), [1, 16, 4, 4]), &device);
+        let logits: Vec<f32> = spatial.classify_map(m).into_data().try_to_vec().unwrap();
+        logits[class] as f64
+    };
+    let eps = 1e-2;
+    for c in [0, 5, 11] {
+        // Every position of channel c at once: the mean gradient times 16 positions.
+        let shifted = |sign: f32| -> Vec<f32> {
+            let mut v = values.clone();
+            v[c * 16..(c + 1) * 16].iter_mut().for_each(|x| *x += sign * eps);
+            v
+        };
+        let numeric = (score(&shifted(1.0)) - score(&shifted(-1.0))) / (2.0 * eps as f64) / 16.0;
+        let got = cam.weights[c];
+        assert!(
+            (got - numeric).abs() < 2e-3 * (1.0 + numeric.abs()),
+            "channel {c}: {got} vs {numeric}"
+        );
+    }
+    assert!(
+        cam.weights.iter().any(|w| w.abs() > 1e-4),
+        "the weights are not all zero"
+    );
+    for i in 0..16 {
+        let s: f64 = (0..16).map(|c| cam.weights[c] * values[c * 16 + i] as f64).sum();
+        assert!((cam.map[i] - s.max(0.0)).abs() < 1e-6, "position {i}");
+    }
+    // A class-token ViT has no map the head pools: a clear error.
+    let token = ModelConfig::Vit(VitConfig::new(16, 4, 16, 2, 2))
+        .build(&device)
+        .unwrap();
+    let x = Tensor::<4>::zeros([1, 3, 16, 16], &device);
+    let err = vitkit::explain::grad_cam(&token, x, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("spatial feature map"), "{err}");
+}

@@ -4,8 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
-use vitkit::io::{ImportOptions, Resample, WeightSource, import_vit, read_safetensors, resample_pos_embed};
-use vitkit::models::{GlobalPool, VitConfig};
+use vitkit::io::{
+    ImportOptions, LoadReport, Resample, Strictness, WeightSource, import_weights, read_safetensors,
+    resample_pos_embed,
+};
+use vitkit::models::{Adaptation, GlobalPool, Model, ModelConfig, VitConfig};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -23,23 +26,52 @@ fn small(pool: GlobalPool, img: [usize; 2], eps: f64) -> VitConfig {
     }
 }
 
+/// Imports `path` into exactly `config` (every field fixed, nothing read from the file).
+fn import(
+    path: &Path,
+    source: WeightSource,
+    config: &VitConfig,
+    strictness: Strictness,
+    device: &Device,
+) -> vitkit::Result<(Model, LoadReport)> {
+    let fixed = Adaptation {
+        num_classes: Some(config.num_classes),
+        in_chans: Some(config.in_chans),
+        img_size: Some(config.img_size),
+        global_pool: Some(config.global_pool),
+        norm_eps: Some(config.norm_eps),
+        drop_path: None,
+    };
+    let opts = ImportOptions {
+        strictness,
+        ..Default::default()
+    };
+    let imported = import_weights(
+        path,
+        source,
+        &ModelConfig::Vit(config.clone()),
+        &fixed,
+        &opts,
+        device,
+    )?;
+    Ok((imported.model, imported.report))
+}
+
 /// Imports `weights` and compares logits and pooled features with `io`; returns max |Δ|.
 fn parity(weights: &str, io: &str, source: WeightSource, config: VitConfig) -> f32 {
     let device = Device::flex();
-    let opts = ImportOptions {
-        strict: true,
-        ..Default::default()
-    };
-    let (model, report) = import_vit(&fixture(weights), source, &config, &opts, &device).unwrap();
+    let (model, report) = import(&fixture(weights), source, &config, Strictness::Exact, &device).unwrap();
     assert!(report.is_exact(), "{}", report.describe());
     let (io, _) = read_safetensors(&fixture(io)).unwrap();
     let x = &io["pixel_values"];
-    let out = model.forward_detailed(
-        Tensor::<4>::from_data(TensorData::new(x.values.clone(), x.shape.clone()), &device),
-        false,
-    );
+    let classifier = model.classifier().unwrap();
+    let features = classifier.features(Tensor::<4>::from_data(
+        TensorData::new(x.values.clone(), x.shape.clone()),
+        &device,
+    ));
+    let logits = classifier.head(features.clone());
     let mut worst = 0f32;
-    for (name, got) in [("logits", out.logits), ("pre_logits", out.pre_logits)] {
+    for (name, got) in [("logits", logits), ("pre_logits", features)] {
         let got = got.into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(got.len(), io[name].values.len());
         let max = got
@@ -129,12 +161,12 @@ fn mismatched_files_are_explained() {
     let device = Device::flex();
     let dir = tempfile::tempdir().unwrap();
     let config = small(GlobalPool::Token, [32, 32], 1e-6);
-    let opts = ImportOptions::default();
+    let lenient = Strictness::Lenient;
 
     // Not a safetensors file, and a truncated one.
     let junk = dir.path().join("junk.safetensors");
     std::fs::write(&junk, b"PK\x03\x04 a zip file").unwrap();
-    let msg = import_vit(&junk, WeightSource::Timm, &config, &opts, &device)
+    let msg = import(&junk, WeightSource::Timm, &config, lenient, &device)
         .unwrap_err()
         .to_string();
     assert!(
@@ -145,7 +177,7 @@ fn mismatched_files_are_explained() {
     let cut = dir.path().join("cut.safetensors");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
     assert!(
-        import_vit(&cut, WeightSource::Timm, &config, &opts, &device)
+        import(&cut, WeightSource::Timm, &config, lenient, &device)
             .unwrap_err()
             .to_string()
             .contains("cut.safetensors")
@@ -159,11 +191,11 @@ fn mismatched_files_are_explained() {
         safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![64, 3, 7, 7], &conv).unwrap(),
     )];
     std::fs::write(&resnet, safetensors::serialize(tensors, None).unwrap()).unwrap();
-    let msg = import_vit(&resnet, WeightSource::Timm, &config, &opts, &device)
+    let msg = import(&resnet, WeightSource::Timm, &config, lenient, &device)
         .unwrap_err()
         .to_string();
     assert!(
-        msg.contains("none of the ViT's parameters") && msg.contains("conv1.weight"),
+        msg.contains("none of the vit model's parameters") && msg.contains("conv1.weight"),
         "{msg}"
     );
 
@@ -172,26 +204,22 @@ fn mismatched_files_are_explained() {
         num_classes: 10,
         ..config.clone()
     };
-    let (_, report) = import_vit(
+    let (_, report) = import(
         &fixture("vit_token.weights.safetensors"),
         WeightSource::Timm,
         &ten,
-        &opts,
+        lenient,
         &device,
     )
     .unwrap();
     let mut names: Vec<&str> = report.mismatched.iter().map(|m| m.0.as_str()).collect();
     names.sort();
     assert_eq!(names, ["head.bias", "head.weight"]);
-    let strict = ImportOptions {
-        strict: true,
-        ..Default::default()
-    };
-    let msg = import_vit(
+    let msg = import(
         &fixture("vit_token.weights.safetensors"),
         WeightSource::Timm,
         &ten,
-        &strict,
+        Strictness::Exact,
         &device,
     )
     .unwrap_err()
@@ -202,11 +230,11 @@ fn mismatched_files_are_explained() {
     );
 
     // Wrong source: HF names read as timm match nothing.
-    let msg = import_vit(
+    let msg = import(
         &fixture("hf_vit.weights.safetensors"),
         WeightSource::Timm,
         &config,
-        &opts,
+        lenient,
         &device,
     )
     .unwrap_err()
@@ -221,11 +249,11 @@ fn mismatched_files_are_explained() {
         img_size: [36, 36],
         ..config
     };
-    let msg = import_vit(
+    let msg = import(
         &fixture("vit_token.weights.safetensors"),
         WeightSource::Timm,
         &odd,
-        &opts,
+        lenient,
         &device,
     )
     .unwrap_err()
@@ -242,15 +270,11 @@ fn gradients_match_timm() {
 
     let device = Device::flex().autodiff();
     let config = small(GlobalPool::Token, [32, 32], 1e-6);
-    let opts = ImportOptions {
-        strict: true,
-        ..Default::default()
-    };
-    let (model, _) = import_vit(
+    let (model, _) = import(
         &fixture("vit_token.weights.safetensors"),
         WeightSource::Timm,
         &config,
-        &opts,
+        Strictness::Exact,
         &device,
     )
     .unwrap();
@@ -262,7 +286,7 @@ fn gradients_match_timm() {
         TensorData::new(vec![0f32, 1., 0., 0., 0., 0., 0., 0., 1., 0.], [2, 5]),
         &device,
     );
-    let loss = (log_softmax(model.forward(input), 1) * onehot)
+    let loss = (log_softmax(model.classifier().unwrap().logits(input), 1) * onehot)
         .sum_dim(1)
         .mean()
         .neg();
@@ -282,14 +306,25 @@ fn gradients_match_timm() {
         worst: f32,
     }
     impl ModuleVisitor for Compare<'_> {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_string());
+        // The family variant of `Model` adds no segment to a parameter's name.
+        fn enter_module(&mut self, name: &str, container: &str) {
+            self.path.push(if container.starts_with("Enum:") {
+                String::new()
+            } else {
+                name.to_string()
+            });
         }
         fn exit_module(&mut self, _: &str, _: &str) {
             self.path.pop();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let name = self.path.join(".");
+            let parts: Vec<&str> = self
+                .path
+                .iter()
+                .map(String::as_str)
+                .filter(|p| !p.is_empty())
+                .collect();
+            let name = parts.join(".");
             let grad = param
                 .val()
                 .grad(self.grads)

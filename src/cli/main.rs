@@ -11,9 +11,9 @@ use vitkit::app::{
 };
 use vitkit::data::Augment;
 use vitkit::device::{parse_device, parse_float_dtype, set_float_dtype};
-use vitkit::models::{GlobalPool, ModelConfig, PRESETS, param_count, preset};
+use vitkit::models::{Adaptation, GlobalPool, PRESETS, param_count, preset};
 use vitkit::report::confusion_matrix_png;
-use vitkit::train::TrainConfig;
+use vitkit::train::{TrainConfig, Trainable, format_value};
 
 #[derive(Parser)]
 #[command(
@@ -67,21 +67,40 @@ struct ImportArgs {
     #[arg(long)]
     out: PathBuf,
     #[command(flatten)]
-    adapt: WeightsOptions,
-}
-
-/// How a foreign weights file is fitted to the preset.
-#[derive(Args)]
-struct WeightsOptions {
-    /// Run at this image size (the position embedding is resampled, bicubic).
-    #[arg(long)]
-    img_size: Option<usize>,
-    /// Replace the classifier head with one of this many classes.
-    #[arg(long)]
-    num_classes: Option<usize>,
+    fit: FitArgs,
     /// Fail if any key is missing, unexpected or of another shape.
     #[arg(long)]
     strict: bool,
+}
+
+/// How a foreign weights file is fitted; what is left open is read from the file.
+#[derive(Args)]
+struct FitArgs {
+    /// Run at this (square) image size; the position embedding is resampled, bicubic
+    /// (default: the file's).
+    #[arg(long)]
+    img_size: Option<usize>,
+    /// Classes of the head (default: the file's head).
+    #[arg(long)]
+    num_classes: Option<usize>,
+    /// Pooling before the head: token or avg (default: what the file holds; fc_norm means avg).
+    #[arg(long, value_parser = parse_global_pool)]
+    global_pool: Option<GlobalPool>,
+}
+
+impl FitArgs {
+    fn adaptation(&self) -> Adaptation {
+        Adaptation {
+            img_size: self.img_size.map(|s| [s, s]),
+            num_classes: self.num_classes,
+            global_pool: self.global_pool,
+            ..Adaptation::default()
+        }
+    }
+}
+
+fn parse_global_pool(s: &str) -> Result<GlobalPool, String> {
+    s.parse().map_err(|e: vitkit::VitError| e.to_string())
 }
 
 #[derive(Args)]
@@ -118,8 +137,8 @@ struct BenchArgs {
     #[arg(long)]
     num_classes: Option<usize>,
     /// token or avg, instead of the preset's pooling.
-    #[arg(long)]
-    global_pool: Option<String>,
+    #[arg(long, value_parser = parse_global_pool)]
+    global_pool: Option<GlobalPool>,
     /// Infer mode: also hand back every block's attention.
     #[arg(long)]
     attention: bool,
@@ -156,6 +175,10 @@ struct ExplainArgs {
     /// With --layer: one head (0-based) instead of the mean over heads.
     #[arg(long)]
     head: Option<usize>,
+    /// rollout (attention rollout; models with global attention) or gradcam (models whose head
+    /// pools a feature map). Default: rollout where it applies, else gradcam.
+    #[arg(long)]
+    method: Option<String>,
     /// Write the patch-embedding, position-embedding and attention-distance figures.
     #[arg(long)]
     figures: bool,
@@ -225,8 +248,8 @@ struct TrainArgs {
     #[arg(long)]
     drop_path: Option<f64>,
     /// Pooling before the head: token (class token, the ViT default) or avg (mean of the patch tokens).
-    #[arg(long)]
-    global_pool: Option<String>,
+    #[arg(long, value_parser = parse_global_pool)]
+    global_pool: Option<GlobalPool>,
     /// Train at this (square) image size instead of the preset's.
     #[arg(long)]
     img_size: Option<usize>,
@@ -260,6 +283,14 @@ struct TrainArgs {
     /// Who wrote --weights: timm or hf.
     #[arg(long, default_value = "timm")]
     source: String,
+    /// Sum the gradients of this many batches before each optimizer step (effective batch:
+    /// --batch-size times this).
+    #[arg(long, default_value_t = 1)]
+    accum_steps: usize,
+    /// Train only the classifier head; the rest stays as initialised (or as --weights has it)
+    /// and runs as in inference.
+    #[arg(long)]
+    linear_probe: bool,
 }
 
 /// Which model to load: a vitkit checkpoint, or a timm / Hugging Face weights file.
@@ -278,20 +309,31 @@ struct ModelArgs {
     #[arg(long)]
     model: Option<String>,
     #[command(flatten)]
-    adapt: WeightsOptions,
+    fit: FitArgs,
+    /// With --weights: run the file's backbone under a freshly initialised classifier head
+    /// (its logits mean nothing; its features are the file's). Without it, any parameter
+    /// missing from the file, left over or of another shape is an error.
+    #[arg(long, requires = "weights")]
+    fresh_head: bool,
 }
 
 impl ModelArgs {
     fn source(&self) -> anyhow::Result<ModelSource> {
         Ok(match (&self.checkpoint, &self.weights) {
+            (Some(_), _) if self.fit.adaptation() != Adaptation::default() => {
+                anyhow::bail!(
+                    "--img-size, --num-classes and --global-pool fit a --weights file; a \
+                     checkpoint's config.json already says them"
+                )
+            }
             (Some(dir), _) => ModelSource::Checkpoint(dir.clone()),
             (None, Some(file)) => ModelSource::Weights(WeightsSpec {
                 file: file.clone(),
                 source: self.source.parse()?,
                 model: self.model.clone().unwrap_or_default(),
-                img_size: self.adapt.img_size,
-                num_classes: self.adapt.num_classes,
-                strict: self.adapt.strict,
+                adapt: self.fit.adaptation(),
+                fresh_head: self.fresh_head,
+                strict: false,
             }),
             (None, None) => anyhow::bail!("give --checkpoint DIR or --weights FILE"),
         })
@@ -354,15 +396,24 @@ fn train(args: TrainArgs, device: &str) -> anyhow::Result<()> {
         augment,
         seed: args.seed,
         max_steps_per_epoch: args.max_steps_per_epoch,
+        accum_steps: args.accum_steps,
+        trainable: if args.linear_probe {
+            Trainable::Head
+        } else {
+            Trainable::All
+        },
         ..TrainConfig::default()
     };
     let req = TrainRequest {
         model: args.model,
         data: args.data,
         out: args.out.clone(),
-        img_size: args.img_size,
-        drop_path: args.drop_path,
-        global_pool: args.global_pool.as_deref().map(parse_global_pool).transpose()?,
+        adapt: Adaptation {
+            img_size: args.img_size.map(|s| [s, s]),
+            drop_path: args.drop_path,
+            global_pool: args.global_pool,
+            ..Adaptation::default()
+        },
         session: vitkit::train::Session {
             resume: args.resume,
             stop_after_epoch: args.stop_after_epoch,
@@ -377,11 +428,12 @@ fn train(args: TrainArgs, device: &str) -> anyhow::Result<()> {
     let outcome = run_train(&req, &device)?;
     let s = &outcome.state;
     println!(
-        "trained {} epochs ({} steps) in {:.0}s; best val acc {:.2}% at epoch {}; checkpoints in {}",
+        "trained {} epochs ({} steps) in {:.0}s; best {} {} at epoch {}; checkpoints in {}",
         s.epoch,
         s.step,
         s.elapsed_s,
-        100.0 * s.best_val_acc,
+        s.best_metric,
+        format_value(&s.best_metric, s.best_value),
         s.best_epoch,
         args.out.display()
     );
@@ -478,8 +530,18 @@ fn explain(args: ExplainArgs, device: &str) -> anyhow::Result<()> {
         anyhow::bail!("nothing to do: give image files and/or --figures");
     }
     let ex = vitkit::explain::Explainer::load(&args.model.source()?, &device)?;
+    let method = match args.method.as_deref() {
+        None => None,
+        Some("rollout") => Some(vitkit::explain::Method::Rollout),
+        Some("gradcam" | "grad-cam") => Some(vitkit::explain::Method::GradCam),
+        Some(other) => anyhow::bail!("unknown --method '{other}'; valid: rollout, gradcam"),
+    };
     ex.check_layer_head(args.layer, args.head)?;
-    let mut written = vitkit::explain::explain_images(&ex, &args.images, &args.out, args.layer, args.head)?;
+    let mut written = if args.images.is_empty() {
+        Vec::new()
+    } else {
+        vitkit::explain::explain_images(&ex, &args.images, &args.out, method, args.layer, args.head)?
+    };
     if args.figures {
         let data = args.data.clone().unwrap_or_else(|| ex.run.data.name.clone());
         let test = vitkit::explain::test_images(&ex, &data)?;
@@ -540,11 +602,12 @@ fn bench(args: BenchArgs, device: &str) -> anyhow::Result<()> {
         anyhow::bail!("--autocast is for inference (--mode infer)");
     }
     args.autocast.apply(&device)?;
-    let mut config = preset(&args.model)?.adapted(args.num_classes, args.in_chans, None)?;
-    if let Some(pool) = &args.global_pool {
-        let ModelConfig::Vit(c) = &mut config;
-        c.global_pool = parse_global_pool(pool)?;
-    }
+    let config = preset(&args.model)?.adapted(&Adaptation {
+        num_classes: args.num_classes,
+        in_chans: args.in_chans,
+        global_pool: args.global_pool,
+        ..Adaptation::default()
+    })?;
     let r = bench(
         &args.model,
         &config,
@@ -581,11 +644,14 @@ fn import(args: ImportArgs, device: &str) -> anyhow::Result<()> {
         file: args.file,
         source: args.from.parse()?,
         model: args.model,
-        img_size: args.adapt.img_size,
-        num_classes: args.adapt.num_classes,
-        strict: args.adapt.strict,
+        adapt: args.fit.adaptation(),
+        fresh_head: false,
+        strict: args.strict,
     };
-    let run = vitkit::app::run_import(&spec, &args.out, &device)?;
+    let (run, report) = vitkit::app::run_import(&spec, &args.out, &device)?;
+    if !report.is_exact() {
+        eprintln!("note: {}: {}", spec.file.display(), report.describe());
+    }
     let [h, w] = run.model.img_size();
     println!(
         "imported {} as {} ({}x{}, {} classes) into {}",
@@ -593,7 +659,7 @@ fn import(args: ImportArgs, device: &str) -> anyhow::Result<()> {
         run.model_name,
         h,
         w,
-        run.model.num_classes(),
+        run.model.num_classes().unwrap_or(0),
         args.out.display()
     );
     Ok(())
@@ -626,20 +692,12 @@ fn models(args: ModelsArgs) -> anyhow::Result<()> {
         println!(
             "{:<26} {:>13}  {:>9}  {}",
             p.name,
-            group_digits(param_count(&config)),
+            group_digits(param_count(&config)?),
             format!("{h}x{w}"),
             p.description
         );
     }
     Ok(())
-}
-
-fn parse_global_pool(name: &str) -> anyhow::Result<GlobalPool> {
-    match name {
-        "token" => Ok(GlobalPool::Token),
-        "avg" => Ok(GlobalPool::Avg),
-        other => anyhow::bail!("unknown --global-pool '{other}'; valid: token, avg"),
-    }
 }
 
 fn group_digits(n: usize) -> String {
@@ -672,6 +730,11 @@ fn open_device(name: &str) -> anyhow::Result<burn::tensor::Device> {
 fn main() -> ExitCode {
     vitkit::device::init_runtime();
     let cli = Cli::parse();
+    // A typo in VITKIT_FUSED would otherwise switch kernels off unnoticed.
+    if let Err(e) = vitkit::kernels::check_fused_env() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Models(a) => models(a),
         Command::Train(a) => train(a, &cli.device),

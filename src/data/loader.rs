@@ -29,6 +29,34 @@ pub struct Normalize {
 }
 
 impl Normalize {
+    /// The normalisation of data described by `info` for a model with `model_channels` inputs,
+    /// checked: one mean and a positive std per data channel, and a channel conversion that
+    /// exists. What every reader of a (possibly hand-edited) `config.json` goes through.
+    pub fn checked(info: &super::DataInfo, model_channels: usize) -> crate::Result<Self> {
+        let c = info.channels;
+        let bad = |m: String| Err(crate::VitError::Config(m));
+        if info.mean.len() != c || info.std.len() != c {
+            return bad(format!(
+                "the data has {c} channel(s) but {} mean and {} std value(s)",
+                info.mean.len(),
+                info.std.len()
+            ));
+        }
+        if let Some(s) = info.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return bad(format!("std {s} is not a positive number"));
+        }
+        if info.mean.iter().any(|m| !m.is_finite()) {
+            return bad("a mean is not a finite number".into());
+        }
+        let norm = Normalize {
+            mean: info.mean.clone(),
+            std: info.std.clone(),
+            out_channels: model_channels,
+        };
+        norm.check_channels(c)?;
+        Ok(norm)
+    }
+
     /// Normalises one `[C, H, W]` byte image into `out` (`[out_channels, H, W]`).
     /// `fetch(c, y, x)` returns the source byte or `None` for padding (which reads as black).
     fn write(
@@ -107,11 +135,53 @@ impl Normalize {
     }
 }
 
+/// What a training task draws per image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSpec {
+    /// Independently augmented views of each image (1, or 2 for contrastive tasks).
+    pub views: usize,
+    /// Whether the labels are handed out (a self-supervised task must not see them).
+    pub labels: bool,
+}
+
+impl BatchSpec {
+    /// One view with its label: supervised classification.
+    pub const LABELLED: BatchSpec = BatchSpec {
+        views: 1,
+        labels: true,
+    };
+}
+
 pub struct Batch {
-    /// `[B, C, H, W]` row-major.
-    pub images: Vec<f32>,
-    pub labels: Vec<u32>,
+    /// Per view, `[B, C, H, W]` row-major.
+    pub views: Vec<Vec<f32>>,
+    /// The images' labels, when the spec asked for them.
+    pub labels: Option<Vec<u32>>,
+    /// The images' indices in the dataset (for whatever else a task pairs with an image).
+    pub indices: Vec<usize>,
     pub shape: [usize; 4],
+}
+
+impl Batch {
+    /// The images of the first view.
+    pub fn images(&self) -> &[f32] {
+        &self.views[0]
+    }
+
+    /// The labels, or an error when this batch was drawn without them.
+    pub fn labels(&self) -> crate::Result<&[u32]> {
+        self.labels
+            .as_deref()
+            .ok_or_else(|| crate::VitError::Config("this batch was drawn without labels".into()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
 }
 
 /// Iterates over batches of `data` in `order`, with up to two batches prepared ahead.
@@ -129,7 +199,8 @@ pub fn shuffled_indices(n: usize, seed: u64) -> Vec<usize> {
 }
 
 impl BatchLoader {
-    /// `augment` is `(augmentation, seed)`; batches are reproducible from the seed.
+    /// `augment` is `(augmentation, seed)`; batches are reproducible from the seed. Each view
+    /// of an image draws its own crop and flip.
     pub fn new(
         data: Arc<ImageDataset>,
         order: Vec<usize>,
@@ -137,12 +208,14 @@ impl BatchLoader {
         augment: Option<(Augment, u64)>,
         norm: Normalize,
         drop_last: bool,
+        spec: BatchSpec,
     ) -> Self {
         assert!(
             norm.supports(data.channels),
             "channel conversion must be checked by the caller"
         );
         let batch_size = batch_size.max(1);
+        let views = spec.views.max(1);
         let num_batches = if drop_last {
             order.len() / batch_size
         } else {
@@ -156,43 +229,41 @@ impl BatchLoader {
                 let mut rng = augment.map(|(_, seed)| {
                     StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(bi as u64))
                 });
-                let mut images = vec![0f32; idx.len() * out_len];
-                let mut labels = Vec::with_capacity(idx.len());
+                let mut images = vec![vec![0f32; idx.len() * out_len]; views];
                 for (k, &i) in idx.iter().enumerate() {
                     let img = data.image(i);
-                    let out = &mut images[k * out_len..(k + 1) * out_len];
-                    match (augment, rng.as_mut()) {
-                        (Some((aug, _)), Some(rng)) => {
-                            let p = aug.crop_padding as i64;
-                            let dy = if p > 0 { rng.random_range(0..=2 * p) - p } else { 0 };
-                            let dx = if p > 0 { rng.random_range(0..=2 * p) - p } else { 0 };
-                            let flip = aug.hflip && rng.random_bool(0.5);
-                            norm.write(
-                                c,
-                                h,
-                                w,
-                                |ch, y, x| {
-                                    let x = if flip { w - 1 - x } else { x };
-                                    let (sy, sx) = (y as i64 + dy, x as i64 + dx);
-                                    (sy >= 0 && sx >= 0 && (sy as usize) < h && (sx as usize) < w)
-                                        .then(|| img[ch * h * w + sy as usize * w + sx as usize])
-                                },
-                                out,
-                            );
+                    for view in images.iter_mut() {
+                        let out = &mut view[k * out_len..(k + 1) * out_len];
+                        match (augment, rng.as_mut()) {
+                            (Some((aug, _)), Some(rng)) => {
+                                let p = aug.crop_padding as i64;
+                                let dy = if p > 0 { rng.random_range(0..=2 * p) - p } else { 0 };
+                                let dx = if p > 0 { rng.random_range(0..=2 * p) - p } else { 0 };
+                                let flip = aug.hflip && rng.random_bool(0.5);
+                                norm.write(
+                                    c,
+                                    h,
+                                    w,
+                                    |ch, y, x| {
+                                        let x = if flip { w - 1 - x } else { x };
+                                        let (sy, sx) = (y as i64 + dy, x as i64 + dx);
+                                        (sy >= 0 && sx >= 0 && (sy as usize) < h && (sx as usize) < w)
+                                            .then(|| img[ch * h * w + sy as usize * w + sx as usize])
+                                    },
+                                    out,
+                                );
+                            }
+                            _ => norm.write(c, h, w, |ch, y, x| Some(img[ch * h * w + y * w + x]), out),
                         }
-                        _ => norm.write(c, h, w, |ch, y, x| Some(img[ch * h * w + y * w + x]), out),
                     }
-                    labels.push(data.labels[i]);
                 }
-                let shape = [idx.len(), norm.out_channels, h, w];
-                if tx
-                    .send(Batch {
-                        images,
-                        labels,
-                        shape,
-                    })
-                    .is_err()
-                {
+                let batch = Batch {
+                    views: images,
+                    labels: spec.labels.then(|| idx.iter().map(|&i| data.labels[i]).collect()),
+                    indices: idx.to_vec(),
+                    shape: [idx.len(), norm.out_channels, h, w],
+                };
+                if tx.send(batch).is_err() {
                     return; // the consumer stopped early
                 }
             }

@@ -9,7 +9,7 @@ mod synthetic;
 pub use cifar::{load_cifar10, load_cifar100};
 pub use folder::{FolderOptions, load_image_file, load_image_folder};
 pub use idx::{load_fashion_mnist, read_idx_images, read_idx_labels};
-pub use loader::{Augment, Batch, BatchLoader, Normalize, shuffled_indices};
+pub use loader::{Augment, Batch, BatchLoader, BatchSpec, Normalize, shuffled_indices};
 pub use synthetic::{SYNTHETIC_CLASSES, generate_shapes};
 
 use std::path::{Path, PathBuf};
@@ -195,6 +195,26 @@ impl DataSource {
         })
     }
 
+    /// The `--data` argument that names this dataset again, with any folder made absolute:
+    /// the dataset's identity, saved with a run (so `folder:A` and `folder:B` differ, and
+    /// `eval` finds the same data from another working directory).
+    pub fn spec(&self) -> String {
+        let abs = |d: &Path| {
+            std::path::absolute(d)
+                .unwrap_or_else(|_| d.to_path_buf())
+                .display()
+                .to_string()
+        };
+        match self {
+            DataSource::Synthetic => "synthetic".into(),
+            DataSource::FashionMnist(d) if d == Path::new(FASHION_MNIST_DIR) => "fashion-mnist".into(),
+            DataSource::FashionMnist(d) => format!("fashion-mnist:{}", abs(d)),
+            DataSource::Cifar10(d) => format!("cifar10:{}", abs(d)),
+            DataSource::Cifar100(d) => format!("cifar100:{}", abs(d)),
+            DataSource::Folder(d) => format!("folder:{}", abs(d)),
+        }
+    }
+
     /// Default training augmentation for this kind of data.
     pub fn default_augment(&self) -> Augment {
         match self {
@@ -215,7 +235,7 @@ impl DataSource {
 
     /// Reads both splits. `img_size` is the size ImageFolder images are resized to.
     pub fn load(&self, img_size: [usize; 2], folder: &FolderOptions) -> Result<DatasetSplits> {
-        let (name, train, test, class_names, stats) = match self {
+        let (_, train, test, class_names, stats) = match self {
             DataSource::Synthetic => {
                 let train = generate_shapes(SYNTHETIC_TRAIN, 32, 1);
                 let test = generate_shapes(SYNTHETIC_TEST, 32, 2);
@@ -266,7 +286,7 @@ impl DataSource {
         let (mean, std) = stats.unwrap_or_else(|| train.channel_stats());
         Ok(DatasetSplits {
             info: DataInfo {
-                name: name.to_string(),
+                name: self.spec(),
                 class_names,
                 channels: train.channels,
                 mean,

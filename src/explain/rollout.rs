@@ -43,7 +43,8 @@ pub fn attention_rollout(layers: &[Matrix]) -> Option<Matrix> {
     joint
 }
 
-/// The class token's row over the patch tokens (columns `prefix..`), as a `grid` map.
-pub fn class_token_map(joint: &Matrix, prefix: usize) -> Vec<f64> {
-    joint.row(0)[prefix..].to_vec()
+/// Row `token` (a prefix token, e.g. the class token 0) over the patch tokens (columns
+/// `prefix..`), as a `grid` map.
+pub fn class_token_map(joint: &Matrix, token: usize, prefix: usize) -> Vec<f64> {
+    joint.row(token)[prefix..].to_vec()
 }

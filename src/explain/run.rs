@@ -7,26 +7,35 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
 
 use super::{
-    Matrix, attention_rollout, class_token_map, grid_distances, head_mean, mean_attention_distance,
+    Matrix, attention_rollout, class_token_map, grad_cam, grid_distances, head_mean, mean_attention_distance,
     patch_embedding_components, position_similarity,
 };
-use crate::app::{LoadedModel, ModelSource, load_data};
+use crate::app::{ModelSource, load_data, load_model};
 use crate::data::{DataSource, ImageDataset, Normalize, load_image_file};
-use crate::io::{RunConfig, write_atomic, write_json_atomic};
-use crate::models::{GlobalPool, Vit, VitConfig};
+use crate::io::{write_atomic, write_json_atomic};
+use crate::models::{GlobalAttention, Model, Pooled, TokenLayout};
 use crate::report::{Series, TileGrid, overlay_png, tile_grid_png, viridis, xy_chart_png};
+use crate::train::RunConfig;
 use crate::{Result, VitError};
 
-/// A loaded ViT with what is needed to feed it.
+/// What `explain` can draw for a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// Attention rollout (and the raw attention of one block), for models with global attention.
+    Rollout,
+    /// Grad-CAM on the feature map the head pools.
+    GradCam,
+}
+
+/// A loaded model with what is needed to feed it.
 pub struct Explainer {
-    model: Vit,
-    config: VitConfig,
+    model: Model,
     pub run: RunConfig,
     norm: Normalize,
     device: Device,
 }
 
-fn to_vec(t: Tensor<4>) -> Result<Vec<f32>> {
+fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
     t.into_data()
         .convert::<f32>()
         .try_into_vec::<f32>()
@@ -35,56 +44,112 @@ fn to_vec(t: Tensor<4>) -> Result<Vec<f32>> {
 
 impl Explainer {
     pub fn load(source: &ModelSource, device: &Device) -> Result<Self> {
-        let (model, run) = LoadedModel::from_source(source, device)?;
-        let model = model.into_vit().map_err(|family| {
-            VitError::Config(format!(
-                "explain needs a model with attention maps (the vit family); this is a {family} model"
-            ))
-        })?;
-        let crate::models::ModelConfig::Vit(config) = run.model.clone();
-        let norm = Normalize {
-            mean: run.data.mean.clone(),
-            std: run.data.std.clone(),
-            out_channels: config.in_chans,
-        };
+        let (model, run) = load_model(source, device)?;
+        let norm = run.normalize()?;
         Ok(Self {
             model,
-            config,
             run,
             norm,
             device: device.clone(),
         })
     }
 
-    pub fn depth(&self) -> usize {
-        self.config.depth
-    }
-    pub fn heads(&self) -> usize {
-        self.config.num_heads
-    }
-    pub fn grid(&self) -> [usize; 2] {
-        self.config.grid()
-    }
-    fn tokens(&self) -> usize {
-        self.config.num_patches() + 1
+    /// The methods this model supports.
+    pub fn methods(&self) -> Vec<Method> {
+        let mut m = Vec::new();
+        if self.model.global_attention().is_some() {
+            m.push(Method::Rollout);
+        }
+        if self.model.spatial_map().is_some() {
+            m.push(Method::GradCam);
+        }
+        m
     }
 
-    /// Post-softmax attention of every block for a batch of byte images (the data's channels):
-    /// one `[B, heads, T, T]` vector per block.
-    pub fn attention(&self, images: &[&[u8]]) -> Result<Vec<Vec<f32>>> {
-        let [h, w] = self.config.img_size;
+    fn what_it_can_do(&self) -> String {
+        let methods = self.methods();
+        if methods.is_empty() {
+            return format!("explain has nothing to draw for a {} model", self.model.family());
+        }
+        let names: Vec<&str> = methods
+            .iter()
+            .map(|m| match m {
+                Method::Rollout => "attention rollout and the figures (--figures)",
+                Method::GradCam => "Grad-CAM (--method gradcam)",
+            })
+            .collect();
+        format!(
+            "for this {} model explain can draw: {}",
+            self.model.family(),
+            names.join(", ")
+        )
+    }
+
+    /// The model's global attention, or an error naming what explain can do instead.
+    fn global(&self) -> Result<&dyn GlobalAttention> {
+        self.model.global_attention().ok_or_else(|| {
+            VitError::Config(format!(
+                "this needs global attention maps, which a {} model (of {}) does not have; {}",
+                self.model.family(),
+                self.run.model_name,
+                self.what_it_can_do()
+            ))
+        })
+    }
+
+    /// Checks `method` applies to this model.
+    pub fn check_method(&self, method: Method) -> Result<()> {
+        if self.methods().contains(&method) {
+            return Ok(());
+        }
+        Err(VitError::Config(match method {
+            Method::Rollout => format!(
+                "attention rollout needs global attention maps, which a {} model does not have; {}",
+                self.model.family(),
+                self.what_it_can_do()
+            ),
+            Method::GradCam => format!(
+                "Grad-CAM needs a model whose head pools a spatial feature map (a ViT with \
+                 --global-pool avg, CMT, NesT); {}",
+                self.what_it_can_do()
+            ),
+        }))
+    }
+
+    /// Rollout when the model has global attention, else Grad-CAM when it applies.
+    pub fn default_method(&self) -> Result<Method> {
+        self.methods()
+            .first()
+            .copied()
+            .ok_or_else(|| VitError::Config(self.what_it_can_do()))
+    }
+
+    pub fn layout(&self) -> Result<TokenLayout> {
+        Ok(self.global()?.layout())
+    }
+
+    pub fn img_size(&self) -> [usize; 2] {
+        self.run.model.img_size()
+    }
+
+    /// A batch of byte images (the data's channels) as the model's input.
+    fn input(&self, images: &[&[u8]]) -> Tensor<4> {
+        let [h, w] = self.img_size();
         let channels = self.run.data.channels;
-        let mut x = Vec::with_capacity(images.len() * self.config.in_chans * h * w);
+        let out = self.norm.out_channels;
+        let mut x = Vec::with_capacity(images.len() * out * h * w);
         for img in images {
             x.extend(self.norm.image(img, channels, h, w));
         }
-        let input = Tensor::<4>::from_data(
-            TensorData::new(x, [images.len(), self.config.in_chans, h, w]),
-            &self.device,
-        );
-        self.model
-            .forward_detailed(input, true)
-            .attentions
+        Tensor::<4>::from_data(TensorData::new(x, [images.len(), out, h, w]), &self.device)
+    }
+
+    /// Post-softmax attention of every block for a batch of byte images: one
+    /// `[B, heads, T, T]` vector per block.
+    pub fn attention(&self, images: &[&[u8]]) -> Result<Vec<Vec<f32>>> {
+        let global = self.global()?;
+        global
+            .attention_maps(self.input(images))
             .into_iter()
             .map(to_vec)
             .collect()
@@ -92,37 +157,32 @@ impl Explainer {
 
     /// The rollout map over the patch grid for one image.
     pub fn rollout(&self, image: &[u8]) -> Result<Vec<f64>> {
+        let layout = self.layout()?;
         let layers: Vec<Matrix> = self
             .attention(&[image])?
             .iter()
-            .map(|a| head_mean(a, self.heads(), self.tokens()))
+            .map(|a| head_mean(a, layout.heads, layout.tokens()))
             .collect();
         let joint =
             attention_rollout(&layers).ok_or_else(|| VitError::Other("model has no blocks".into()))?;
-        Ok(self.pooled_row(&joint))
+        Ok(pooled_row(&joint, &layout))
     }
 
-    /// What the pooled feature attends to over the patches: the class token's row for token
-    /// pooling; for average pooling the mean of the patch tokens' rows, since those are what is
-    /// pooled.
-    fn pooled_row(&self, m: &Matrix) -> Vec<f64> {
-        match self.config.global_pool {
-            GlobalPool::Token => class_token_map(m, 1),
-            GlobalPool::Avg => {
-                let n = m.n - 1;
-                (1..m.n)
-                    .map(|j| (1..m.n).map(|i| m.at(i, j)).sum::<f64>() / n as f64)
-                    .collect()
-            }
-        }
+    /// Grad-CAM of the predicted class (or `class`) over the head's feature map, for one
+    /// image: the map and its grid.
+    pub fn grad_cam(&self, image: &[u8], class: Option<usize>) -> Result<(Vec<f64>, [usize; 2])> {
+        self.check_method(Method::GradCam)?;
+        let cam = grad_cam(&self.model, self.input(&[image]), class)?;
+        Ok((cam.map, cam.grid))
     }
 
-    /// The raw attention over the patches in block `layer` (of the class token, or of the
-    /// patch tokens on average for an average-pooled model), for one head or averaged over heads.
+    /// The raw attention over the patches in block `layer` (of the pooled tokens), for one
+    /// head or averaged over heads.
     pub fn raw_attention(&self, image: &[u8], layer: usize, head: Option<usize>) -> Result<Vec<f64>> {
         self.check_layer_head(Some(layer), head)?;
+        let layout = self.layout()?;
         let attn = &self.attention(&[image])?[layer];
-        let t = self.tokens();
+        let t = layout.tokens();
         let m = match head {
             Some(h) => Matrix {
                 n: t,
@@ -131,26 +191,30 @@ impl Explainer {
                     .map(|&v| v as f64)
                     .collect(),
             },
-            None => head_mean(attn, self.heads(), t),
+            None => head_mean(attn, layout.heads, t),
         };
-        Ok(self.pooled_row(&m))
+        Ok(pooled_row(&m, &layout))
     }
 
     pub fn check_layer_head(&self, layer: Option<usize>, head: Option<usize>) -> Result<()> {
+        if layer.is_none() && head.is_none() {
+            return Ok(());
+        }
+        let layout = self.layout()?;
         if let Some(l) = layer
-            && l >= self.depth()
+            && l >= layout.depth
         {
             return Err(VitError::Config(format!(
                 "--layer {l} is out of range: valid 0..={}",
-                self.depth() - 1
+                layout.depth - 1
             )));
         }
         if let Some(h) = head
-            && h >= self.heads()
+            && h >= layout.heads
         {
             return Err(VitError::Config(format!(
                 "--head {h} is out of range: valid 0..={}",
-                self.heads() - 1
+                layout.heads - 1
             )));
         }
         Ok(())
@@ -158,10 +222,11 @@ impl Explainer {
 
     /// Mean attention distance per (layer, head), averaged over `images`.
     pub fn attention_distances(&self, data: &ImageDataset, samples: usize) -> Result<Vec<Vec<f64>>> {
+        let layout = self.layout()?;
         let n = samples.min(data.len()).max(1);
-        let dist = grid_distances(self.grid(), self.config.patch_size);
-        let (heads, t) = (self.heads(), self.tokens());
-        let mut sums = vec![vec![0.0; heads]; self.depth()];
+        let dist = grid_distances(layout.grid, layout.patch_size);
+        let (heads, t, prefix) = (layout.heads, layout.tokens(), layout.prefix);
+        let mut sums = vec![vec![0.0; heads]; layout.depth];
         for start in (0..n).step_by(32) {
             let batch: Vec<&[u8]> = (start..(start + 32).min(n)).map(|i| data.image(i)).collect();
             for (layer, attn) in self.attention(&batch)?.iter().enumerate() {
@@ -169,7 +234,7 @@ impl Explainer {
                     let one = &attn[b * heads * t * t..(b + 1) * heads * t * t];
                     for (s, d) in sums[layer]
                         .iter_mut()
-                        .zip(mean_attention_distance(one, heads, t, 1, &dist))
+                        .zip(mean_attention_distance(one, heads, t, prefix, &dist))
                     {
                         *s += d;
                     }
@@ -183,21 +248,44 @@ impl Explainer {
     }
 
     pub fn position_similarity(&self) -> Result<Matrix> {
-        let pos = self.model.pos_embed.val();
+        let layout = self.layout()?;
+        let pos = self
+            .global()?
+            .position_embedding()
+            .ok_or_else(|| VitError::Config("the model has no learned position embedding".into()))?;
         let [_, t, d] = pos.dims();
-        let values = pos
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| VitError::Other(format!("{e:?}")))?;
-        Ok(position_similarity(&values, t, d, 1))
+        Ok(position_similarity(&to_vec(pos)?, t, d, layout.prefix))
     }
 
     /// Top principal components of the patch-embedding filters, each `[C, P, P]`.
     pub fn filter_components(&self, k: usize) -> Result<(Vec<Vec<f64>>, Vec<f64>)> {
-        let w = self.model.patch_embed.proj.weight.val();
+        let w = self
+            .global()?
+            .patch_filters()
+            .ok_or_else(|| VitError::Config("the model has no patch-embedding filters".into()))?;
         let [d, c, p, q] = w.dims();
         Ok(patch_embedding_components(&to_vec(w)?, d, c * p * q, k))
+    }
+}
+
+/// What the pooled feature attends to over the patches: the pooled prefix tokens' rows
+/// (averaged), or for average pooling the mean of the patch tokens' rows, since those are
+/// what is pooled.
+fn pooled_row(m: &Matrix, layout: &TokenLayout) -> Vec<f64> {
+    let p = layout.prefix;
+    match &layout.pooled {
+        Pooled::Tokens(rows) => {
+            let maps: Vec<Vec<f64>> = rows.iter().map(|&r| class_token_map(m, r, p)).collect();
+            (0..m.n - p)
+                .map(|j| maps.iter().map(|row| row[j]).sum::<f64>() / maps.len().max(1) as f64)
+                .collect()
+        }
+        Pooled::Patches => {
+            let n = m.n - p;
+            (p..m.n)
+                .map(|j| (p..m.n).map(|i| m.at(i, j)).sum::<f64>() / n as f64)
+                .collect()
+        }
     }
 }
 
@@ -208,39 +296,58 @@ fn stem(path: &Path) -> String {
         .to_string()
 }
 
-/// Writes the rollout overlay (and, with `layer`, the raw attention) of each image file.
+/// Writes, per image file, the overlay of `method` (rollout by default where the model has
+/// global attention, Grad-CAM otherwise) with its numbers as JSON, and with `layer` the raw
+/// attention of that block.
 pub fn explain_images(
     ex: &Explainer,
     images: &[PathBuf],
     out: &Path,
+    method: Option<Method>,
     layer: Option<usize>,
     head: Option<usize>,
 ) -> Result<Vec<PathBuf>> {
+    let method = match method {
+        Some(m) => m,
+        None => ex.default_method()?,
+    };
+    ex.check_method(method)?;
     ex.check_layer_head(layer, head)?;
     if head.is_some() && layer.is_none() {
         return Err(VitError::Config("--head needs --layer".into()));
     }
     std::fs::create_dir_all(out).map_err(|e| VitError::io(out, e))?;
-    let [h, w] = ex.config.img_size;
+    let [h, w] = ex.img_size();
     let channels = ex.run.data.channels;
     let mut written = Vec::new();
     for path in images {
         let img = load_image_file(path, channels, [h, w])?;
         let name = stem(path);
-        let map = ex.rollout(&img)?;
-        let png = out.join(format!("{name}_rollout.png"));
+        let (kind, title, map, grid) = match method {
+            Method::Rollout => (
+                "rollout",
+                "attention rollout",
+                ex.rollout(&img)?,
+                ex.layout()?.grid,
+            ),
+            Method::GradCam => {
+                let (map, grid) = ex.grad_cam(&img, None)?;
+                ("gradcam", "Grad-CAM of the predicted class", map, grid)
+            }
+        };
+        let png = out.join(format!("{name}_{kind}.png"));
         overlay_png(
             &png,
-            &format!("{}: attention rollout", path.display()),
+            &format!("{}: {title}", path.display()),
             &img,
             channels,
             [h, w],
             &map,
-            ex.grid(),
+            grid,
         )?;
-        let json = serde_json::json!({"image": path, "grid": ex.grid(), "rollout": map});
+        let json = serde_json::json!({"image": path, "grid": grid, kind: map});
         write_atomic(
-            &out.join(format!("{name}_rollout.json")),
+            &out.join(format!("{name}_{kind}.json")),
             json.to_string().as_bytes(),
         )?;
         written.push(png);
@@ -249,10 +356,10 @@ pub fn explain_images(
             let which = head.map_or("mean".to_string(), |h| h.to_string());
             let png = out.join(format!("{name}_attn_layer{l}_head{which}.png"));
             let title = format!(
-                "{}: class-token attention, block {l}, head {which}",
+                "{}: attention of the pooled tokens, block {l}, head {which}",
                 path.display()
             );
-            overlay_png(&png, &title, &img, channels, [h, w], &raw, ex.grid())?;
+            overlay_png(&png, &title, &img, channels, [h, w], &raw, ex.layout()?.grid)?;
             written.push(png);
         }
     }
@@ -298,7 +405,7 @@ fn summarise_similarity(sim: &Matrix, grid: [usize; 2]) -> PositionSimilaritySum
 
 /// The model's test images from `data`, at the size the model takes.
 pub fn test_images(ex: &Explainer, data: &str) -> Result<ImageDataset> {
-    Ok(load_data(&DataSource::parse(data)?, ex.config.img_size, false)?.test)
+    Ok(load_data(&DataSource::parse(data)?, ex.img_size(), false)?.test)
 }
 
 /// The three model-level figures and their numbers; `test` feeds the attention distance.
@@ -312,8 +419,8 @@ pub fn explain_figures(
     std::fs::create_dir_all(out).map_err(|e| VitError::io(out, e))?;
     let mut written = Vec::new();
     let model_name = &ex.run.model_name;
-    let c = &ex.config;
-    let (p, ch) = (c.patch_size, c.in_chans);
+    let layout = ex.layout()?;
+    let (p, ch) = (layout.patch_size, ex.run.model.in_chans());
 
     // 1. Patch-embedding filters: principal components as image tiles.
     let k = 28.min(ch * p * p);
@@ -356,7 +463,7 @@ pub fn explain_figures(
     written.push(png);
 
     // 2. Position-embedding similarity: one tile per position.
-    let grid = ex.grid();
+    let grid = layout.grid;
     let sim = ex.position_similarity()?;
     let tiles = (0..sim.n)
         .map(|i| sim.row(i).iter().map(|&s| viridis((s + 1.0) / 2.0)).collect())
@@ -383,7 +490,7 @@ pub fn explain_figures(
 
     // 3. Mean attention distance per head and block, over test images.
     let distances = ex.attention_distances(test, samples)?;
-    let series: Vec<Series> = (0..c.num_heads)
+    let series: Vec<Series> = (0..layout.heads)
         .map(|h| Series {
             name: format!("head {h}"),
             points: distances

@@ -14,40 +14,18 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::data::DataInfo;
-use crate::models::ModelConfig;
-use crate::train::TrainConfig;
 use crate::{Result, VitError};
-
-/// Everything needed to rebuild a model and feed it: saved as `config.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunConfig {
-    pub model_name: String,
-    pub model: ModelConfig,
-    pub data: DataInfo,
-    #[serde(default)]
-    pub train: Option<TrainConfig>,
-}
-
-/// Progress at the end of an epoch: saved as `state.json`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TrainState {
-    /// Completed epochs.
-    pub epoch: usize,
-    /// Optimizer steps taken.
-    pub step: usize,
-    pub best_val_acc: f64,
-    pub best_epoch: usize,
-    /// Training wall time so far, seconds.
-    pub elapsed_s: f64,
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Pointer {
     pub checkpoint: String,
     pub epoch: usize,
+    /// The value of the metric that picks the best checkpoint (runs before the metric was
+    /// named saved it as `val_acc`).
+    #[serde(default, alias = "val_acc")]
+    pub value: Option<f64>,
     #[serde(default)]
-    pub val_acc: Option<f64>,
+    pub metric: Option<String>,
 }
 
 /// The files of one checkpoint directory.

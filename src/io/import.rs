@@ -1,15 +1,16 @@
-//! Weights trained elsewhere: timm `VisionTransformer` and Hugging Face `ViTModel` /
-//! `ViTForImageClassification` safetensors files, mapped onto vitkit's (timm-named) ViT, with
-//! the position embedding resampled when the grid changes.
+//! Weights trained elsewhere: a foreign library's safetensors file, its keys renamed to
+//! vitkit's (timm's names for the ViT; Hugging Face `ViTModel` / `ViTForImageClassification`
+//! mapped onto them), read into a family's architecture.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use burn::tensor::Device;
 
 use super::weights::{FileTensor, LoadReport, apply_tensors, read_safetensors};
-use crate::models::{Vit, VitConfig};
+use crate::models::{Adaptation, Model, ModelConfig, StateDict};
+use crate::nn::Resample;
 use crate::{Result, VitError};
 
 /// Where a weights file comes from, which decides its key names.
@@ -19,6 +20,15 @@ pub enum WeightSource {
     Timm,
     /// Hugging Face transformers `ViTModel` / `ViTForImageClassification`.
     Hf,
+}
+
+impl WeightSource {
+    pub fn name(&self) -> &'static str {
+        match self {
+            WeightSource::Timm => "timm",
+            WeightSource::Hf => "Hugging Face",
+        }
+    }
 }
 
 impl FromStr for WeightSource {
@@ -32,104 +42,6 @@ impl FromStr for WeightSource {
             ))),
         }
     }
-}
-
-/// How the position-embedding grid is resized (timm's `resample_abs_pos_embed`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resample {
-    /// Bicubic with antialiasing, as timm's `checkpoint_filter_fn` for .pth/safetensors files.
-    BicubicAntialias,
-    /// Bilinear without antialiasing (align_corners=False), as timm's loader for Google .npz files.
-    Bilinear,
-}
-
-/// PyTorch's antialiased bicubic kernel (a = -0.5, as PIL).
-fn cubic_aa(x: f64) -> f64 {
-    let a = -0.5;
-    let x = x.abs();
-    if x < 1.0 {
-        ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-    } else if x < 2.0 {
-        (((x - 5.0) * x + 8.0) * x - 4.0) * a
-    } else {
-        0.0
-    }
-}
-
-/// Interpolation weights of each output index over the input indices along one axis:
-/// (first input index, weights). Mirrors `F.interpolate(..., align_corners=False)`.
-fn axis_weights(input: usize, output: usize, mode: Resample) -> Vec<(usize, Vec<f64>)> {
-    let scale = input as f64 / output as f64;
-    (0..output)
-        .map(|i| match mode {
-            Resample::BicubicAntialias => {
-                // Separable antialias filter: widened by the scale when shrinking.
-                let support = if scale >= 1.0 { 2.0 * scale } else { 2.0 };
-                let inv = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
-                let centre = scale * (i as f64 + 0.5);
-                let lo = ((centre - support + 0.5).floor().max(0.0)) as usize;
-                let hi = ((centre + support + 0.5).floor() as usize).min(input);
-                let mut w: Vec<f64> = (lo..hi)
-                    .map(|j| cubic_aa((j as f64 - centre + 0.5) * inv))
-                    .collect();
-                let total: f64 = w.iter().sum();
-                if total != 0.0 {
-                    w.iter_mut().for_each(|v| *v /= total);
-                }
-                (lo, w)
-            }
-            Resample::Bilinear => {
-                let src = ((i as f64 + 0.5) * scale - 0.5).max(0.0);
-                let lo = (src.floor() as usize).min(input - 1);
-                let hi = (lo + 1).min(input - 1);
-                let t = src - lo as f64;
-                if hi == lo {
-                    (lo, vec![1.0])
-                } else {
-                    (lo, vec![1.0 - t, t])
-                }
-            }
-        })
-        .collect()
-}
-
-/// Resizes the patch part of a `[T, D]` position embedding from `old` to `new` grid; the
-/// `prefix` class-token rows are copied unchanged.
-pub fn resample_pos_embed(
-    pos: &[f32],
-    dim: usize,
-    prefix: usize,
-    old: [usize; 2],
-    new: [usize; 2],
-    mode: Resample,
-) -> Vec<f32> {
-    let grid = &pos[prefix * dim..];
-    let rows = axis_weights(old[0], new[0], mode);
-    let cols = axis_weights(old[1], new[1], mode);
-    // Width pass, then height pass, in f64.
-    let mut wide = vec![0f64; old[0] * new[1] * dim];
-    for y in 0..old[0] {
-        for (x, (lo, w)) in cols.iter().enumerate() {
-            let out = &mut wide[(y * new[1] + x) * dim..(y * new[1] + x + 1) * dim];
-            for (k, wk) in w.iter().enumerate() {
-                let src = &grid[(y * old[1] + lo + k) * dim..(y * old[1] + lo + k + 1) * dim];
-                out.iter_mut().zip(src).for_each(|(o, &s)| *o += wk * s as f64);
-            }
-        }
-    }
-    let mut result: Vec<f32> = pos[..prefix * dim].to_vec();
-    let mut tall = vec![0f64; new[0] * new[1] * dim];
-    for (y, (lo, w)) in rows.iter().enumerate() {
-        for x in 0..new[1] {
-            let out = &mut tall[(y * new[1] + x) * dim..(y * new[1] + x + 1) * dim];
-            for (k, wk) in w.iter().enumerate() {
-                let src = &wide[((lo + k) * new[1] + x) * dim..((lo + k) * new[1] + x + 1) * dim];
-                out.iter_mut().zip(src).for_each(|(o, &s)| *o += wk * s);
-            }
-        }
-    }
-    result.extend(tall.into_iter().map(|v| v as f32));
-    result
 }
 
 /// One naming scheme of transformers' ViT blocks: the block prefix, (HF name, timm name) of the
@@ -227,78 +139,150 @@ fn hf_to_timm(mut t: BTreeMap<String, FileTensor>) -> BTreeMap<String, FileTenso
     out
 }
 
+/// How closely a file must fit the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strictness {
+    /// Every parameter from the file and nothing left over: what running a model needs
+    /// (`infer`, `eval`, `predict`, `explain`).
+    Exact,
+    /// As `Exact`, except the classifier head, which is left freshly initialised.
+    FreshHead,
+    /// Whatever matches is loaded and the rest reported: fine-tuning (`train --weights`) and
+    /// `import` without `--strict`.
+    Lenient,
+}
+
 /// What to do when the file and the model disagree.
 #[derive(Debug, Clone)]
 pub struct ImportOptions {
-    /// Fail on any missing, unexpected or mismatched key.
-    pub strict: bool,
+    pub strictness: Strictness,
     pub resample: Resample,
 }
 
 impl Default for ImportOptions {
     fn default() -> Self {
         Self {
-            strict: false,
+            strictness: Strictness::Lenient,
             resample: Resample::BicubicAntialias,
         }
     }
 }
 
-/// Loads a foreign ViT checkpoint into a model built from `config`: keys renamed for `source`,
-/// the position embedding resampled to `config`'s grid, and a classifier head of another size
-/// left freshly initialised (reported as missing). Fails when nothing matches (another
-/// architecture) or, with `strict`, when anything does not.
-pub fn import_vit(
+/// A model built from a foreign weights file, the configuration it was built with, and what
+/// matched.
+pub struct Imported {
+    pub model: Model,
+    pub config: ModelConfig,
+    pub report: LoadReport,
+}
+
+/// A foreign weights file read into memory, its keys renamed to vitkit's.
+pub struct ForeignWeights {
+    pub path: PathBuf,
+    pub source: WeightSource,
+    tensors: StateDict,
+    metadata: BTreeMap<String, String>,
+    first_keys: Vec<String>,
+}
+
+impl ForeignWeights {
+    pub fn read(path: &Path, source: WeightSource) -> Result<Self> {
+        let (tensors, metadata) = read_safetensors(path)?;
+        let first_keys = tensors.keys().take(5).cloned().collect();
+        Ok(Self {
+            path: path.to_path_buf(),
+            source,
+            tensors: translate(tensors, source),
+            metadata,
+            first_keys,
+        })
+    }
+
+    fn mismatch(&self, reason: String) -> VitError {
+        VitError::CheckpointMismatch {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
+    /// `config` with `fixed` applied, completed from what the file states for every field
+    /// `fixed` leaves open (classes, channels, pooling, image size; see
+    /// [`ModelConfig::read_weights`]).
+    pub fn config_for(&self, config: &ModelConfig, fixed: &Adaptation) -> Result<ModelConfig> {
+        let mut config = config.adapted(fixed)?;
+        config.read_weights(&self.tensors, fixed)?;
+        Ok(config)
+    }
+
+    /// Builds [`Self::config_for`] on `device` and loads the file into it (a position grid
+    /// resampled to the configuration's) under `opts.strictness`. Fails when nothing matches
+    /// (another architecture).
+    pub fn load(
+        self,
+        config: &ModelConfig,
+        fixed: &Adaptation,
+        opts: &ImportOptions,
+        device: &Device,
+    ) -> Result<Imported> {
+        let config = self.config_for(config, fixed)?;
+        let mut tensors = self.tensors.clone();
+        config
+            .fit_weights(&mut tensors, opts.resample)
+            .map_err(|e| self.mismatch(e.to_string()))?;
+        let (model, report) = apply_tensors(config.build(device)?, tensors, &self.metadata);
+        if report.loaded.is_empty() {
+            return Err(self.mismatch(format!(
+                "none of the {} model's parameters are in it; is it a {} checkpoint of that \
+                 family? Its first keys: {}",
+                config.family(),
+                self.source.name(),
+                self.first_keys.join(", ")
+            )));
+        }
+        let must_match = match opts.strictness {
+            Strictness::Exact => report.clone(),
+            Strictness::FreshHead => report.excluding(&config.head_params()),
+            Strictness::Lenient => LoadReport::default(),
+        };
+        if !must_match.is_exact() {
+            return Err(self.mismatch(format!(
+                "{}; nothing was run. The file does not hold the configuration asked for{}",
+                must_match.describe(),
+                if opts.strictness == Strictness::Exact {
+                    " (to run its backbone under a new classifier head, pass --fresh-head)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        Ok(Imported {
+            model,
+            config,
+            report,
+        })
+    }
+}
+
+/// Reads `path` (written by `source`) and loads it into `config` completed from the file;
+/// see [`ForeignWeights`].
+pub fn import_weights(
     path: &Path,
     source: WeightSource,
-    config: &VitConfig,
+    config: &ModelConfig,
+    fixed: &Adaptation,
     opts: &ImportOptions,
     device: &Device,
-) -> Result<(Vit, LoadReport)> {
-    let (tensors, metadata) = read_safetensors(path)?;
-    let original_keys: Vec<String> = tensors.keys().take(5).cloned().collect();
-    let mut tensors = match source {
+) -> Result<Imported> {
+    ForeignWeights::read(path, source)?.load(config, fixed, opts, device)
+}
+
+/// Renames a file's keys from `source`'s naming to vitkit's.
+fn translate(tensors: StateDict, source: WeightSource) -> StateDict {
+    match source {
         WeightSource::Timm => tensors
             .into_iter()
             .map(|(k, v)| (k.strip_prefix("module.").map(String::from).unwrap_or(k), v))
             .collect(),
         WeightSource::Hf => hf_to_timm(tensors),
-    };
-    let bad = |reason: String| VitError::CheckpointMismatch {
-        path: path.to_path_buf(),
-        reason,
-    };
-    if let Some(pos) = tensors.get_mut("pos_embed")
-        && pos.shape.len() == 3
-    {
-        let (t, d) = (pos.shape[1], pos.shape[2]);
-        let want = config.num_patches() + 1;
-        if t != want && d == config.embed_dim {
-            let side = ((t - 1) as f64).sqrt().round() as usize;
-            if side * side != t - 1 {
-                return Err(bad(format!(
-                    "pos_embed has {t} tokens: not a square grid plus a class token"
-                )));
-            }
-            pos.values = resample_pos_embed(&pos.values, d, 1, [side, side], config.grid(), opts.resample);
-            pos.shape = vec![1, want, d];
-        }
     }
-    let model = config.init(device)?;
-    let (model, report) = apply_tensors(model, tensors, &metadata);
-    if report.loaded.is_empty() {
-        return Err(bad(format!(
-            "none of the ViT's parameters are in it; is it a {} ViT checkpoint? Its first keys: {}",
-            if source == WeightSource::Hf {
-                "Hugging Face"
-            } else {
-                "timm"
-            },
-            original_keys.join(", ")
-        )));
-    }
-    if opts.strict && !report.is_exact() {
-        return Err(bad(report.describe()));
-    }
-    Ok((model, report))
 }

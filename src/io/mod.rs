@@ -6,10 +6,12 @@ mod checkpoint;
 mod import;
 mod weights;
 
+pub use crate::nn::{Resample, resample_pos_embed};
 pub use atomic::{write_atomic, write_json_atomic};
 pub(crate) use checkpoint::Pointer;
-pub use checkpoint::{CheckpointPaths, RunConfig, TrainState, Which, find_checkpoint, read_json};
-pub use import::{ImportOptions, Resample, WeightSource, import_vit, resample_pos_embed};
+pub use checkpoint::{CheckpointPaths, Which, find_checkpoint, read_json};
+pub use import::{ForeignWeights, ImportOptions, Imported, Strictness, WeightSource, import_weights};
+pub(crate) use weights::ParamPath;
 pub use weights::{
     FileTensor, LoadReport, SafetensorsContents, load_weights, named_tensors, read_safetensors, save_weights,
     weights_to_bytes,

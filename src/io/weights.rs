@@ -33,6 +33,18 @@ impl LoadReport {
         self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty()
     }
 
+    /// The same report with the parameters in `names` left out of every list (a head the
+    /// user asked to have replaced).
+    pub fn excluding(&self, names: &[String]) -> LoadReport {
+        let keep = |n: &String| !names.contains(n);
+        LoadReport {
+            loaded: self.loaded.iter().filter(|n| keep(n)).cloned().collect(),
+            missing: self.missing.iter().filter(|n| keep(n)).cloned().collect(),
+            unexpected: self.unexpected.iter().filter(|n| keep(n)).cloned().collect(),
+            mismatched: self.mismatched.iter().filter(|m| keep(&m.0)).cloned().collect(),
+        }
+    }
+
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
         if !self.missing.is_empty() {
@@ -54,44 +66,53 @@ impl LoadReport {
     }
 }
 
+/// The path of the parameter being visited. An enum of modules (the family of a
+/// [`crate::models::Model`]) adds no segment: a model's keys are its family's own.
 #[derive(Default)]
-struct Path_ {
-    stack: Vec<String>,
+pub(crate) struct ParamPath {
+    stack: Vec<Option<String>>,
 }
 
-impl Path_ {
-    fn name(&self, leaf: Option<&str>) -> String {
-        let mut parts: Vec<&str> = self.stack.iter().map(String::as_str).collect();
-        if let Some(l) = leaf {
-            parts.push(l);
-        }
-        parts.join(".")
+impl ParamPath {
+    pub(crate) fn enter(&mut self, name: &str, container: &str) {
+        self.stack
+            .push((!container.starts_with("Enum:")).then(|| name.to_string()));
+    }
+    pub(crate) fn exit(&mut self) {
+        self.stack.pop();
+    }
+    pub(crate) fn name(&self) -> String {
+        self.stack
+            .iter()
+            .flatten()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(".")
     }
 }
 
 struct Collector {
-    path: Path_,
+    path: ParamPath,
     tensors: Vec<(String, ParamId, TensorData)>,
 }
 
 impl ModuleVisitor for Collector {
-    fn enter_module(&mut self, name: &str, _container: &str) {
-        self.path.stack.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.path.enter(name, container);
     }
     fn exit_module(&mut self, _name: &str, _container: &str) {
-        self.path.stack.pop();
+        self.path.exit();
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let saved = param.transform_for_save().val();
-        self.tensors
-            .push((self.path.name(None), param.id, saved.into_data()));
+        self.tensors.push((self.path.name(), param.id, saved.into_data()));
     }
 }
 
 /// `(name, tensor)` of every float parameter, in saved layout.
 pub fn named_tensors<M: Module>(model: &M) -> Vec<(String, ParamId, TensorData)> {
     let mut c = Collector {
-        path: Path_::default(),
+        path: ParamPath::default(),
         tensors: Vec::new(),
     };
     model.visit(&mut c);
@@ -139,10 +160,7 @@ pub fn save_weights<M: Module>(model: &M, path: &Path, metadata: &BTreeMap<Strin
 pub type SafetensorsContents = (BTreeMap<String, FileTensor>, BTreeMap<String, String>);
 
 /// One tensor read from a file, converted to f32.
-pub struct FileTensor {
-    pub shape: Vec<usize>,
-    pub values: Vec<f32>,
-}
+pub type FileTensor = crate::models::HostTensor;
 
 /// All tensors of a safetensors file (F32, F16, BF16, F64 converted to f32) and its metadata.
 pub fn read_safetensors(path: &Path) -> Result<SafetensorsContents> {
@@ -197,21 +215,21 @@ fn parse_safetensors(bytes: &[u8]) -> std::result::Result<SafetensorsContents, S
 }
 
 struct Loader {
-    path: Path_,
+    path: ParamPath,
     tensors: BTreeMap<String, FileTensor>,
     ids: HashMap<String, u64>,
     report: LoadReport,
 }
 
 impl ModuleMapper for Loader {
-    fn enter_module(&mut self, name: &str, _container: &str) {
-        self.path.stack.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.path.enter(name, container);
     }
     fn exit_module(&mut self, _name: &str, _container: &str) {
-        self.path.stack.pop();
+        self.path.exit();
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let name = self.path.name(None);
+        let name = self.path.name();
         let expected = param.transform_for_save().val().dims().to_vec();
         let Some(t) = self.tensors.remove(&name) else {
             self.report.missing.push(name);
@@ -239,7 +257,7 @@ pub(crate) fn apply_tensors<M: Module>(
         .and_then(|s| serde_json::from_str(s).ok())
         .unwrap_or_default();
     let mut loader = Loader {
-        path: Path_::default(),
+        path: ParamPath::default(),
         tensors,
         ids,
         report: LoadReport::default(),

@@ -315,7 +315,12 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(no_avx512_bf16, ignore = "this CPU has no AVX-512 BF16")]
     fn vector_packing_rounds_as_the_scalar_conversion() {
+        assert!(
+            supported(),
+            "built where AVX-512 BF16 exists, run where it does not"
+        );
         // 70 values: two blocks of 32 through the vector path, three pairs after it; ties
         // (x.5 in the last kept bit) in both.
         let src: Vec<f32> = (0..70)
@@ -336,11 +341,12 @@ mod tests {
     /// to f32 rounding of its sums (products of two bf16 values are exact in f32). Shapes with a
     /// partial token tile (13 = 6 + 6 + 1 rows) and two weight panels, onto a non-zero start.
     #[test]
+    #[cfg_attr(no_avx512_bf16, ignore = "this CPU has no AVX-512 BF16")]
     fn bf16_products_match_sums_of_rounded_inputs() {
-        if !supported() {
-            eprintln!("skipped: this CPU has no AVX-512 BF16");
-            return;
-        }
+        assert!(
+            supported(),
+            "built where AVX-512 BF16 exists, run where it does not"
+        );
         let (rows, d_in, d_out) = (13, 70, 128);
         let value = |i: usize, seed: usize| (((i * 7919 + seed) % 1000) as f32 / 500.0 - 1.0) * 1.7;
         let x: Vec<f32> = (0..rows * d_in).map(|i| value(i, 1)).collect();

@@ -93,29 +93,66 @@ pub enum Fused {
 
 const ALL_FUSED: u16 = 511;
 
-/// The fused operations in use: all, unless the environment variable `VITKIT_FUSED` lists some
-/// (`gelu,softmax,layernorm,linear,attention,epilogue,cls,split,inplace`) or says `none`. For measuring what each buys.
+/// The names `VITKIT_FUSED` takes, with their bits.
+const FUSED_NAMES: [(&str, u16); 10] = [
+    ("gelu", Fused::Gelu as u16),
+    ("softmax", Fused::Softmax as u16),
+    ("layernorm", Fused::LayerNorm as u16),
+    ("linear", Fused::Linear as u16),
+    ("attention", Fused::Attention as u16),
+    ("cls", Fused::ClassTokenOnly as u16),
+    ("epilogue", Fused::Epilogue as u16),
+    ("split", Fused::SplitProducts as u16),
+    ("inplace", Fused::WeightInPlace as u16),
+    ("all", ALL_FUSED),
+];
+
+/// The mask a `VITKIT_FUSED` value names: a comma-separated list of
+/// `gelu,softmax,layernorm,linear,attention,epilogue,cls,split,inplace`, `all`, or `none`.
+/// An unknown name is an error naming it (a typo must not switch every kernel off).
+pub fn parse_fused(list: &str) -> Result<u16, String> {
+    if list.trim() == "none" {
+        return Ok(0);
+    }
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            FUSED_NAMES
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, bit)| *bit)
+                .ok_or_else(|| {
+                    let valid: Vec<&str> = FUSED_NAMES.iter().map(|(n, _)| *n).collect();
+                    format!(
+                        "VITKIT_FUSED names an unknown kernel '{name}'; valid: {}, none",
+                        valid.join(", ")
+                    )
+                })
+        })
+        .try_fold(0, |mask, bit| bit.map(|b| mask | b))
+}
+
+/// `VITKIT_FUSED`'s mask (all kernels when unset), or the error for an invalid value.
+fn fused_mask() -> &'static Result<u16, String> {
+    static MASK: OnceLock<Result<u16, String>> = OnceLock::new();
+    MASK.get_or_init(|| match std::env::var("VITKIT_FUSED") {
+        Err(_) => Ok(ALL_FUSED),
+        Ok(list) => parse_fused(&list),
+    })
+}
+
+/// An error when `VITKIT_FUSED` is set to something [`parse_fused`] rejects; programs call
+/// it at start-up (the `vitkit` binary does).
+pub fn check_fused_env() -> Result<(), String> {
+    fused_mask().clone().map(|_| ())
+}
+
+/// Whether the fused operation `op` is in use: all are, unless the environment variable
+/// `VITKIT_FUSED` lists some (see [`parse_fused`]). For measuring what each buys. A program
+/// that did not call [`check_fused_env`] and has an invalid value runs every kernel.
 pub fn enabled(op: Fused) -> bool {
-    static MASK: OnceLock<u16> = OnceLock::new();
-    let mask = *MASK.get_or_init(|| match std::env::var("VITKIT_FUSED") {
-        Err(_) => ALL_FUSED,
-        Ok(list) => list
-            .split(',')
-            .map(|s| match s.trim() {
-                "gelu" => Fused::Gelu as u16,
-                "softmax" => Fused::Softmax as u16,
-                "layernorm" => Fused::LayerNorm as u16,
-                "linear" => Fused::Linear as u16,
-                "attention" => Fused::Attention as u16,
-                "cls" => Fused::ClassTokenOnly as u16,
-                "epilogue" => Fused::Epilogue as u16,
-                "split" => Fused::SplitProducts as u16,
-                "inplace" => Fused::WeightInPlace as u16,
-                "all" => ALL_FUSED,
-                _ => 0,
-            })
-            .fold(0, |a, b| a | b),
-    });
+    let mask = fused_mask().clone().unwrap_or(ALL_FUSED);
     mask & op as u16 != 0
 }
 

@@ -1,179 +1,284 @@
-//! Model families and the preset registry. A new family is one file here, a variant of
-//! [`ModelConfig`] and its entries in [`PRESETS`].
+//! Model families and the preset registry.
+//!
+//! A family is one file here: its configuration (which implements [`Architecture`]), its
+//! module (which implements [`Family`] and the capabilities it has: [`Classifier`],
+//! [`GlobalAttention`], [`SpatialMap`]), a variant in [`ModelConfig`] and in [`Model`], its arm
+//! in `each_family!` (the one place that dispatches on the family), and its entries in
+//! `presets.rs`. Nothing outside this folder names a family.
 
+pub mod presets;
+pub mod state;
 pub mod vit;
 
 use burn::module::Module;
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-pub use vit::{GlobalPool, Vit, VitConfig};
+pub use crate::nn::Resample;
+pub use presets::{PRESETS, Preset, preset, preset_names};
+pub use state::{HostTensor, StateDict};
+pub use vit::{Vit, VitConfig};
 
 use crate::{Result, VitError};
 
-/// What the training loop, `eval` and `predict` need from any classifier.
-pub trait ImageClassifier: Module {
-    /// `[B, C, H, W]` → logits `[B, classes]`.
-    fn forward(&self, x: Tensor<4>) -> Tensor<2>;
-    /// The input height and width the model takes.
-    fn input_size(&self) -> [usize; 2];
+/// The one place that dispatches on the family: `each_family!(value, Enum, x => body)` runs
+/// `body` with `x` bound to the family's configuration or model. A new family adds its arm here.
+macro_rules! each_family {
+    ($value:expr, $enum:ident, $x:ident => $body:expr) => {
+        match $value {
+            $enum::Vit($x) => $body,
+        }
+    };
 }
 
-/// A model's architecture, as saved in a checkpoint's `config.json`.
+/// A model's architecture, as saved in a checkpoint's `config.json` (`"family": "vit"` and the
+/// family's fields).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "family", rename_all = "lowercase")]
 pub enum ModelConfig {
     Vit(VitConfig),
 }
 
+/// A built model of any family. Its parameter paths are the family's own (the variant adds no
+/// path segment; see `io::weights`).
+#[derive(Module, Debug)]
+pub enum Model {
+    Vit(Vit),
+}
+
+impl From<Vit> for Model {
+    fn from(m: Vit) -> Self {
+        Model::Vit(m)
+    }
+}
+
+/// How the token sequence or feature map becomes one feature vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GlobalPool {
+    /// The class token (`x[:, 0]`), after the final norm.
+    Token,
+    /// The mean over positions, then `fc_norm`.
+    Avg,
+}
+
+impl std::str::FromStr for GlobalPool {
+    type Err = VitError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "token" => Ok(GlobalPool::Token),
+            "avg" => Ok(GlobalPool::Avg),
+            other => Err(VitError::Config(format!(
+                "unknown global pool '{other}'; valid: token, avg"
+            ))),
+        }
+    }
+}
+
+/// Changes a user asks for on top of a preset, as timm's `create_model(name, num_classes=…,
+/// in_chans=…, img_size=…, global_pool=…, drop_path_rate=…)`. `None` leaves the field as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Adaptation {
+    pub num_classes: Option<usize>,
+    pub in_chans: Option<usize>,
+    pub img_size: Option<[usize; 2]>,
+    pub global_pool: Option<GlobalPool>,
+    pub drop_path: Option<f64>,
+    /// LayerNorm epsilon (Hugging Face's ViT uses 1e-12).
+    pub norm_eps: Option<f64>,
+}
+
+/// What every family's configuration provides.
+pub trait Architecture {
+    /// The family's name, as in `config.json`.
+    fn family(&self) -> &'static str;
+    /// Checks the shapes fit together; every user-supplied change passes through here.
+    fn validate(&self) -> Result<()>;
+    fn build(&self, device: &Device) -> Result<Model>;
+    fn img_size(&self) -> [usize; 2];
+    fn in_chans(&self) -> usize;
+    /// Classes of the classifier head; `None` for a family without one (CLIP).
+    fn num_classes(&self) -> Option<usize>;
+    /// Applies `a`; an error names a change the family cannot make.
+    fn adapt(&mut self, a: &Adaptation) -> Result<()>;
+    /// Multiply-accumulates of one image's forward pass through the matrix products and
+    /// convolutions (elementwise work left out, as usual in FLOP counts).
+    fn forward_macs(&self) -> f64;
+    /// Whether the parameter at `path` with `rank` axes is exempt from weight decay. The
+    /// default is timm's: every tensor of rank ≤ 1 (norms, biases).
+    fn decay_exempt(&self, path: &str, rank: usize) -> bool {
+        let _ = path;
+        rank <= 1
+    }
+    /// Paths of the classifier head's parameters: what a fresh head replaces and what a linear
+    /// probe trains.
+    fn head_params(&self) -> Vec<String>;
+    /// Takes from a weights file what it states unambiguously (e.g. head shape → classes), for
+    /// every field `fixed` leaves open.
+    fn read_weights(&mut self, file: &StateDict, fixed: &Adaptation) -> Result<()>;
+    /// Fits a file's tensors to this configuration (e.g. resamples a position grid).
+    fn fit_weights(&self, file: &mut StateDict, resample: Resample) -> Result<()>;
+    /// Input normalisation that pretrained weights of this family expect, per channel.
+    fn pretrained_mean_std(&self) -> (Vec<f32>, Vec<f32>);
+}
+
+/// An image classifier: pooled features, then a head.
+pub trait Classifier {
+    /// `[B, C, H, W]` → pooled features before the head, `[B, F]`.
+    fn features(&self, x: Tensor<4>) -> Tensor<2>;
+    /// Features → logits `[B, classes]`.
+    fn head(&self, features: Tensor<2>) -> Tensor<2>;
+    /// `[B, C, H, W]` → logits.
+    fn logits(&self, x: Tensor<4>) -> Tensor<2> {
+        self.head(self.features(x))
+    }
+    /// The input height and width the model takes.
+    fn input_size(&self) -> [usize; 2];
+}
+
+/// Which rows of the attention the pooled feature reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pooled {
+    /// These prefix tokens (averaged).
+    Tokens(Vec<usize>),
+    /// The mean of the patch tokens.
+    Patches,
+}
+
+/// How a model with global attention lays out its tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenLayout {
+    /// Tokens before the patch tokens (a class token; SiT's two).
+    pub prefix: usize,
+    pub grid: [usize; 2],
+    pub patch_size: usize,
+    pub depth: usize,
+    pub heads: usize,
+    pub pooled: Pooled,
+}
+
+impl TokenLayout {
+    pub fn tokens(&self) -> usize {
+        self.prefix + self.grid[0] * self.grid[1]
+    }
+}
+
+/// A transformer whose blocks attend over all tokens of the image: what attention rollout,
+/// mean attention distance and the ViT paper's figures need.
+pub trait GlobalAttention {
+    fn layout(&self) -> TokenLayout;
+    /// Post-softmax attention of every block, `[B, heads, T, T]`.
+    fn attention_maps(&self, x: Tensor<4>) -> Vec<Tensor<4>>;
+    /// The learned position embedding `[1, T, D]`, prefix rows first.
+    fn position_embedding(&self) -> Option<Tensor<3>>;
+    /// The patch-embedding filters `[D, C, P, P]`.
+    fn patch_filters(&self) -> Option<Tensor<4>>;
+}
+
+/// A classifier whose output pools a spatial feature map: what Grad-CAM needs.
+pub trait SpatialMap {
+    /// The map the head pools, `[B, C, h, w]`.
+    fn feature_map(&self, x: Tensor<4>) -> Tensor<4>;
+    /// The logits from that map (pooling and head).
+    fn classify_map(&self, map: Tensor<4>) -> Tensor<2>;
+}
+
+/// What each family's module says it can do; everything defaults to "cannot".
+pub trait Family {
+    /// The family's name, as in `config.json`.
+    fn family_name(&self) -> &'static str;
+    fn classifier(&self) -> Option<&dyn Classifier> {
+        None
+    }
+    fn global_attention(&self) -> Option<&dyn GlobalAttention> {
+        None
+    }
+    fn spatial_map(&self) -> Option<&dyn SpatialMap> {
+        None
+    }
+}
+
+impl Model {
+    pub fn family(&self) -> &'static str {
+        self.capabilities().family_name()
+    }
+    fn capabilities(&self) -> &dyn Family {
+        each_family!(self, Model, m => m)
+    }
+    /// The classifier inside, or an error naming the family.
+    pub fn classifier(&self) -> Result<&dyn Classifier> {
+        self.capabilities()
+            .classifier()
+            .ok_or_else(|| VitError::Config(format!("a {} model is not an image classifier", self.family())))
+    }
+    pub fn global_attention(&self) -> Option<&dyn GlobalAttention> {
+        self.capabilities().global_attention()
+    }
+    pub fn spatial_map(&self) -> Option<&dyn SpatialMap> {
+        self.capabilities().spatial_map()
+    }
+}
+
 impl ModelConfig {
+    fn arch(&self) -> &dyn Architecture {
+        each_family!(self, ModelConfig, c => c)
+    }
+    fn arch_mut(&mut self) -> &mut dyn Architecture {
+        each_family!(self, ModelConfig, c => c)
+    }
+    pub fn family(&self) -> &'static str {
+        self.arch().family()
+    }
     pub fn validate(&self) -> Result<()> {
-        match self {
-            ModelConfig::Vit(c) => c.validate(),
-        }
+        self.arch().validate()
     }
-    pub fn num_classes(&self) -> usize {
-        match self {
-            ModelConfig::Vit(c) => c.num_classes,
-        }
-    }
-    pub fn in_chans(&self) -> usize {
-        match self {
-            ModelConfig::Vit(c) => c.in_chans,
-        }
+    pub fn build(&self, device: &Device) -> Result<Model> {
+        self.arch().build(device)
     }
     pub fn img_size(&self) -> [usize; 2] {
-        match self {
-            ModelConfig::Vit(c) => c.img_size,
-        }
+        self.arch().img_size()
     }
-    /// The same architecture with another head size, input channel count or input size, as
-    /// timm's `create_model(name, num_classes=…, in_chans=…, img_size=…)`.
-    pub fn adapted(
-        &self,
-        num_classes: Option<usize>,
-        in_chans: Option<usize>,
-        img_size: Option<[usize; 2]>,
-    ) -> Result<Self> {
+    pub fn in_chans(&self) -> usize {
+        self.arch().in_chans()
+    }
+    pub fn num_classes(&self) -> Option<usize> {
+        self.arch().num_classes()
+    }
+    /// Classes of the head, or an error saying the family has none.
+    pub fn classes(&self) -> Result<usize> {
+        self.num_classes()
+            .ok_or_else(|| VitError::Config(format!("a {} model has no classifier head", self.family())))
+    }
+    /// The same architecture with `a` applied (and checked).
+    pub fn adapted(&self, a: &Adaptation) -> Result<Self> {
         let mut out = self.clone();
-        match &mut out {
-            ModelConfig::Vit(c) => {
-                if let Some(n) = num_classes {
-                    c.num_classes = n;
-                }
-                if let Some(ch) = in_chans {
-                    c.in_chans = ch;
-                }
-                if let Some(s) = img_size {
-                    c.img_size = s;
-                }
-            }
-        }
+        out.arch_mut().adapt(a)?;
         out.validate()?;
         Ok(out)
     }
-}
-
-/// A named architecture, like a timm model name.
-pub struct Preset {
-    pub name: &'static str,
-    pub description: &'static str,
-    pub config: fn() -> ModelConfig,
-}
-
-fn vit(img: usize, patch: usize, dim: usize, depth: usize, heads: usize, classes: usize) -> VitConfig {
-    VitConfig {
-        num_classes: classes,
-        ..VitConfig::new(img, patch, dim, depth, heads)
+    pub fn forward_macs(&self) -> f64 {
+        self.arch().forward_macs()
+    }
+    pub fn decay_exempt(&self, path: &str, rank: usize) -> bool {
+        self.arch().decay_exempt(path, rank)
+    }
+    pub fn head_params(&self) -> Vec<String> {
+        self.arch().head_params()
+    }
+    pub fn read_weights(&mut self, file: &StateDict, fixed: &Adaptation) -> Result<()> {
+        self.arch_mut().read_weights(file, fixed)?;
+        self.validate()
+    }
+    pub fn fit_weights(&self, file: &mut StateDict, resample: Resample) -> Result<()> {
+        self.arch().fit_weights(file, resample)
+    }
+    pub fn pretrained_mean_std(&self) -> (Vec<f32>, Vec<f32>) {
+        self.arch().pretrained_mean_std()
     }
 }
 
-pub const PRESETS: &[Preset] = &[
-    Preset {
-        name: "vit_tiny_patch16_224",
-        description: "ViT-Ti/16 (timm), 224x224, 1000 classes",
-        config: || ModelConfig::Vit(vit(224, 16, 192, 12, 3, 1000)),
-    },
-    Preset {
-        name: "vit_small_patch16_224",
-        description: "ViT-S/16 (timm), 224x224, 1000 classes",
-        config: || ModelConfig::Vit(vit(224, 16, 384, 12, 6, 1000)),
-    },
-    Preset {
-        name: "vit_base_patch16_224",
-        description: "ViT-B/16 (timm), 224x224, 1000 classes",
-        config: || ModelConfig::Vit(vit(224, 16, 768, 12, 12, 1000)),
-    },
-    Preset {
-        name: "vit_base_patch32_224",
-        description: "ViT-B/32 (timm), 224x224, 1000 classes",
-        config: || ModelConfig::Vit(vit(224, 32, 768, 12, 12, 1000)),
-    },
-    Preset {
-        name: "vit_large_patch16_224",
-        description: "ViT-L/16 (timm), 224x224, 1000 classes",
-        config: || ModelConfig::Vit(vit(224, 16, 1024, 24, 16, 1000)),
-    },
-    Preset {
-        name: "vit_tiny_patch4_32",
-        description: "ViT-Ti with 4x4 patches for 32x32 images (CIFAR)",
-        config: || ModelConfig::Vit(vit(32, 4, 192, 12, 3, 10)),
-    },
-    Preset {
-        name: "vit_tiny_patch4_28",
-        description: "ViT-Ti with 4x4 patches for 28x28 images (Fashion-MNIST)",
-        config: || ModelConfig::Vit(vit(28, 4, 192, 12, 3, 10)),
-    },
-    Preset {
-        name: "vit_micro_patch4_28",
-        description: "dim 128, depth 6, 4 heads, 4x4 patches on 28x28",
-        config: || ModelConfig::Vit(vit(28, 4, 128, 6, 4, 10)),
-    },
-    Preset {
-        name: "vit_micro_patch7_28",
-        description: "dim 128, depth 6, 4 heads, 7x7 patches on 28x28",
-        config: || ModelConfig::Vit(vit(28, 7, 128, 6, 4, 10)),
-    },
-    Preset {
-        name: "vit_mini_patch4_28",
-        description: "dim 64, depth 6, 4 heads, 4x4 patches on 28x28: the Fashion-MNIST preset",
-        config: || ModelConfig::Vit(vit(28, 4, 64, 6, 4, 10)),
-    },
-    Preset {
-        name: "vit_nano_patch8_32",
-        description: "dim 64, depth 4, 2 heads, 8x8 patches on 32x32: the built-in demo preset",
-        config: || ModelConfig::Vit(vit(32, 8, 64, 4, 2, 10)),
-    },
-];
-
-pub fn preset_names() -> String {
-    PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
-}
-
-/// The configuration of the preset `name`, or an error listing the valid names.
-pub fn preset(name: &str) -> Result<ModelConfig> {
-    PRESETS
-        .iter()
-        .find(|p| p.name == name)
-        .map(|p| (p.config)())
-        .ok_or_else(|| VitError::UnknownModel {
-            name: name.to_string(),
-            valid: preset_names(),
-        })
-}
-
-/// Parameter count computed from the configuration alone (no allocation), as
-/// `sum(p.numel() for p in model.parameters())` in PyTorch.
-pub fn param_count(config: &ModelConfig) -> usize {
-    match config {
-        ModelConfig::Vit(c) => {
-            let d = c.embed_dim;
-            let hidden = (d as f64 * c.mlp_ratio) as usize;
-            let p = c.patch_size;
-            let embed = d * c.in_chans * p * p + d + d + (c.num_patches() + 1) * d;
-            let qkv = 3 * d * d + if c.qkv_bias { 3 * d } else { 0 };
-            let block = 2 * d + qkv + d * d + d + 2 * d + d * hidden + hidden + hidden * d + d;
-            embed + c.depth * block + 2 * d + d * c.num_classes + c.num_classes
-        }
-    }
+/// Parameters of the model `config` builds, as `sum(p.numel() for p in model.parameters())`
+/// (the parameters are created lazily, so nothing is drawn or allocated).
+pub fn param_count(config: &ModelConfig) -> Result<usize> {
+    Ok(config.build(&Device::flex())?.num_params())
 }

@@ -5,18 +5,15 @@ use burn::nn::{Dropout, DropoutConfig, Initializer, Linear};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::nn::{Block, BlockConfig, LayerNorm, normal_param, timm_linear};
+use super::state::shape_of;
+use super::{
+    Adaptation, Architecture, Classifier, Family, GlobalAttention, Model, Pooled, SpatialMap, StateDict,
+    TokenLayout,
+};
+use crate::nn::{AttentionArgs, Block, BlockConfig, LayerNorm, Queries, Resample, normal_param, timm_linear};
 use crate::{Result, VitError};
 
-/// How the token sequence becomes one feature vector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GlobalPool {
-    /// The class token (`x[:, 0]`), after the final norm.
-    Token,
-    /// The mean of the patch tokens, then `fc_norm`.
-    Avg,
-}
+pub use super::GlobalPool;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VitConfig {
@@ -242,11 +239,16 @@ impl Vit {
             && crate::kernels::enabled(crate::kernels::Fused::ClassTokenOnly);
         let depth = self.blocks.len();
         for (i, block) in self.blocks.iter().enumerate() {
-            if first_token_only && i + 1 == depth {
-                x = block.forward_first_token(x);
-                break;
-            }
-            let (y, attn) = block.forward(x, keep_attention);
+            let args = AttentionArgs {
+                queries: if first_token_only && i + 1 == depth {
+                    Queries::Prefix(1)
+                } else {
+                    Queries::All
+                },
+                keep_weights: keep_attention,
+                ..Default::default()
+            };
+            let (y, attn) = block.forward(x, &args);
             x = y;
             attentions.extend(attn);
         }
@@ -290,12 +292,198 @@ impl Vit {
     }
 }
 
-impl super::ImageClassifier for Vit {
-    fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        Vit::forward(self, x)
+impl Family for Vit {
+    fn family_name(&self) -> &'static str {
+        "vit"
     }
+    fn classifier(&self) -> Option<&dyn Classifier> {
+        Some(self)
+    }
+    fn global_attention(&self) -> Option<&dyn GlobalAttention> {
+        Some(self)
+    }
+    /// Average pooling reads the patch tokens as a map; the class token is not one.
+    fn spatial_map(&self) -> Option<&dyn SpatialMap> {
+        (self.global_pool == GlobalPool::Avg).then_some(self as &dyn SpatialMap)
+    }
+}
 
+impl Classifier for Vit {
+    fn features(&self, x: Tensor<4>) -> Tensor<2> {
+        self.pool(self.encode(x, false).0)
+    }
+    fn head(&self, features: Tensor<2>) -> Tensor<2> {
+        crate::kernels::linear(features, &self.head)
+    }
     fn input_size(&self) -> [usize; 2] {
         self.img_size
+    }
+}
+
+impl GlobalAttention for Vit {
+    fn layout(&self) -> TokenLayout {
+        let p = self.patch_embed.patch_size;
+        TokenLayout {
+            prefix: 1,
+            grid: [self.img_size[0] / p, self.img_size[1] / p],
+            patch_size: p,
+            depth: self.blocks.len(),
+            heads: self.blocks.first().map_or(0, |b| b.attn.num_heads),
+            pooled: match self.global_pool {
+                GlobalPool::Token => Pooled::Tokens(vec![0]),
+                GlobalPool::Avg => Pooled::Patches,
+            },
+        }
+    }
+    fn attention_maps(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
+        self.encode(x, true).1
+    }
+    fn position_embedding(&self) -> Option<Tensor<3>> {
+        Some(self.pos_embed.val())
+    }
+    fn patch_filters(&self) -> Option<Tensor<4>> {
+        Some(self.patch_embed.proj.weight.val())
+    }
+}
+
+impl SpatialMap for Vit {
+    /// The patch tokens after the last block, `[B, D, gh, gw]`.
+    fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
+        let tokens = self.encode(x, false).0;
+        let [b, n, d] = tokens.dims();
+        let p = self.patch_embed.patch_size;
+        let [gh, gw] = [self.img_size[0] / p, self.img_size[1] / p];
+        tokens.narrow(1, 1, n - 1).swap_dims(1, 2).reshape([b, d, gh, gw])
+    }
+    fn classify_map(&self, map: Tensor<4>) -> Tensor<2> {
+        let [b, d, _, _] = map.dims();
+        let pooled = map.mean_dim(3).mean_dim(2).reshape([b, d]);
+        let pooled = match &self.fc_norm {
+            Some(norm) => norm.forward(pooled),
+            None => pooled,
+        };
+        self.head(pooled)
+    }
+}
+
+impl Architecture for VitConfig {
+    fn family(&self) -> &'static str {
+        "vit"
+    }
+    fn validate(&self) -> Result<()> {
+        VitConfig::validate(self)
+    }
+    fn build(&self, device: &Device) -> Result<Model> {
+        Ok(Model::Vit(self.init(device)?))
+    }
+    fn img_size(&self) -> [usize; 2] {
+        self.img_size
+    }
+    fn in_chans(&self) -> usize {
+        self.in_chans
+    }
+    fn num_classes(&self) -> Option<usize> {
+        Some(self.num_classes)
+    }
+    fn adapt(&mut self, a: &Adaptation) -> Result<()> {
+        self.num_classes = a.num_classes.unwrap_or(self.num_classes);
+        self.in_chans = a.in_chans.unwrap_or(self.in_chans);
+        self.img_size = a.img_size.unwrap_or(self.img_size);
+        self.global_pool = a.global_pool.unwrap_or(self.global_pool);
+        self.drop_path_rate = a.drop_path.unwrap_or(self.drop_path_rate);
+        self.norm_eps = a.norm_eps.unwrap_or(self.norm_eps);
+        Ok(())
+    }
+
+    /// Patch embedding, qkv, attention scores and their product with v, projection, MLP, head.
+    fn forward_macs(&self) -> f64 {
+        let d = self.embed_dim as f64;
+        let patches = self.num_patches() as f64;
+        let tokens = patches + 1.0;
+        let hidden = (self.embed_dim as f64 * self.mlp_ratio).floor();
+        let patch_embed = patches * (self.in_chans * self.patch_size * self.patch_size) as f64 * d;
+        let per_block = tokens * (3.0 * d * d + d * d + 2.0 * d * hidden) + 2.0 * tokens * tokens * d;
+        patch_embed + self.depth as f64 * per_block + d * self.num_classes as f64
+    }
+
+    /// timm's `no_weight_decay`: norms, biases, the class token and the position embedding.
+    fn decay_exempt(&self, path: &str, rank: usize) -> bool {
+        rank <= 1 || matches!(path, "cls_token" | "pos_embed")
+    }
+
+    fn head_params(&self) -> Vec<String> {
+        vec!["head.weight".into(), "head.bias".into()]
+    }
+
+    /// Input channels from the patch embedding, classes from the head, the pooling from which
+    /// final norm is present (`fc_norm`: average pooling, `norm`: class token), and the image
+    /// size from a square position grid of another size than the preset's.
+    fn read_weights(&mut self, file: &StateDict, fixed: &Adaptation) -> Result<()> {
+        if fixed.in_chans.is_none()
+            && let Some(&[_, c, _, _]) = shape_of(file, "patch_embed.proj.weight", 4)
+        {
+            self.in_chans = c;
+        }
+        if fixed.num_classes.is_none()
+            && let Some(&[k, _]) = shape_of(file, "head.weight", 2)
+        {
+            self.num_classes = k;
+        }
+        if fixed.global_pool.is_none() {
+            match (
+                file.contains_key("fc_norm.weight"),
+                file.contains_key("norm.weight"),
+            ) {
+                (true, false) => self.global_pool = GlobalPool::Avg,
+                (false, true) => self.global_pool = GlobalPool::Token,
+                _ => {}
+            }
+        }
+        if fixed.img_size.is_none()
+            && let Some(&[_, t, _]) = shape_of(file, "pos_embed", 3)
+            && let Some(n) = t.checked_sub(1)
+            && n != self.num_patches()
+        {
+            let side = (n as f64).sqrt().round() as usize;
+            if side > 0 && side * side == n {
+                self.img_size = [side * self.patch_size; 2];
+            }
+        }
+        Ok(())
+    }
+
+    /// Resamples `pos_embed` to this configuration's grid (the class-token row kept).
+    fn fit_weights(&self, file: &mut StateDict, resample: Resample) -> Result<()> {
+        let Some(pos) = file.get_mut("pos_embed") else {
+            return Ok(());
+        };
+        let &[_, t, d] = pos.shape.as_slice() else {
+            return Ok(()); // reported as a shape mismatch when loaded
+        };
+        let want = self.num_patches() + 1;
+        if t == want || d != self.embed_dim {
+            return Ok(());
+        }
+        let bad = |m: String| Err(VitError::Config(m));
+        let Some(n) = t.checked_sub(1).filter(|&n| n > 0) else {
+            return bad(format!(
+                "pos_embed has {t} tokens: no patch positions to resample"
+            ));
+        };
+        let side = (n as f64).sqrt().round() as usize;
+        if side * side != n {
+            return bad(format!(
+                "pos_embed has {t} tokens: not a square grid plus a class token, so it cannot \
+                 be resampled to {want}"
+            ));
+        }
+        pos.values = crate::nn::resample_pos_embed(&pos.values, d, 1, [side, side], self.grid(), resample);
+        pos.shape = vec![1, want, d];
+        Ok(())
+    }
+
+    /// The Google/timm ViT convention: mean = std = 0.5.
+    fn pretrained_mean_std(&self) -> (Vec<f32>, Vec<f32>) {
+        (vec![0.5; self.in_chans], vec![0.5; self.in_chans])
     }
 }

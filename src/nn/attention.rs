@@ -1,14 +1,93 @@
+//! The one attention core of every family: multi-head scaled dot-product attention with
+//! q/k/v from one fused projection (timm, NesT, CLIP) or three (CMT), keys and values from
+//! another (shorter) sequence (CMT's reduced tokens), an additive bias (CMT's relative position
+//! bias), a boolean or additive mask (CLIP's causal text mask), queries for the leading prefix
+//! tokens alone, and the post-softmax weights on request.
+//!
+//! Which path runs: the fused CPU kernel (`kernels::attention`) wherever it applies — fused
+//! qkv, self-attention over the whole sequence, no bias or mask, no active attention dropout;
+//! on a GPU in inference, the backend's own attention operation for the same plain case;
+//! otherwise Burn's operations (`composed`). Asking for the weights never changes the output:
+//! they come from the composed path beside the kernel.
+
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Bool, Device, Tensor};
 
 use super::timm_linear;
 
-/// Multi-head self-attention with a fused qkv projection, laid out as timm's: the rows of
-/// `qkv.weight` are all q rows, then all k rows, then all v rows, each head-major.
+/// How q, k and v are projected. The parameter names follow the family's reference
+/// implementation: `qkv` (fused, rows q | k | v, each head-major, as timm) or `q`, `k`, `v`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Projections {
+    Fused,
+    Separate,
+}
+
+/// A mask over `[queries, keys]`, broadcast over batch and heads.
+#[derive(Debug, Clone)]
+pub enum Mask {
+    /// `true` where a query must not see a key.
+    Hide(Tensor<2, Bool>),
+    /// Added to the scaled logits (`-inf` hides), as PyTorch's float `attn_mask`.
+    Additive(Tensor<2>),
+}
+
+impl Mask {
+    /// The causal mask of a sequence of `n` tokens: token `i` sees tokens `0..=i`.
+    pub fn causal(n: usize, device: &Device) -> Self {
+        // `tril_mask` is true above the diagonal: exactly what is hidden.
+        Mask::Hide(Tensor::<2, Bool>::tril_mask([n, n], 0, device))
+    }
+
+    fn additive(&self) -> Tensor<2> {
+        match self {
+            Mask::Additive(m) => m.clone(),
+            Mask::Hide(hide) => {
+                Tensor::<2>::zeros(hide.dims(), &hide.device()).mask_fill(hide.clone(), f32::NEG_INFINITY)
+            }
+        }
+    }
+}
+
+/// Which queries are computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Queries {
+    #[default]
+    All,
+    /// The first `n` tokens only (keys and values still from every token): what pooling on
+    /// prefix tokens (a class token, SiT's two tokens) needs from the last block.
+    Prefix(usize),
+}
+
+/// Everything about one attention call beyond its input.
+#[derive(Debug, Clone, Default)]
+pub struct AttentionArgs {
+    /// Keys and values from this sequence `[B, M, D]` instead of the input (M may differ from
+    /// the input's length). Needs [`Projections::Separate`].
+    pub kv: Option<Tensor<3>>,
+    /// Added to the scaled logits; `[1 or B, heads, queries, keys]`.
+    pub bias: Option<Tensor<4>>,
+    pub mask: Option<Mask>,
+    pub queries: Queries,
+    /// Also hand back the post-softmax weights `[B, heads, queries, keys]`.
+    pub keep_weights: bool,
+}
+
+impl AttentionArgs {
+    /// Whether this call is plain self-attention: what the fused kernels serve.
+    fn is_plain(&self) -> bool {
+        self.kv.is_none() && self.bias.is_none() && self.mask.is_none() && self.queries == Queries::All
+    }
+}
+
+/// Multi-head attention with its projections: `proj(attend(q(x), k(kv), v(kv)))`.
 #[derive(Module, Debug)]
 pub struct Attention {
-    pub qkv: Linear,
+    pub qkv: Option<Linear>,
+    pub q: Option<Linear>,
+    pub k: Option<Linear>,
+    pub v: Option<Linear>,
     pub proj: Linear,
     pub attn_drop: Dropout,
     pub proj_drop: Dropout,
@@ -16,16 +95,26 @@ pub struct Attention {
 }
 
 impl Attention {
+    /// Projections initialised as timm's (N(0, 0.02) weights, zero biases).
     pub fn new(
         dim: usize,
         num_heads: usize,
+        projections: Projections,
         qkv_bias: bool,
         attn_drop: f64,
         proj_drop: f64,
         device: &Device,
     ) -> Self {
+        let one = |d_out| Some(timm_linear(dim, d_out, qkv_bias, device));
+        let (qkv, q, k, v) = match projections {
+            Projections::Fused => (one(3 * dim), None, None, None),
+            Projections::Separate => (None, one(dim), one(dim), one(dim)),
+        };
         Self {
-            qkv: timm_linear(dim, 3 * dim, qkv_bias, device),
+            qkv,
+            q,
+            k,
+            v,
             proj: timm_linear(dim, dim, true, device),
             attn_drop: DropoutConfig::new(attn_drop).init(),
             proj_drop: DropoutConfig::new(proj_drop).init(),
@@ -33,138 +122,140 @@ impl Attention {
         }
     }
 
-    /// `x: [B, N, D]` → `[B, N, D]`, plus, when `keep_attention`, the post-softmax attention
-    /// `[B, heads, N, N]`.
-    pub fn forward(&self, x: Tensor<3>, keep_attention: bool) -> (Tensor<3>, Option<Tensor<4>>) {
-        let (heads, attn) = self.heads(x, keep_attention);
+    /// `x: [B, N, D]` → `[B, N, D]` (or `[B, P, D]` for [`Queries::Prefix`]) and the weights
+    /// when asked for.
+    pub fn forward(&self, x: Tensor<3>, args: &AttentionArgs) -> (Tensor<3>, Option<Tensor<4>>) {
+        let (heads, weights) = self.heads(x, args);
         (
             self.proj_drop.forward(crate::kernels::linear(heads, &self.proj)),
-            attn,
+            weights,
         )
     }
 
-    /// The heads' outputs merged, `[B, N, D]`, before the output projection (and the maps
-    /// when `keep_attention`).
-    ///
-    /// Without attention dropout, a fused kernel (where one exists for the device) reads q, k
-    /// and v in place and writes the heads merged; the maps, when asked for, then come from the
-    /// composed path beside it, so asking for them never changes the output.
-    pub fn heads(&self, x: Tensor<3>, keep_attention: bool) -> (Tensor<3>, Option<Tensor<4>>) {
-        let qkv = crate::kernels::linear(x, &self.qkv);
-        let attn_dropout_active = self.attn_drop.prob > 0.0 && qkv.device().is_autodiff();
-        if !attn_dropout_active && crate::kernels::attention_applies(&qkv) {
-            let maps = keep_attention.then(|| self.composed(qkv.clone()).1);
-            (crate::kernels::attention(qkv, self.num_heads), maps)
-        } else if !keep_attention
-            && !qkv.device().is_autodiff()
-            && !crate::kernels::on_flex(&qkv)
-            && !crate::kernels::gpu_softmax_applies(&qkv)
-        {
-            (self.backend_attention(qkv), None)
-        } else {
-            let (out, attn) = self.composed(qkv);
-            (out, keep_attention.then_some(attn))
+    /// The heads' outputs merged, `[B, queries, D]`, before the output projection (and the
+    /// weights when asked for).
+    pub fn heads(&self, x: Tensor<3>, args: &AttentionArgs) -> (Tensor<3>, Option<Tensor<4>>) {
+        let keep = args.keep_weights;
+        let dropout_active = self.attn_drop.prob > 0.0 && x.device().is_autodiff();
+        if let Some(fused) = &self.qkv {
+            assert!(
+                args.kv.is_none(),
+                "keys and values from another sequence need separate q/k/v projections"
+            );
+            let qkv = crate::kernels::linear(x, fused);
+            if args.is_plain() && !dropout_active && crate::kernels::attention_applies(&qkv) {
+                let parts = [0, 1, 2].map(|i| fused_part(qkv.clone(), self.num_heads, i));
+                let weights = keep.then(|| self.composed(parts, args).1);
+                return (crate::kernels::attention(qkv, self.num_heads), weights);
+            }
+            let plain_inference = args.is_plain()
+                && !keep
+                && !qkv.device().is_autodiff()
+                && !crate::kernels::on_flex(&qkv)
+                && !crate::kernels::gpu_softmax_applies(&qkv);
+            let h = self.num_heads;
+            let q = match args.queries {
+                // Only the prefix queries: split them alone out of qkv.
+                Queries::Prefix(p) => fused_part(qkv.clone().narrow(1, 0, p), h, 0),
+                Queries::All => fused_part(qkv.clone(), h, 0),
+            };
+            let [k, v] = [1, 2].map(|i| fused_part(qkv.clone(), h, i));
+            if plain_inference {
+                return (merge(backend_attention(q, k, v)), None);
+            }
+            let args = AttentionArgs {
+                queries: Queries::All,
+                ..args.clone()
+            };
+            let (out, w) = self.composed([q, k, v], &args);
+            return (out, keep.then_some(w));
+        }
+        let (q, k, v) = self.separate_parts();
+        let source = args.kv.clone().unwrap_or_else(|| x.clone());
+        let x = match args.queries {
+            Queries::All => x,
+            Queries::Prefix(p) => x.narrow(1, 0, p),
+        };
+        let h = self.num_heads;
+        let parts = [
+            split(crate::kernels::linear(x, q), h),
+            split(crate::kernels::linear(source.clone(), k), h),
+            split(crate::kernels::linear(source, v), h),
+        ];
+        let args = AttentionArgs {
+            queries: Queries::All,
+            ..args.clone()
+        };
+        let (out, w) = self.composed(parts, &args);
+        (out, keep.then_some(w))
+    }
+
+    fn separate_parts(&self) -> (&Linear, &Linear, &Linear) {
+        match (&self.q, &self.k, &self.v) {
+            (Some(q), Some(k), Some(v)) => (q, k, v),
+            _ => unreachable!("an Attention holds either qkv or all of q, k and v"),
         }
     }
 
-    /// [`Self::heads`] for the first token's query alone, `[B, 1, D]` (keys and values from
-    /// every token): what class-token pooling needs from the last block.
-    pub fn first_query_heads(&self, x: Tensor<3>) -> Tensor<3> {
-        let [b, _, d] = x.dims();
-        let qkv = crate::kernels::linear(x, &self.qkv);
-        let h = self.num_heads;
-        let q = head_part(qkv.clone().narrow(1, 0, 1), h, 0);
-        let [k, v] = [1, 2].map(|i| head_part(qkv.clone(), h, i));
-        self.attn_drop
-            .forward(probabilities(q, k))
-            .matmul(v)
-            .reshape([b, 1, d])
-    }
-
-    /// Inference through the backend's own attention operation (on CUDA a flash-attention
-    /// kernel chosen by autotune where the query length suits it, see [`attention_padded`];
-    /// otherwise Burn's composed fallback). Burn differentiates that operation through its
-    /// composed fallback, so training keeps [`Self::composed`]. On the CPU flex's attention
-    /// operation measured no faster than the composed path (which the fused kernel's tests
-    /// compare against), so the CPU keeps the composed one.
-    fn backend_attention(&self, qkv: Tensor<3>) -> Tensor<3> {
-        let [b, n, d3] = qkv.dims();
-        let (h, d) = (self.num_heads, d3 / 3);
-        let [q, k, v] = split_heads(qkv, h);
-        let out = attention_padded(q, k, v, query_padding());
-        out.swap_dims(1, 2).reshape([b, n, d])
-    }
-
-    /// Attention from Burn's operations: heads split, scores, softmax, dropout, heads merged.
-    /// Returns the merged output `[B, N, D]` and the probabilities `[B, heads, N, N]`.
-    fn composed(&self, qkv: Tensor<3>) -> (Tensor<3>, Tensor<4>) {
-        let [b, n, d3] = qkv.dims();
-        let (h, d) = (self.num_heads, d3 / 3);
-        let [q, k, v] = split_heads(qkv, h);
-        let attn = probabilities(q, k);
-        let out = self.attn_drop.forward(attn.clone()).matmul(v);
-        (out.swap_dims(1, 2).reshape([b, n, d]), attn)
+    /// Attention from Burn's operations on split heads: the merged output `[B, Nq, D]` and the
+    /// weights `[B, heads, Nq, Nk]`.
+    fn composed(&self, [q, k, v]: [Tensor<4>; 3], args: &AttentionArgs) -> (Tensor<3>, Tensor<4>) {
+        let q = match args.queries {
+            Queries::All => q,
+            Queries::Prefix(p) => q.narrow(2, 0, p),
+        };
+        let weights = weights(q, k, args.bias.clone(), args.mask.as_ref());
+        let out = self.attn_drop.forward(weights.clone()).matmul(v);
+        (merge(out), weights)
     }
 }
 
-/// Burn's attention operation with the query length padded by zero rows to a multiple of
-/// `multiple` (nothing is padded when it is 0 or 1); the padded rows' outputs are dropped, and
-/// keys and values are left as they are, so the result is the unpadded attention's.
-///
-/// Why: Burn's CUDA flash-attention kernels need the query length to be a multiple of their
-/// row block (32, 64 or 128) and otherwise fall back to a composed path of separate passes; a
-/// ViT's 197 tokens are not. `VITKIT_PAD_QUERIES=128` turns it on; measured on an H100
-/// (vit_base, batch 256) it was slower than no padding (228 against 216 ms), so it is off. With
-/// vitkit's CUDA softmax (the default) inference does not come here at all, only when
-/// `VITKIT_FUSED` leaves softmax out.
-pub fn attention_padded(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, multiple: usize) -> Tensor<4> {
-    let [b, h, n, dh] = q.dims();
-    let padded = n.next_multiple_of(multiple.max(1));
-    let q = if padded > n {
-        let zeros = Tensor::<4>::zeros([b, h, padded - n, dh], &q.device()).cast(q.dtype());
-        Tensor::cat(vec![q, zeros], 2)
-    } else {
-        q
-    };
-    let out = burn::tensor::module::attention(q, k, v, None, None, Default::default());
-    if padded > n { out.narrow(2, 0, n) } else { out }
+/// `softmax(q kᵀ / sqrt(head_dim) + bias + mask)` for `q: [B, h, Nq, dh]`, `k: [B, h, Nk, dh]`.
+pub fn weights(q: Tensor<4>, k: Tensor<4>, bias: Option<Tensor<4>>, mask: Option<&Mask>) -> Tensor<4> {
+    let [_, _, _, dh] = q.dims();
+    let scale = (dh as f64).powf(-0.5);
+    if bias.is_none() && mask.is_none() && crate::kernels::gpu_softmax_applies(&q) {
+        // The scale inside the softmax kernel: no pass over q for it.
+        return crate::kernels::gpu_softmax_scaled(q.matmul(k.swap_dims(2, 3)), scale as f32);
+    }
+    let mut logits = q.mul_scalar(scale).matmul(k.swap_dims(2, 3));
+    if let Some(b) = bias {
+        logits = logits + b;
+    }
+    if let Some(m) = mask {
+        logits = logits + m.additive().unsqueeze::<4>();
+    }
+    crate::kernels::softmax_last(logits)
 }
 
-/// The query padding for [`attention_padded`] in inference off the CPU: the environment
-/// variable `VITKIT_PAD_QUERIES` (a row multiple), 1 (none) when unset or unreadable.
-fn query_padding() -> usize {
-    static PADDING: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *PADDING.get_or_init(|| {
-        std::env::var("VITKIT_PAD_QUERIES")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(1)
-    })
+/// Inference through the backend's own attention operation (on CUDA a flash-attention kernel
+/// chosen by autotune where the query length suits it; otherwise Burn's composed fallback).
+/// Burn differentiates that operation through its composed fallback, so training keeps the
+/// composed path. On the CPU flex's attention operation measured no faster than the composed
+/// path, so the CPU never comes here.
+fn backend_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+    burn::tensor::module::attention(q, k, v, None, None, Default::default())
 }
 
-/// `qkv: [B, N, 3 * D]` → q, k and v, each `[B, heads, N, D / heads]`.
-fn split_heads(qkv: Tensor<3>, heads: usize) -> [Tensor<4>; 3] {
-    [0, 1, 2].map(|i| head_part(qkv.clone(), heads, i))
+/// `[B, N, D]` → `[B, heads, N, D / heads]`.
+fn split(x: Tensor<3>, heads: usize) -> Tensor<4> {
+    let [b, n, d] = x.dims();
+    x.reshape([b, n, heads, d / heads]).swap_dims(1, 2)
 }
 
-/// Part `i` (0: q, 1: k, 2: v) of `qkv: [B, N, 3 * D]`, as `[B, heads, N, D / heads]`.
-fn head_part(qkv: Tensor<3>, heads: usize, i: usize) -> Tensor<4> {
+/// `[B, heads, N, dh]` → `[B, N, heads * dh]`.
+fn merge(x: Tensor<4>) -> Tensor<3> {
+    let [b, h, n, dh] = x.dims();
+    x.swap_dims(1, 2).reshape([b, n, h * dh])
+}
+
+/// Part `i` (0: q, 1: k, 2: v) of `qkv: [B, N, 3 * D]` (timm's layout), as
+/// `[B, heads, N, D / heads]`.
+fn fused_part(qkv: Tensor<3>, heads: usize, i: usize) -> Tensor<4> {
     let [b, n, d3] = qkv.dims();
     let dh = d3 / 3 / heads;
     qkv.reshape([b, n, 3, heads, dh])
         .permute([2, 0, 3, 1, 4])
         .narrow(0, i, 1)
         .reshape([b, heads, n, dh])
-}
-
-/// `softmax(q kᵀ / sqrt(head_dim))` for `q: [B, heads, Nq, head_dim]`, `k: [B, heads, N, head_dim]`.
-fn probabilities(q: Tensor<4>, k: Tensor<4>) -> Tensor<4> {
-    let [_, _, _, dh] = q.dims();
-    let scale = (dh as f64).powf(-0.5);
-    if crate::kernels::gpu_softmax_applies(&q) {
-        // The scale inside the softmax kernel: no pass over q for it.
-        crate::kernels::gpu_softmax_scaled(q.matmul(k.swap_dims(2, 3)), scale as f32)
-    } else {
-        crate::kernels::softmax_last(q.mul_scalar(scale).matmul(k.swap_dims(2, 3)))
-    }
 }

@@ -2,7 +2,7 @@ use burn::module::{Flag, Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::{Device, Distribution, Tensor};
 
-use super::{Attention, LayerNorm, timm_linear};
+use super::{Attention, AttentionArgs, LayerNorm, Projections, Queries, timm_linear};
 
 /// Stochastic depth: drops the whole residual branch of a sample with probability `prob`
 /// while training, and rescales the kept ones.
@@ -97,28 +97,33 @@ impl Block {
         let hidden = (c.dim as f64 * c.mlp_ratio) as usize;
         Self {
             norm1: LayerNorm::new(c.dim, c.norm_eps, device),
-            attn: Attention::new(c.dim, c.num_heads, c.qkv_bias, c.attn_drop, c.drop, device),
+            attn: Attention::new(
+                c.dim,
+                c.num_heads,
+                Projections::Fused,
+                c.qkv_bias,
+                c.attn_drop,
+                c.drop,
+                device,
+            ),
             norm2: LayerNorm::new(c.dim, c.norm_eps, device),
             mlp: Mlp::new(c.dim, hidden, c.drop, device),
             drop_path: DropPath::new(c.drop_path),
         }
     }
 
-    /// Returns the block output and, when `keep_attention`, the block's post-softmax attention.
-    pub fn forward(&self, x: Tensor<3>, keep_attention: bool) -> (Tensor<3>, Option<Tensor<4>>) {
-        let (heads, attn) = self.attn.heads(self.norm1.forward(x.clone()), keep_attention);
+    /// The block output and, when `args.keep_weights`, the block's post-softmax attention.
+    /// With [`Queries::Prefix`] only the prefix tokens' outputs are computed (what pooling on
+    /// prefix tokens reads from the last block; equal to the same rows of the full output).
+    pub fn forward(&self, x: Tensor<3>, args: &AttentionArgs) -> (Tensor<3>, Option<Tensor<4>>) {
+        let (heads, attn) = self.attn.heads(self.norm1.forward(x.clone()), args);
+        let x = match args.queries {
+            Queries::All => x,
+            Queries::Prefix(p) => x.narrow(1, 0, p),
+        };
         let x = self.residual(x, heads, &self.attn.proj, &self.attn.proj_drop);
         let hidden = self.mlp.hidden(self.norm2.forward(x.clone()));
         (self.residual(x, hidden, &self.mlp.fc2, &self.mlp.drop), attn)
-    }
-
-    /// The block's output for the first token alone, `[B, 1, D]`: what class-token pooling
-    /// reads from the last block. Equal to `forward(x).0.narrow(1, 0, 1)`, for less work.
-    pub fn forward_first_token(&self, x: Tensor<3>) -> Tensor<3> {
-        let heads = self.attn.first_query_heads(self.norm1.forward(x.clone()));
-        let x = self.residual(x.narrow(1, 0, 1), heads, &self.attn.proj, &self.attn.proj_drop);
-        let hidden = self.mlp.hidden(self.norm2.forward(x.clone()));
-        self.residual(x, hidden, &self.mlp.fc2, &self.mlp.drop)
     }
 
     /// `x + DropPath(Dropout(layer(h)))`; one fused operation when nothing can be dropped.

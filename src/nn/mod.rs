@@ -1,4 +1,5 @@
-//! Building blocks shared by the transformer families (ViT today; SiT, NesT and CLIP reuse them).
+//! Building blocks shared by the model families: LayerNorm, the one attention core, the
+//! transformer block, and position-embedding resampling.
 //!
 //! Parameter names follow timm's (`norm1.weight`, `attn.qkv.weight`, `mlp.fc1.bias`, ...) and
 //! linear weights are kept in PyTorch's `[out, in]` layout when saved, so a checkpoint written
@@ -7,10 +8,12 @@
 mod attention;
 mod block;
 mod norm;
+mod resample;
 
-pub use attention::{Attention, attention_padded};
+pub use attention::{Attention, AttentionArgs, Mask, Projections, Queries, weights as attention_weights};
 pub use block::{Block, BlockConfig, DropPath, Mlp};
 pub use norm::LayerNorm;
+pub use resample::{Resample, resample_pos_embed};
 
 use burn::module::Param;
 use burn::nn::{Initializer, Linear, LinearConfig, LinearLayout};

@@ -8,9 +8,10 @@ use burn::tensor::Device;
 use super::{Series, confusion_matrix_png, overlay_png, xy_chart_png};
 use crate::app::{ModelSource, run_eval};
 use crate::data::DataSource;
-use crate::explain::{Explainer, explain_figures, test_images};
-use crate::io::{RunConfig, TrainState, Which, find_checkpoint, read_json, write_atomic};
+use crate::explain::{Explainer, Method, explain_figures, test_images};
+use crate::io::{Which, find_checkpoint, read_json, write_atomic};
 use crate::models::param_count;
+use crate::train::{RunConfig, TrainState, format_value, show_value};
 use crate::{Result, VitError};
 
 fn base64(bytes: &[u8]) -> String {
@@ -37,21 +38,100 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// Per-epoch columns of `log.csv`, by header name.
-fn read_log(path: &Path) -> Result<Vec<std::collections::BTreeMap<String, f64>>> {
+/// One row of `log.csv`, by header name.
+type LogRow = std::collections::BTreeMap<String, f64>;
+
+/// The header and rows of `log.csv`; an unreadable or malformed file is an error naming it.
+fn read_log(path: &Path) -> Result<(Vec<String>, Vec<LogRow>)> {
     let text = std::fs::read_to_string(path).map_err(|e| VitError::io(path, e))?;
+    let bad = |reason: String| VitError::BadData {
+        path: path.to_path_buf(),
+        reason,
+    };
     let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
-    Ok(lines
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            header
-                .iter()
-                .zip(l.split(','))
-                .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(f64::NAN)))
-                .collect()
+    let header: Vec<String> = lines.next().unwrap_or("").split(',').map(String::from).collect();
+    if header.first().map(String::as_str) != Some("epoch") {
+        return Err(bad("the first line is not a header starting with 'epoch'".into()));
+    }
+    let mut rows = Vec::new();
+    for (i, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let cells: Vec<&str> = line.split(',').collect();
+        if cells.len() != header.len() {
+            return Err(bad(format!(
+                "line {} has {} values for {} columns",
+                i + 2,
+                cells.len(),
+                header.len()
+            )));
+        }
+        let row = header
+            .iter()
+            .zip(cells)
+            .map(|(k, v)| {
+                v.trim()
+                    .parse::<f64>()
+                    .map(|v| (k.clone(), v))
+                    .map_err(|_| bad(format!("line {}: '{v}' in column {k} is not a number", i + 2)))
+            })
+            .collect::<Result<LogRow>>()?;
+        rows.push(row);
+    }
+    Ok((header, rows))
+}
+
+/// The charts of a log's columns: losses, accuracies, the learning rate, and every other
+/// column the task logged, one chart each.
+fn curve_groups(header: &[String]) -> Vec<(String, String, String, Vec<String>)> {
+    let task_columns: Vec<&String> = header
+        .iter()
+        .filter(|c| {
+            !matches!(
+                c.as_str(),
+                "epoch" | "step" | "lr" | "images_per_s" | "epoch_s" | "elapsed_s"
+            )
         })
-        .collect())
+        .collect();
+    let is_loss = |c: &str| c.ends_with("loss");
+    let is_acc = |c: &str| show_value(c, 0.0).ends_with('%');
+    let pick = |f: &dyn Fn(&str) -> bool| -> Vec<String> {
+        task_columns
+            .iter()
+            .filter(|c| f(c))
+            .map(|c| c.to_string())
+            .collect()
+    };
+    let mut groups = vec![
+        (
+            "curve_loss.png".into(),
+            "Loss per epoch".into(),
+            "loss".into(),
+            pick(&is_loss),
+        ),
+        (
+            "curve_accuracy.png".into(),
+            "Accuracy per epoch".into(),
+            "accuracy".into(),
+            pick(&is_acc),
+        ),
+    ];
+    for c in pick(&|c| !is_loss(c) && !is_acc(c)) {
+        groups.push((
+            format!("curve_{c}.png"),
+            format!("{} per epoch", c.replace('_', " ")),
+            c.clone(),
+            vec![c],
+        ));
+    }
+    if header.iter().any(|c| c == "lr") {
+        groups.push((
+            "curve_lr.png".into(),
+            "Learning rate at the end of each epoch".into(),
+            "learning rate".into(),
+            vec!["lr".into()],
+        ));
+    }
+    groups.retain(|g| !g.3.is_empty());
+    groups
 }
 
 fn figure(html: &mut String, path: &Path, caption: &str) -> Result<()> {
@@ -98,14 +178,15 @@ pub fn write_report(
     let _ = writeln!(
         html,
         "<table><tr><th>model</th><td>{}</td></tr><tr><th>parameters</th><td>{}</td></tr><tr><th>data</th><td>{} ({} classes)</td></tr>\
-         <tr><th>epochs trained</th><td>{}</td></tr><tr><th>best val top-1</th><td>{:.2}% (epoch {})</td></tr>\
+         <tr><th>epochs trained</th><td>{}</td></tr><tr><th>best {}</th><td>{} (epoch {})</td></tr>\
          <tr><th>training wall time</th><td>{:.0} s</td></tr><tr><th>checkpoint</th><td>{}</td></tr></table>",
         escape(&run.model_name),
-        param_count(&run.model),
+        param_count(&run.model)?,
         escape(&run.data.name),
         run.data.class_names.len(),
         state.epoch,
-        100.0 * state.best_val_acc,
+        escape(&state.best_metric),
+        escape(&format_value(&state.best_metric, state.best_value)),
         state.best_epoch,
         state.elapsed_s,
         escape(&ck.dir.display().to_string())
@@ -113,47 +194,66 @@ pub fn write_report(
 
     // Training curves.
     html.push_str("<h2>Training</h2>\n");
-    let log = read_log(&run_dir.join("log.csv")).unwrap_or_default();
-    let col = |name: &str| Series {
-        name: name.replace('_', " "),
-        points: log
-            .iter()
-            .map(|r| (r["epoch"], r.get(name).copied().unwrap_or(f64::NAN)))
-            .collect(),
-    };
-    if !log.is_empty() {
-        for (file, title, y, names) in [
-            (
-                "curve_loss.png",
-                "Loss per epoch",
-                "loss",
-                vec!["train_loss", "val_loss"],
-            ),
-            (
-                "curve_accuracy.png",
-                "Accuracy per epoch",
-                "accuracy",
-                vec!["train_acc", "val_acc", "val_top5"],
-            ),
-            (
-                "curve_lr.png",
-                "Learning rate at the end of each epoch",
-                "learning rate",
-                vec!["lr"],
-            ),
-        ] {
+    let log_path = run_dir.join("log.csv");
+    if log_path.exists() {
+        let (header, log) = read_log(&log_path)?;
+        for (file, title, y, names) in curve_groups(&header) {
+            let series: Vec<Series> = names
+                .iter()
+                .map(|name| Series {
+                    name: name.replace('_', " "),
+                    points: log
+                        .iter()
+                        .map(|r| (r["epoch"], r.get(name).copied().unwrap_or(f64::NAN)))
+                        .collect(),
+                })
+                .collect();
             let path = out.join(file);
-            let series: Vec<Series> = names.iter().map(|n| col(n)).collect();
-            xy_chart_png(&path, title, "epoch", y, &series, false)?;
-            figure(&mut html, &path, title)?;
+            xy_chart_png(&path, &title, "epoch", &y, &series, false)?;
+            figure(&mut html, &path, &title)?;
         }
     } else {
         html.push_str("<p>No log.csv in the run directory.</p>\n");
     }
 
     // Evaluation.
+    if run.model.num_classes().is_some() {
+        write_evaluation(&mut html, &run, &ck.dir, &data, out, device)?;
+    }
+
+    // Inside the model.
+    match Explainer::load(&ModelSource::Checkpoint(ck.dir.clone()), device) {
+        Ok(ex) => write_inside(&mut html, &ex, &run, &data, out, samples)?,
+        Err(e) => {
+            let _ = writeln!(
+                html,
+                "<p>Nothing drawn inside the model: {}</p>",
+                escape(&e.to_string())
+            );
+        }
+    }
+    html.push_str("</body></html>\n");
+    let path = out.join("report.html");
+    write_atomic(&path, html.as_bytes())?;
+    Ok(path)
+}
+
+/// The confusion matrix and per-class accuracy of the checkpoint in `ck` on `data`.
+fn write_evaluation(
+    html: &mut String,
+    run: &RunConfig,
+    ck: &Path,
+    data: &str,
+    out: &Path,
+    device: &Device,
+) -> Result<()> {
     html.push_str("<h2>Evaluation</h2>\n");
-    let (result, _) = run_eval(&ModelSource::Checkpoint(ck.dir.clone()), Some(&data), 256, device)?;
+    let (result, _) = run_eval(
+        &ModelSource::Checkpoint(ck.to_path_buf()),
+        Some(data),
+        256,
+        device,
+    )?;
     let cm = out.join("confusion_matrix.png");
     let cm_title = format!(
         "{} on {}: top-1 {:.2}%, top-5 {:.2}%",
@@ -163,7 +263,7 @@ pub fn write_report(
         100.0 * result.top5
     );
     confusion_matrix_png(&cm, &result.confusion, &run.data.class_names, &cm_title)?;
-    figure(&mut html, &cm, &cm_title)?;
+    figure(html, &cm, &cm_title)?;
     html.push_str("<table><tr><th>class</th><th>accuracy</th></tr>");
     for (name, acc) in run.data.class_names.iter().zip(result.per_class()) {
         let _ = write!(
@@ -174,52 +274,79 @@ pub fn write_report(
         );
     }
     html.push_str("</table>\n");
+    Ok(())
+}
 
-    // Inside the model.
-    match Explainer::load(&ModelSource::Checkpoint(ck.dir.clone()), device) {
-        Ok(ex) => {
-            html.push_str("<h2>Inside the model</h2>\n");
-            let test = test_images(&ex, &data)?;
-            let files = explain_figures(&ex, &test, samples, out)?;
-            let captions = [
-                "Patch-embedding filters: top principal components (ViT paper Fig. 7, left)",
-                "Cosine similarity of each position embedding with all others (Fig. 7, centre)",
-                "Mean attention distance per head against depth (Fig. 7, right)",
-            ];
-            for (f, c) in files.iter().zip(captions) {
-                figure(&mut html, f, c)?;
-            }
-            html.push_str("<h3>Attention rollout on test images</h3>\n");
-            let [h, w] = ex.run.model.img_size();
-            for i in 0..6.min(test.len()) {
-                let img = test.image(i);
-                let map = ex.rollout(img)?;
-                let label = &run.data.class_names[test.labels[i] as usize];
-                let path = out.join(format!("rollout_test_{i}.png"));
-                overlay_png(
-                    &path,
-                    &format!("test image {i} ({label})"),
-                    img,
-                    test.channels,
-                    [h, w],
-                    &map,
-                    ex.grid(),
-                )?;
-                figure(
-                    &mut html,
-                    &path,
-                    &format!("test image {i}, true class {label}: image and attention rollout"),
-                )?;
-            }
-        }
-        Err(e) => {
-            let _ = writeln!(html, "<p>No attention figures: {}</p>", escape(&e.to_string()));
+/// The model-level figures (for global attention) and six test images with the model's
+/// default explanation (rollout, else Grad-CAM).
+fn write_inside(
+    html: &mut String,
+    ex: &Explainer,
+    run: &RunConfig,
+    data: &str,
+    out: &Path,
+    samples: usize,
+) -> Result<()> {
+    let Ok(method) = ex.default_method() else {
+        let _ = writeln!(
+            html,
+            "<p>Nothing drawn inside the model: explain has no method for a {} model.</p>",
+            escape(run.model.family())
+        );
+        return Ok(());
+    };
+    html.push_str("<h2>Inside the model</h2>\n");
+    let test = test_images(ex, data)?;
+    if method == Method::Rollout {
+        let files = explain_figures(ex, &test, samples, out)?;
+        let captions = [
+            "Patch-embedding filters: top principal components (ViT paper Fig. 7, left)",
+            "Cosine similarity of each position embedding with all others (Fig. 7, centre)",
+            "Mean attention distance per head against depth (Fig. 7, right)",
+        ];
+        for (f, c) in files.iter().zip(captions) {
+            figure(html, f, c)?;
         }
     }
-    html.push_str("</body></html>\n");
-    let path = out.join("report.html");
-    write_atomic(&path, html.as_bytes())?;
-    Ok(path)
+    let (what, file) = match method {
+        Method::Rollout => ("attention rollout", "rollout"),
+        Method::GradCam => ("Grad-CAM of the predicted class", "gradcam"),
+    };
+    let _ = writeln!(
+        html,
+        "<h3>{} on test images</h3>",
+        escape(&what[..1].to_uppercase()) + &what[1..]
+    );
+    let [h, w] = ex.img_size();
+    for i in 0..6.min(test.len()) {
+        let img = test.image(i);
+        let (map, grid) = match method {
+            Method::Rollout => (ex.rollout(img)?, ex.layout()?.grid),
+            Method::GradCam => ex.grad_cam(img, None)?,
+        };
+        let label = run
+            .data
+            .class_names
+            .get(test.labels[i] as usize)
+            .cloned()
+            .unwrap_or_else(|| test.labels[i].to_string());
+        let path = out.join(format!("{file}_test_{i}.png"));
+        overlay_png(
+            &path,
+            &format!("test image {i} ({label})"),
+            img,
+            test.channels,
+            [h, w],
+            &map,
+            grid,
+        )?;
+        figure(
+            html,
+            &path,
+            &format!("test image {i}, true class {label}: image and {what}"),
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -22,9 +22,42 @@ pub struct TrainConfig {
     pub grad_clip: Option<f64>,
     pub augment: Option<Augment>,
     pub seed: u64,
-    /// Cap on training batches per epoch (for quick trials); none means all.
+    /// Cap on optimizer steps per epoch (for quick trials); none means all.
     #[serde(default)]
     pub max_steps_per_epoch: Option<usize>,
+    /// What is trained and how a batch becomes losses.
+    #[serde(default)]
+    pub task: TaskKind,
+    /// Batches whose gradients are summed before each optimizer step (the effective batch is
+    /// `batch_size × accum_steps`).
+    #[serde(default = "one")]
+    pub accum_steps: usize,
+    /// Which parameters train.
+    #[serde(default)]
+    pub trainable: Trainable,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// The training tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskKind {
+    /// Single-label image classification (cross-entropy with label smoothing).
+    #[default]
+    Classify,
+}
+
+/// Which parameters the optimizer updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trainable {
+    #[default]
+    All,
+    /// Only the classifier head (a linear probe); the frozen backbone runs as in inference.
+    Head,
 }
 
 impl Default for TrainConfig {
@@ -44,6 +77,9 @@ impl Default for TrainConfig {
             augment: None,
             seed: 0,
             max_steps_per_epoch: None,
+            task: TaskKind::Classify,
+            accum_steps: 1,
+            trainable: Trainable::All,
         }
     }
 }
@@ -51,8 +87,8 @@ impl Default for TrainConfig {
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(VitError::Config(m.to_string()));
-        if self.epochs == 0 || self.batch_size == 0 {
-            return bad("epochs and batch size must be positive");
+        if self.epochs == 0 || self.batch_size == 0 || self.accum_steps == 0 {
+            return bad("epochs, batch size and accumulation steps must be positive");
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return bad("learning rate must be a positive number");

@@ -2,8 +2,8 @@ use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::data::{BatchLoader, ImageDataset, Normalize};
-use crate::models::ImageClassifier;
+use crate::data::{BatchLoader, BatchSpec, ImageDataset, Normalize};
+use crate::models::Classifier;
 use crate::{Result, VitError};
 
 /// Accuracy, loss and confusion counts over a dataset.
@@ -53,8 +53,8 @@ fn softmax_rows(values: &[f32], classes: usize) -> Vec<Vec<f32>> {
 }
 
 /// Runs `model` on one batch `[B, C, H, W]` and returns the class probabilities.
-pub fn predict_batch<M: ImageClassifier>(
-    model: &M,
+pub fn predict_batch(
+    model: &dyn Classifier,
     images: Vec<f32>,
     shape: [usize; 4],
     device: &Device,
@@ -67,7 +67,7 @@ pub fn predict_batch<M: ImageClassifier>(
         )));
     }
     let x = Tensor::<4>::from_data(TensorData::new(images, shape), device);
-    let logits = model.forward(x);
+    let logits = model.logits(x);
     let [_, classes] = logits.dims();
     let values = logits
         .into_data()
@@ -80,8 +80,8 @@ pub fn predict_batch<M: ImageClassifier>(
 }
 
 /// Evaluates `model` (in validation mode) on every image of `data`.
-pub fn evaluate<M: ImageClassifier>(
-    model: &M,
+pub fn evaluate(
+    model: &dyn Classifier,
     data: Arc<ImageDataset>,
     norm: &Normalize,
     batch_size: usize,
@@ -89,12 +89,23 @@ pub fn evaluate<M: ImageClassifier>(
     device: &Device,
 ) -> Result<EvalResult> {
     let order: Vec<usize> = (0..data.len()).collect();
-    let loader = BatchLoader::new(data, order, batch_size, None, norm.clone(), false);
+    let loader = BatchLoader::new(
+        data,
+        order,
+        batch_size,
+        None,
+        norm.clone(),
+        false,
+        BatchSpec::LABELLED,
+    );
     let mut confusion = vec![vec![0u64; num_classes]; num_classes];
     let (mut loss, mut top1, mut top5, mut count) = (0f64, 0usize, 0usize, 0usize);
     for batch in loader {
-        let preds = predict_batch(model, batch.images, batch.shape, device)?;
-        for (p, &label) in preds.probs.iter().zip(&batch.labels) {
+        let labels = batch.labels()?.to_vec();
+        let shape = batch.shape;
+        let images = batch.views.into_iter().next().unwrap_or_default();
+        let preds = predict_batch(model, images, shape, device)?;
+        for (p, &label) in preds.probs.iter().zip(&labels) {
             let label = label as usize;
             if label >= p.len() {
                 return Err(VitError::Config(format!(

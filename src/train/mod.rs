@@ -1,11 +1,36 @@
-//! Supervised training and evaluation of image classifiers.
+//! Training: the loop, the tasks it drives, their recipe, logs and checkpoints, and
+//! evaluation of classifiers.
 
+mod checkpoints;
+mod classify;
 mod config;
 mod eval;
+mod log;
 mod loop_;
 mod optim;
+mod run;
+mod task;
 
-pub use config::{TrainConfig, lr_at};
+pub use classify::{Classification, correct_predictions};
+pub use config::{TaskKind, TrainConfig, Trainable, lr_at};
 pub use eval::{EvalResult, Predictions, evaluate, predict_batch};
-pub use loop_::{EpochRecord, Session, TrainOutcome, train};
-pub use optim::{build_optimizer, clip_grad_norm, no_decay_ids};
+pub use log::{EpochRecord, format_value, show_value};
+pub use loop_::{Session, TrainOutcome, train};
+pub use optim::{build_optimizer, clip_grad_norm, freeze_backbone, no_decay_ids};
+pub use run::{RunConfig, TrainState};
+pub use task::{BestBy, Step, StepContext, Task};
+
+use crate::Result;
+use crate::models::ModelConfig;
+
+impl TaskKind {
+    /// The task for a model of `config` trained with `recipe`.
+    pub fn build(&self, config: &ModelConfig, recipe: &TrainConfig) -> Result<Box<dyn Task>> {
+        Ok(match self {
+            TaskKind::Classify => Box::new(Classification {
+                classes: config.classes()?,
+                label_smoothing: recipe.label_smoothing,
+            }),
+        })
+    }
+}

@@ -1,40 +1,43 @@
-use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 
 use super::TrainConfig;
+use crate::io::ParamPath;
+use crate::models::{Model, ModelConfig};
 
-/// Parameters exempt from weight decay, as timm's `param_groups_weight_decay`: every 1-D
-/// tensor (norms, biases) and the token/position embeddings.
-pub fn no_decay_ids<M: Module>(model: &M) -> Vec<ParamId> {
-    struct V {
-        path: Vec<String>,
+/// Parameters exempt from weight decay, as the family declares them
+/// ([`ModelConfig::decay_exempt`]; timm's rule for the ViT).
+pub fn no_decay_ids<M: Module>(model: &M, config: &ModelConfig) -> Vec<ParamId> {
+    struct V<'a> {
+        path: ParamPath,
+        config: &'a ModelConfig,
         ids: Vec<ParamId>,
     }
-    impl ModuleVisitor for V {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_string());
+    impl ModuleVisitor for V<'_> {
+        fn enter_module(&mut self, name: &str, container: &str) {
+            self.path.enter(name, container);
         }
         fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
+            self.path.exit();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let leaf = self.path.last().map(String::as_str).unwrap_or("");
-            if D <= 1 || matches!(leaf, "cls_token" | "pos_embed" | "dist_token" | "reg_token") {
+            if self.config.decay_exempt(&self.path.name(), D) {
                 self.ids.push(param.id);
             }
         }
     }
     let mut v = V {
-        path: Vec::new(),
+        path: ParamPath::default(),
+        config,
         ids: Vec::new(),
     };
     model.visit(&mut v);
     v.ids
 }
 
-/// AdamW with decoupled weight decay on matrices only.
-pub fn build_optimizer<M: Module>(model: &M, cfg: &TrainConfig) -> ModuleOptimizer {
+/// AdamW with decoupled weight decay, except on the parameters the family exempts.
+pub fn build_optimizer<M: Module>(model: &M, config: &ModelConfig, cfg: &TrainConfig) -> ModuleOptimizer {
     let base = AdamWConfig::new()
         .with_beta_1(cfg.beta1 as f32)
         .with_beta_2(cfg.beta2 as f32)
@@ -43,7 +46,32 @@ pub fn build_optimizer<M: Module>(model: &M, cfg: &TrainConfig) -> ModuleOptimiz
     let undecayed = base.with_weight_decay(0.0).build();
     decayed
         .init()
-        .with_group(ParamGroup::from_ids(no_decay_ids(model)), undecayed, None)
+        .with_group(ParamGroup::from_ids(no_decay_ids(model, config)), undecayed, None)
+}
+
+/// Every parameter but the classifier head stops requiring gradients (a linear probe): the
+/// backward pass and the optimizer see the head alone.
+pub fn freeze_backbone(model: Model, config: &ModelConfig) -> Model {
+    struct Freeze {
+        path: ParamPath,
+        head: Vec<String>,
+    }
+    impl ModuleMapper for Freeze {
+        fn enter_module(&mut self, name: &str, container: &str) {
+            self.path.enter(name, container);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.exit();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let trains = self.head.contains(&self.path.name());
+            param.set_require_grad(trains)
+        }
+    }
+    model.map(&mut Freeze {
+        path: ParamPath::default(),
+        head: config.head_params(),
+    })
 }
 
 /// Scales all gradients together so their global L2 norm is at most `max_norm`, as
