@@ -1,14 +1,16 @@
 //! vitkit: train, evaluate, explain and run vision transformers with Burn.
 //!
-//! Layout: `nn` holds building blocks shared by the model families, `models` one file per
-//! family plus the preset registry, `data` the dataset readers and the batch loader, `train`
-//! the training loop, `io` checkpoints, `report` the PNG outputs, `kernels` the fused CPU operations. The `vitkit` binary in
-//! `cli/` is a thin layer over these.
+//! Layout: `kernels` the fused CPU operations, `nn` building blocks shared by the model
+//! families, `models` one file per family plus the preset registry, `data` the dataset readers
+//! and the batch loader, `io` weights and checkpoint files, `train` the loop and its tasks,
+//! `draw` the PNG outputs, `explain` what a model looks at, `report` the HTML report of a run.
+//! The `vitkit` binary in `cli/` is a thin layer over `app`.
 
 pub mod app;
 pub mod bench;
 pub mod data;
 pub mod device;
+pub mod draw;
 pub mod error;
 pub mod explain;
 pub mod io;

@@ -11,8 +11,8 @@ use vitkit::app::{
 };
 use vitkit::data::Augment;
 use vitkit::device::{parse_device, parse_float_dtype, set_float_dtype};
+use vitkit::draw::confusion_matrix_png;
 use vitkit::models::{Adaptation, GlobalPool, PRESETS, param_count, preset};
-use vitkit::report::confusion_matrix_png;
 use vitkit::train::{TrainConfig, Trainable, format_value};
 
 #[derive(Parser)]
@@ -514,7 +514,7 @@ fn show_data(args: ShowDataArgs) -> anyhow::Result<()> {
         })
         .collect();
     let zoom = (96 / ds.height.max(1)).max(1);
-    vitkit::report::image_grid_png(&args.out, &tiles, ds.channels, ds.height, ds.width, 10, zoom)?;
+    vitkit::draw::image_grid_png(&args.out, &tiles, ds.channels, ds.height, ds.width, 10, zoom)?;
     println!(
         "wrote {} ({} of {} training images)",
         args.out.display(),

@@ -12,9 +12,9 @@ use super::{
 };
 use crate::app::{ModelSource, load_data, load_model};
 use crate::data::{DataSource, ImageDataset, Normalize, load_image_file};
+use crate::draw::{Series, TileGrid, overlay_png, tile_grid_png, viridis, xy_chart_png};
 use crate::io::{write_atomic, write_json_atomic};
 use crate::models::{GlobalAttention, Model, Pooled, TokenLayout};
-use crate::report::{Series, TileGrid, overlay_png, tile_grid_png, viridis, xy_chart_png};
 use crate::train::RunConfig;
 use crate::{Result, VitError};
 

@@ -1,4 +1,5 @@
-//! Checkpoints: weights as safetensors under timm's key names, configs as JSON, optimizer
+//! Weights and checkpoint files: weights as safetensors under each family's key names (timm's
+//! for the ViT), foreign files read into a family, configs as JSON, optimizer
 //! state as Burn's burnpack bytes; every file written atomically.
 
 mod atomic;

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 
-use super::{Series, confusion_matrix_png, overlay_png, xy_chart_png};
 use crate::app::{ModelSource, run_eval};
 use crate::data::DataSource;
+use crate::draw::{Series, confusion_matrix_png, overlay_png, xy_chart_png};
 use crate::explain::{Explainer, Method, explain_figures, test_images};
 use crate::io::{Which, find_checkpoint, read_json, write_atomic};
 use crate::models::param_count;

@@ -9,9 +9,7 @@ use plotters::style::FontStyle;
 
 use crate::{Result, VitError};
 
-mod html;
 mod plots;
-pub use html::write_report;
 pub use plots::{Series, TileGrid, overlay_png, tile_grid_png, upsample, viridis, xy_chart_png};
 
 static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
