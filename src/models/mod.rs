@@ -46,12 +46,6 @@ pub enum Model {
     Vit(Vit),
 }
 
-impl From<Vit> for Model {
-    fn from(m: Vit) -> Self {
-        Model::Vit(m)
-    }
-}
-
 /// How the token sequence or feature map becomes one feature vector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -292,6 +292,12 @@ impl Vit {
     }
 }
 
+impl From<Vit> for Model {
+    fn from(m: Vit) -> Self {
+        Model::Vit(m)
+    }
+}
+
 impl Family for Vit {
     fn family_name(&self) -> &'static str {
         "vit"
@@ -374,7 +380,7 @@ impl Architecture for VitConfig {
         VitConfig::validate(self)
     }
     fn build(&self, device: &Device) -> Result<Model> {
-        Ok(Model::Vit(self.init(device)?))
+        Ok(self.init(device)?.into())
     }
     fn img_size(&self) -> [usize; 2] {
         self.img_size
