@@ -785,3 +785,20 @@ fn folder_datasets_are_told_apart_by_their_path() {
     let a = std::path::absolute(dir.path().join("a")).unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("folder:{}", a.display())));
 }
+
+/// Output into a pipe nobody reads (`vitkit models | head -1`) ends vitkit quietly, never in a
+/// panic.
+#[test]
+fn a_closed_output_pipe_is_not_a_panic() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_vitkit"))
+        .arg("models")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!out.status.success());
+}

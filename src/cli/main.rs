@@ -728,6 +728,13 @@ fn open_device(name: &str) -> anyhow::Result<burn::tensor::Device> {
 }
 
 fn main() -> ExitCode {
+    // Output piped into a program that stops reading (`vitkit models | head`) ends vitkit
+    // quietly, as it does other Unix tools, instead of a panic in `println!`.
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     vitkit::device::init_runtime();
     let cli = Cli::parse();
     // A typo in VITKIT_FUSED would otherwise switch kernels off unnoticed.
