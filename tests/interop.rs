@@ -107,6 +107,40 @@ fn timm_average_pool_model_matches() {
     assert!(d <= 1e-4, "max |Δ| = {d}");
 }
 
+/// A timm model made with `global_pool='avg'` and 5 classes, opened as the class-token,
+/// 1000-class architecture with nothing fixed: the file says its pooling (`fc_norm`, no
+/// `norm`) and its classes (the head's shape), so it runs exactly and matches timm.
+#[test]
+fn what_a_timm_file_states_is_read_from_it() {
+    let device = Device::flex();
+    let base = VitConfig {
+        num_classes: 1000,
+        ..small(GlobalPool::Token, [32, 32], 1e-6)
+    };
+    let opts = ImportOptions {
+        strictness: Strictness::Exact,
+        ..Default::default()
+    };
+    let imported = import_weights(
+        &fixture("vit_avg.weights.safetensors"),
+        WeightSource::Timm,
+        &ModelConfig::Vit(base),
+        &Adaptation::default(),
+        &opts,
+        &device,
+    )
+    .unwrap();
+    let ModelConfig::Vit(read) = &imported.config;
+    assert_eq!((read.global_pool, read.num_classes), (GlobalPool::Avg, 5));
+    let d = parity(
+        "vit_avg.weights.safetensors",
+        "vit_avg.io.safetensors",
+        WeightSource::Timm,
+        read.clone(),
+    );
+    assert!(d <= 1e-4, "max |Δ| = {d}");
+}
+
 #[test]
 fn hugging_face_model_matches() {
     for file in ["hf_vit.weights.safetensors", "hf_vit_v4names.weights.safetensors"] {

@@ -152,7 +152,10 @@ pub fn check_fused_env() -> Result<(), String> {
 /// `VITKIT_FUSED` lists some (see [`parse_fused`]). For measuring what each buys. A program
 /// that did not call [`check_fused_env`] and has an invalid value runs every kernel.
 pub fn enabled(op: Fused) -> bool {
-    let mask = fused_mask().clone().unwrap_or(ALL_FUSED);
+    let mask = match fused_mask() {
+        Ok(mask) => *mask,
+        Err(_) => ALL_FUSED,
+    };
     mask & op as u16 != 0
 }
 

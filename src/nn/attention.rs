@@ -144,8 +144,10 @@ impl Attention {
             );
             let qkv = crate::kernels::linear(x, fused);
             if args.is_plain() && !dropout_active && crate::kernels::attention_applies(&qkv) {
-                let parts = [0, 1, 2].map(|i| fused_part(qkv.clone(), self.num_heads, i));
-                let weights = keep.then(|| self.composed(parts, args).1);
+                let weights = keep.then(|| {
+                    let parts = [0, 1, 2].map(|i| fused_part(qkv.clone(), self.num_heads, i));
+                    self.composed(parts, args).1
+                });
                 return (crate::kernels::attention(qkv, self.num_heads), weights);
             }
             let plain_inference = args.is_plain()
