@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # The GPU measurements of issue 5 in one command, for a device machine lent for a short time
 # (each call there costs minutes of start-up, so everything runs in one):
-#   1. vit_base_patch16_224 inference, batch 256, fp32 (MODEL, INFER_BATCH below), with Burn's
-#      attention fed the raw query length and then one padded to a multiple of 128
-#      (VITKIT_PAD_QUERIES, see src/nn/attention.rs), each side by side with PyTorch eager;
+#   1. vit_base_patch16_224 inference, batch 256, fp32 (MODEL, INFER_BATCH below), side by side
+#      with PyTorch eager;
 #   2. the same model's training step, batch 64, fp32, side by side with PyTorch eager;
 #   3. the autotune results CubeCL kept, packed so that they can be carried to the next machine.
 # Before them, the CUDA kernels' tests when their build was carried (.gpu/test-gpu.xz).
@@ -15,8 +14,7 @@
 #   target-cuda/release/vitkit. .gpu/env.tgz (earlier autotune results) is unpacked into the
 #   repository root when target/environment does not exist yet.
 #   PYTHON (default python3, with torch + timm), PAIRS (2), STEPS (20), WARMUP (25),
-#   DEVICE (cuda; cpu only to try the script itself), PADS ("1"; "1 128" adds padded queries,
-#   which matter only with VITKIT_FUSED leaving softmax out), MODES ("infer train"),
+#   DEVICE (cuda; cpu only to try the script itself), MODES ("infer train"),
 #   MODEL (vit_base_patch16_224), INFER_BATCH (256), TRAIN_BATCH (64).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -24,7 +22,7 @@ cd "$root"
 out="${OUT:-/tmp/gpu_session}"
 mkdir -p "$out"
 pairs="${PAIRS:-2}" steps="${STEPS:-20}" warmup="${WARMUP:-25}"
-device="${DEVICE:-cuda}" pads="${PADS:-1}" modes="${MODES:-infer train}"
+device="${DEVICE:-cuda}" modes="${MODES:-infer train}"
 model="${MODEL:-vit_base_patch16_224}" infer_batch="${INFER_BATCH:-256}" train_batch="${TRAIN_BATCH:-64}"
 export PYTHON="${PYTHON:-python3}"
 
@@ -70,11 +68,7 @@ compare() {
 
 for mode in $modes; do
     case "$mode" in
-        infer)
-            for pad in $pads; do
-                VITKIT_PAD_QUERIES="$pad" compare "infer-$infer_batch-pad$pad" --case "$model infer $infer_batch"
-            done
-            ;;
+        infer) compare "infer-$infer_batch" --case "$model infer $infer_batch" ;;
         train) compare "train-$train_batch" --case "$model train $train_batch" ;;
         *) echo "unknown mode $mode" >&2; exit 2 ;;
     esac

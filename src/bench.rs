@@ -159,7 +159,8 @@ fn wait_for_update(model: &Model) {
     struct Last(Option<Tensor<1>>);
     impl ModuleVisitor for Last {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.0 = Some(param.val().flatten(0, D - 1).narrow(0, 0, 1));
+            // Without autodiff: reading it records nothing in the graph.
+            self.0 = Some(param.val().inner().flatten(0, D - 1).narrow(0, 0, 1));
         }
     }
     let mut last = Last(None);

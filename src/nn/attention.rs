@@ -135,43 +135,54 @@ impl Attention {
     /// The heads' outputs merged, `[B, queries, D]`, before the output projection (and the
     /// weights when asked for).
     pub fn heads(&self, x: Tensor<3>, args: &AttentionArgs) -> (Tensor<3>, Option<Tensor<4>>) {
-        let keep = args.keep_weights;
-        let dropout_active = self.attn_drop.prob > 0.0 && x.device().is_autodiff();
-        if let Some(fused) = &self.qkv {
-            assert!(
-                args.kv.is_none(),
-                "keys and values from another sequence need separate q/k/v projections"
-            );
-            let qkv = crate::kernels::linear(x, fused);
-            if args.is_plain() && !dropout_active && crate::kernels::attention_applies(&qkv) {
-                let weights = keep.then(|| {
-                    let parts = [0, 1, 2].map(|i| fused_part(qkv.clone(), self.num_heads, i));
-                    self.composed(parts, args).1
-                });
-                return (crate::kernels::attention(qkv, self.num_heads), weights);
+        match &self.qkv {
+            Some(fused) => {
+                assert!(
+                    args.kv.is_none(),
+                    "keys and values from another sequence need separate q/k/v projections"
+                );
+                self.fused_heads(crate::kernels::linear(x, fused), args)
             }
-            let plain_inference = args.is_plain()
-                && !keep
-                && !qkv.device().is_autodiff()
-                && !crate::kernels::on_flex(&qkv)
-                && !crate::kernels::gpu_softmax_applies(&qkv);
-            let h = self.num_heads;
-            let q = match args.queries {
-                // Only the prefix queries: split them alone out of qkv.
-                Queries::Prefix(p) => fused_part(qkv.clone().narrow(1, 0, p), h, 0),
-                Queries::All => fused_part(qkv.clone(), h, 0),
-            };
-            let [k, v] = [1, 2].map(|i| fused_part(qkv.clone(), h, i));
-            if plain_inference {
-                return (merge(backend_attention(q, k, v)), None);
-            }
-            let args = AttentionArgs {
-                queries: Queries::All,
-                ..args.clone()
-            };
-            let (out, w) = self.composed([q, k, v], &args);
-            return (out, keep.then_some(w));
+            None => self.separate_heads(x, args),
         }
+    }
+
+    /// [`Self::heads`] from the fused projection's output `qkv: [B, N, 3 * D]`.
+    fn fused_heads(&self, qkv: Tensor<3>, args: &AttentionArgs) -> (Tensor<3>, Option<Tensor<4>>) {
+        let (h, keep) = (self.num_heads, args.keep_weights);
+        let dropout_active = self.attn_drop.prob > 0.0 && qkv.device().is_autodiff();
+        if args.is_plain() && !dropout_active && crate::kernels::attention_applies(&qkv) {
+            let weights = keep.then(|| {
+                let parts = [0, 1, 2].map(|i| fused_part(qkv.clone(), h, i));
+                self.composed(parts, args).1
+            });
+            return (crate::kernels::attention(qkv, h), weights);
+        }
+        let plain_inference = args.is_plain()
+            && !keep
+            && !qkv.device().is_autodiff()
+            && !crate::kernels::on_flex(&qkv)
+            && !crate::kernels::gpu_softmax_applies(&qkv);
+        let q = match args.queries {
+            // Only the prefix queries: split them alone out of qkv.
+            Queries::Prefix(p) => fused_part(qkv.clone().narrow(1, 0, p), h, 0),
+            Queries::All => fused_part(qkv.clone(), h, 0),
+        };
+        let [k, v] = [1, 2].map(|i| fused_part(qkv.clone(), h, i));
+        if plain_inference {
+            return (merge(backend_attention(q, k, v)), None);
+        }
+        let args = AttentionArgs {
+            queries: Queries::All,
+            ..args.clone()
+        };
+        let (out, w) = self.composed([q, k, v], &args);
+        (out, keep.then_some(w))
+    }
+
+    /// [`Self::heads`] through the separate q, k and v projections (keys and values from
+    /// `args.kv` when given).
+    fn separate_heads(&self, x: Tensor<3>, args: &AttentionArgs) -> (Tensor<3>, Option<Tensor<4>>) {
         let (q, k, v) = self.separate_parts();
         let source = args.kv.clone().unwrap_or_else(|| x.clone());
         let x = match args.queries {
@@ -189,7 +200,7 @@ impl Attention {
             ..args.clone()
         };
         let (out, w) = self.composed(parts, &args);
-        (out, keep.then_some(w))
+        (out, args.keep_weights.then_some(w))
     }
 
     fn separate_parts(&self) -> (&Linear, &Linear, &Linear) {
@@ -248,6 +259,10 @@ fn split(x: Tensor<3>, heads: usize) -> Tensor<4> {
 /// `[B, heads, N, dh]` → `[B, N, heads * dh]`.
 fn merge(x: Tensor<4>) -> Tensor<3> {
     let [b, h, n, dh] = x.dims();
+    if n == 1 {
+        // One query (a class token): the heads are already in order, no transpose needed.
+        return x.reshape([b, 1, h * dh]);
+    }
     x.swap_dims(1, 2).reshape([b, n, h * dh])
 }
 
