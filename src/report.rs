@@ -322,7 +322,10 @@ fn write_inside(
         let img = test.image(i);
         let (map, grid) = match method {
             Method::Rollout => (ex.rollout(img)?, ex.layout()?.grid),
-            Method::GradCam => ex.grad_cam(img, None)?,
+            Method::GradCam => {
+                let cam = ex.grad_cam(img, None)?;
+                (cam.map, cam.grid)
+            }
         };
         let label = run
             .data

@@ -7,8 +7,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
 
 use super::{
-    Matrix, attention_rollout, class_token_map, grad_cam, grid_distances, head_mean, mean_attention_distance,
-    patch_embedding_components, position_similarity,
+    GradCam, Matrix, attention_rollout, class_token_map, grad_cam, grid_distances, head_mean,
+    mean_attention_distance, patch_embedding_components, position_similarity,
 };
 use crate::app::{ModelSource, load_data, load_model};
 use crate::data::{DataSource, ImageDataset, Normalize, load_image_file};
@@ -169,11 +169,20 @@ impl Explainer {
     }
 
     /// Grad-CAM of the predicted class (or `class`) over the head's feature map, for one
-    /// image: the map and its grid.
-    pub fn grad_cam(&self, image: &[u8], class: Option<usize>) -> Result<(Vec<f64>, [usize; 2])> {
+    /// image.
+    pub fn grad_cam(&self, image: &[u8], class: Option<usize>) -> Result<GradCam> {
         self.check_method(Method::GradCam)?;
-        let cam = grad_cam(&self.model, self.input(&[image]), class)?;
-        Ok((cam.map, cam.grid))
+        grad_cam(&self.model, self.input(&[image]), class)
+    }
+
+    /// The name of class `k` (its index when the run has no names).
+    pub fn class_name(&self, k: usize) -> String {
+        self.run
+            .data
+            .class_names
+            .get(k)
+            .cloned()
+            .unwrap_or_else(|| k.to_string())
     }
 
     /// The raw attention over the patches in block `layer` (of the pooled tokens), for one
@@ -326,13 +335,14 @@ pub fn explain_images(
         let (kind, title, map, grid) = match method {
             Method::Rollout => (
                 "rollout",
-                "attention rollout",
+                "attention rollout".to_string(),
                 ex.rollout(&img)?,
                 ex.layout()?.grid,
             ),
             Method::GradCam => {
-                let (map, grid) = ex.grad_cam(&img, None)?;
-                ("gradcam", "Grad-CAM of the predicted class", map, grid)
+                let cam = ex.grad_cam(&img, None)?;
+                let title = format!("Grad-CAM of the predicted class, {}", ex.class_name(cam.class));
+                ("gradcam", title, cam.map, cam.grid)
             }
         };
         let png = out.join(format!("{name}_{kind}.png"));
