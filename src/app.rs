@@ -7,7 +7,7 @@ use std::sync::Arc;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::data::{Augment, DataInfo, DataSource, DatasetSplits, FolderOptions, load_image_file};
+use crate::data::{Augment, DataInfo, DataSource, DatasetSplits, FolderOptions, Normalize, load_image_file};
 use crate::io::{
     ForeignWeights, ImportOptions, LoadReport, Strictness, WeightSource, Which, find_checkpoint,
     load_weights, read_json,
@@ -48,14 +48,6 @@ pub fn load_data(source: &DataSource, size: [usize; 2], skip_bad_images: bool) -
     Ok(splits)
 }
 
-/// Foreign weights of another library say the Hugging Face LayerNorm epsilon.
-fn source_adaptation(source: WeightSource) -> Adaptation {
-    Adaptation {
-        norm_eps: (source == WeightSource::Hf).then_some(1e-12),
-        ..Adaptation::default()
-    }
-}
-
 pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
     let source = DataSource::parse(&req.data)?;
     let base = preset(&req.model)?;
@@ -63,16 +55,10 @@ pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
         Some((file, src)) => Some(ForeignWeights::read(file, *src)?),
         None => None,
     };
-    let fixed = Adaptation {
-        norm_eps: foreign
-            .as_ref()
-            .and_then(|f| source_adaptation(f.source).norm_eps),
-        ..req.adapt.clone()
-    };
     // A pretrained model's image size is the file's unless --img-size says otherwise.
     let config = match &foreign {
-        Some(f) => f.config_for(&base, &fixed)?,
-        None => base.adapted(&fixed)?,
+        Some(f) => f.config_for(&base, &req.adapt)?,
+        None => base.adapted(&req.adapt)?,
     };
     let splits = load_data(&source, config.img_size(), req.skip_bad_images)?;
     // Data decides the head and input channels, as timm's create_model(num_classes=, in_chans=);
@@ -80,7 +66,7 @@ pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
     let fixed = Adaptation {
         num_classes: Some(splits.info.class_names.len()),
         in_chans: foreign.is_none().then_some(splits.info.channels),
-        ..fixed
+        ..req.adapt.clone()
     };
     let train_device = device.clone().autodiff();
     let (model, config) = match foreign {
@@ -156,13 +142,9 @@ impl WeightsSpec {
             strictness,
             ..Default::default()
         };
-        let fixed = Adaptation {
-            norm_eps: source_adaptation(self.source).norm_eps,
-            ..self.adapt.clone()
-        };
         let imported = ForeignWeights::read(&self.file, self.source)?.load(
             &preset(&self.model)?,
-            &fixed,
+            &self.adapt,
             &opts,
             device,
         )?;
@@ -198,35 +180,43 @@ pub enum ModelSource {
 /// A row-major matrix on the host with its `[rows, cols]`.
 pub type HostMatrix = (Vec<f32>, [usize; 2]);
 
+/// A model loaded for inference, with what is needed to feed it.
+pub struct Loaded {
+    /// In inference mode.
+    pub model: Model,
+    pub run: RunConfig,
+    /// The input normalisation, checked against the model.
+    pub norm: Normalize,
+}
+
 /// The model of a vitkit checkpoint (a run directory, whose best checkpoint is used, or a
-/// checkpoint directory) or of a foreign weights file, in inference mode, with its run
-/// configuration (checked: its normalisation fits the model).
-pub fn load_model(source: &ModelSource, device: &Device) -> Result<(Model, RunConfig)> {
-    let (model, run) = match source {
+/// checkpoint directory) or of a foreign weights file. A `config.json` whose data does not fit
+/// the model is refused before anything is built.
+pub fn load_model(source: &ModelSource, device: &Device) -> Result<Loaded> {
+    let (model, run, norm) = match source {
         ModelSource::Checkpoint(dir) => {
             let ck = find_checkpoint(dir, Which::Best)?;
             let run: RunConfig = read_json(&ck.config())?;
-            run.normalize()?;
+            let norm = run.normalize()?;
             let model = load_weights(run.model.build(device)?, &ck.model(), true)?.0;
-            (model, run)
+            (model, run, norm)
         }
         ModelSource::Weights(spec) => {
             let (model, run, _) = spec.load(Purpose::Run, device)?;
-            (model, run)
+            let norm = run.normalize()?;
+            (model, run, norm)
         }
     };
-    run.normalize()?;
-    Ok((model.valid(), run))
+    Ok(Loaded {
+        model: model.valid(),
+        run,
+        norm,
+    })
 }
 
 fn host(t: Tensor<2>) -> Result<HostMatrix> {
     let dims = t.dims();
-    let values = t
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| VitError::Other(format!("{e:?}")))?;
-    Ok((values, dims))
+    Ok((crate::nn::host_values(t)?, dims))
 }
 
 /// Evaluates on the test split of `data` (default: the dataset the model was trained on).
@@ -236,7 +226,7 @@ pub fn run_eval(
     batch_size: usize,
     device: &Device,
 ) -> Result<(EvalResult, RunConfig)> {
-    let (model, run) = load_model(checkpoint, device)?;
+    let Loaded { model, run, norm } = load_model(checkpoint, device)?;
     let classes = run.model.classes()?;
     let source = DataSource::parse(data.unwrap_or(&run.data.name))?;
     let splits = load_data(&source, run.model.img_size(), false)?;
@@ -246,7 +236,6 @@ pub fn run_eval(
             splits.info.class_names.len(),
         )));
     }
-    let norm = run.normalize()?;
     norm.check_channels(splits.test.channels)?;
     let result = evaluate(
         model.classifier()?,
@@ -274,10 +263,9 @@ pub fn run_predict(
     k: usize,
     device: &Device,
 ) -> Result<Vec<Prediction>> {
-    let (model, run) = load_model(checkpoint, device)?;
+    let Loaded { model, run, norm } = load_model(checkpoint, device)?;
     let classifier = model.classifier()?;
     let [h, w] = run.model.img_size();
-    let norm = run.normalize()?;
     let mut out = Vec::new();
     for path in images {
         // Decoded as the training data was stored, then normalised and converted as in training.
@@ -289,10 +277,7 @@ pub fn run_predict(
         let mut ranked: Vec<(String, f32)> = probs
             .iter()
             .enumerate()
-            .map(|(i, &p)| {
-                let name = run.data.class_names.get(i).cloned();
-                (name.unwrap_or_else(|| i.to_string()), p)
-            })
+            .map(|(i, &p)| (run.data.class_name(i), p))
             .collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
         ranked.truncate(k);
@@ -315,7 +300,7 @@ pub fn default_augment(data: &str) -> Option<Augment> {
 /// `vitkit infer`: reads `pixel_values` `[B, C, H, W]` (f32, preprocessed) from a safetensors
 /// file and writes `logits` `[B, K]` and `pre_logits` `[B, D]` to another. Returns B.
 pub fn run_infer(source: &ModelSource, input: &Path, output: &Path, device: &Device) -> Result<usize> {
-    let (model, run) = load_model(source, device)?;
+    let Loaded { model, run, .. } = load_model(source, device)?;
     let classifier = model.classifier()?;
     let bad = |reason: String| VitError::BadData {
         path: input.to_path_buf(),

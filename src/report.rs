@@ -308,15 +308,11 @@ fn write_inside(
             figure(html, f, c)?;
         }
     }
-    let (what, file) = match method {
-        Method::Rollout => ("attention rollout", "rollout"),
-        Method::GradCam => ("Grad-CAM of the predicted class", "gradcam"),
+    let (heading, what, file) = match method {
+        Method::Rollout => ("Attention rollout", "attention rollout", "rollout"),
+        Method::GradCam => ("Grad-CAM", "Grad-CAM of the predicted class", "gradcam"),
     };
-    let _ = writeln!(
-        html,
-        "<h3>{} on test images</h3>",
-        escape(&what[..1].to_uppercase()) + &what[1..]
-    );
+    let _ = writeln!(html, "<h3>{heading} on test images</h3>");
     let [h, w] = ex.img_size();
     for i in 0..6.min(test.len()) {
         let img = test.image(i);
@@ -327,12 +323,7 @@ fn write_inside(
                 (cam.map, cam.grid)
             }
         };
-        let label = run
-            .data
-            .class_names
-            .get(test.labels[i] as usize)
-            .cloned()
-            .unwrap_or_else(|| test.labels[i].to_string());
+        let label = run.data.class_name(test.labels[i] as usize);
         let path = out.join(format!("{file}_test_{i}.png"));
         overlay_png(
             &path,

@@ -203,15 +203,22 @@ fn reduced_keys_and_an_additive_bias_match_the_reference() {
         assert!(gap(&host(out), &want) < 1e-5, "bias {with_bias}");
         assert!(gap(&host(weights.unwrap()), &want_w) < 1e-5, "bias {with_bias}");
     }
-    // Prefix queries with reduced keys: the first rows.
+    // Prefix queries with reduced keys and the bias given for every query: the first rows.
     let args = AttentionArgs {
         kv: Some(kv.clone()),
+        bias: Some(bias.clone()),
         queries: Queries::Prefix(2),
+        keep_weights: true,
         ..Default::default()
     };
-    let (out, _) = att.forward(x, &args);
-    let (want, _) = reference(&q, &k, &v, [n, m], None, None, &att.proj);
+    let (out, weights) = att.forward(x, &args);
+    let (want, want_w) = reference(&q, &k, &v, [n, m], Some(&bias_host), None, &att.proj);
     assert!(gap(&host(out), &want[..2 * DIM]) < 1e-5);
+    let weights = host(weights.unwrap());
+    for head in 0..HEADS {
+        let rows = &want_w[head * n * m..head * n * m + 2 * m];
+        assert!(gap(&weights[head * 2 * m..(head + 1) * 2 * m], rows) < 1e-5);
+    }
 }
 
 /// CLIP's causal text mask, as booleans or as an additive `-inf` matrix: the same attention,
@@ -249,4 +256,16 @@ fn causal_masks_match_the_reference() {
         outputs.push(out);
     }
     assert!(gap(&outputs[0], &outputs[1]) < 1e-6);
+    // The mask is given for every query; with prefix queries it is cut to their rows.
+    let args = AttentionArgs {
+        mask: Some(Mask::causal(n, &device)),
+        queries: Queries::Prefix(2),
+        ..Default::default()
+    };
+    let (out, _) = att.forward(x.clone(), &args);
+    let out = host(out);
+    for b in 0..2 {
+        let full = &outputs[0][b * n * DIM..b * n * DIM + 2 * DIM];
+        assert!(gap(&out[b * 2 * DIM..(b + 1) * 2 * DIM], full) < 1e-5);
+    }
 }

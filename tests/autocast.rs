@@ -5,7 +5,7 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Distribution, Tensor};
 use vitkit::device::parse_device;
 use vitkit::kernels::{bf16_products, set_bf16_products};
-use vitkit::models::{Vit, VitConfig};
+use vitkit::models::{Classifier, Vit, VitConfig};
 
 /// Doubles every parameter (in place where flex can: a tensor nobody else holds).
 struct Double;
@@ -17,7 +17,7 @@ impl ModuleMapper for Double {
 }
 
 fn logits(model: &Vit, x: &Tensor<4>) -> Vec<f32> {
-    model.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap()
+    model.logits(x.clone()).into_data().try_to_vec::<f32>().unwrap()
 }
 
 /// The largest gap over the reference's largest magnitude.

@@ -597,7 +597,7 @@ fn foreign_weights_are_read_exactly_or_refused() {
         &[
             "missing keys: norm.weight",
             "unexpected keys: fc_norm.bias",
-            "nothing was run",
+            "nothing was loaded",
         ],
     );
     refuse(

@@ -6,7 +6,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{DType, Distribution, FloatDType, Int, Tensor, TensorData};
 use vitkit::device::{parse_device, parse_float_dtype, set_float_dtype};
-use vitkit::models::{ModelConfig, VitConfig};
+use vitkit::models::{Classifier, ModelConfig, VitConfig};
 use vitkit::train::{TrainConfig, build_optimizer};
 
 /// Casts every float parameter to f32.
@@ -31,14 +31,14 @@ fn bf16_models_match_f32_and_learn() {
     let model = config.init(&device).unwrap();
     let x = Tensor::<4>::random([6, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
     assert_eq!(x.dtype(), DType::BF16);
-    let logits = model.forward(x.clone());
+    let logits = model.logits(x.clone());
     assert_eq!(logits.dtype(), DType::BF16);
 
     // The same weights in f32 (vitkit's fused kernels) agree to bf16's precision.
     let reference = model
         .clone()
         .map(&mut ToF32)
-        .forward(x.clone().cast(FloatDType::F32));
+        .logits(x.clone().cast(FloatDType::F32));
     assert_eq!(reference.dtype(), DType::F32);
     let got = logits
         .cast(FloatDType::F32)
@@ -62,7 +62,7 @@ fn bf16_models_match_f32_and_learn() {
     let mut optim = build_optimizer(&model, &ModelConfig::Vit(config.clone()), &TrainConfig::default());
     let mut losses = Vec::new();
     for _ in 0..30 {
-        let loss = (log_softmax(model.forward(x.clone()), 1) * targets.clone())
+        let loss = (log_softmax(model.logits(x.clone()), 1) * targets.clone())
             .sum_dim(1)
             .mean()
             .neg();

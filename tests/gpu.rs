@@ -5,6 +5,7 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
+use vitkit::models::Classifier;
 
 mod support;
 use support::{bias_and_layer_norm_gaps, max_diff, unary_gaps};
@@ -86,11 +87,11 @@ fn cuda_vit_inference_matches_the_cpu() {
     let cpu = Device::flex();
     let model = config.init(&cpu).unwrap();
     let images = Tensor::<4>::random([2, 3, 32, 32], Distribution::Normal(0.0, 1.0), &cpu);
-    let expected = model.forward(images.clone());
+    let expected = model.logits(images.clone());
     let gpu = cuda();
     let on_gpu = model
         .to_device(&gpu)
-        .forward(images.to_device(&gpu))
+        .logits(images.to_device(&gpu))
         .to_device(&cpu);
     let scale = expected.clone().abs().max().into_scalar::<f32>().max(1.0);
     let gap = max_diff(on_gpu, expected) / scale;

@@ -1,7 +1,7 @@
 //! Presets, shapes and parameter counts, and numerical parity with timm fixtures.
 
 use burn::tensor::{Device, Tensor};
-use vitkit::models::{ModelConfig, PRESETS, VitConfig, param_count, preset};
+use vitkit::models::{Classifier, ModelConfig, PRESETS, VitConfig, param_count, preset};
 
 /// Every preset builds (its parameters are created lazily, so this is cheap), validates, and
 /// says what its family can do.
@@ -71,7 +71,7 @@ fn base_patch16_224_forward_shape() {
     let device = Device::flex();
     let c = vit("vit_base_patch16_224");
     let model = c.init(&device).unwrap();
-    let logits = model.forward(Tensor::<4>::zeros([1, 3, 224, 224], &device));
+    let logits = model.logits(Tensor::<4>::zeros([1, 3, 224, 224], &device));
     assert_eq!(logits.dims(), [1, 1000]);
 }
 
@@ -91,7 +91,7 @@ fn attention_rows_are_distributions_and_do_not_change_logits() {
     // The plain forward runs the last block for the class token alone and the fused attention
     // kernel; asking for the maps runs every token through the composed path. Same logits, up
     // to float rounding.
-    let plain = model.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
+    let plain = model.logits(x.clone()).into_data().try_to_vec::<f32>().unwrap();
     let detailed = model.forward_detailed(x, true);
     let full = detailed.logits.clone().into_data().try_to_vec::<f32>().unwrap();
     assert_eq!(plain.len(), full.len());

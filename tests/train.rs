@@ -8,7 +8,7 @@ use rand::{Rng, SeedableRng};
 use vitkit::VitError;
 use vitkit::data::{DataInfo, DatasetSplits, ImageDataset};
 use vitkit::io::{Which, find_checkpoint, load_weights, read_json, read_safetensors, save_weights};
-use vitkit::models::{ModelConfig, VitConfig};
+use vitkit::models::{Classifier, ModelConfig, VitConfig};
 use vitkit::train::{Classification, RunConfig, Session, TrainConfig, TrainState, train};
 
 /// Noisy 16x16 RGB images whose class is the quadrant holding a bright square.
@@ -202,19 +202,19 @@ fn checkpoint_round_trip_keeps_logits() {
         burn::tensor::Distribution::Normal(0.0, 1.0),
         &device,
     );
-    let before = model.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
+    let before = model.logits(x.clone()).into_data().try_to_vec::<f32>().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.safetensors");
     save_weights(&model, &path, &Default::default()).unwrap();
     // A fresh model has different weights until the file is loaded into it.
     let fresh = tiny_vit().init(&device).unwrap();
     assert_ne!(
-        fresh.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap(),
+        fresh.logits(x.clone()).into_data().try_to_vec::<f32>().unwrap(),
         before
     );
     let (loaded, report) = load_weights(fresh, &path, true).unwrap();
     assert!(report.is_exact(), "{}", report.describe());
-    assert_eq!(loaded.forward(x).into_data().try_to_vec::<f32>().unwrap(), before);
+    assert_eq!(loaded.logits(x).into_data().try_to_vec::<f32>().unwrap(), before);
     // Keys and shapes are timm's.
     let (tensors, _) = vitkit::io::read_safetensors(&path).unwrap();
     assert_eq!(tensors["blocks.1.attn.qkv.weight"].shape, vec![96, 32]);

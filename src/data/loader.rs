@@ -163,9 +163,9 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// The images of the first view.
-    pub fn images(&self) -> &[f32] {
-        &self.views[0]
+    /// The images of the first view, `[B, C, H, W]` row-major.
+    pub fn into_images(self) -> Vec<f32> {
+        self.views.into_iter().next().unwrap_or_default()
     }
 
     /// The labels, or an error when this batch was drawn without them.

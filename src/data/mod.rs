@@ -153,6 +153,13 @@ pub struct DataInfo {
     pub std: Vec<f32>,
 }
 
+impl DataInfo {
+    /// The name of class `k` (its index when the data has no name for it).
+    pub fn class_name(&self, k: usize) -> String {
+        self.class_names.get(k).cloned().unwrap_or_else(|| k.to_string())
+    }
+}
+
 /// Sizes of the built-in dataset's fixed splits.
 pub const SYNTHETIC_TRAIN: usize = 20_000;
 pub const SYNTHETIC_TEST: usize = 2_000;

@@ -7,6 +7,7 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 
 use crate::models::Model;
+use crate::nn::host_values;
 use crate::{Result, VitError};
 
 /// One image's Grad-CAM.
@@ -20,13 +21,6 @@ pub struct GradCam {
     pub map: Vec<f64>,
     /// α_c: the mean over positions of ∂score/∂A_c, per channel.
     pub weights: Vec<f64>,
-}
-
-fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| VitError::Other(format!("{e:?}")))
 }
 
 /// Grad-CAM of `class` (default: the predicted one) for the single image `x` `[1, C, H, W]`,
@@ -61,7 +55,7 @@ pub fn grad_cam(model: &Model, x: Tensor<4>, class: Option<usize>) -> Result<Gra
         }
         Some(k) => k,
         None => {
-            host(logits.clone())?
+            host_values(logits.clone())?
                 .iter()
                 .enumerate()
                 .fold(
@@ -75,11 +69,11 @@ pub fn grad_cam(model: &Model, x: Tensor<4>, class: Option<usize>) -> Result<Gra
     let grad = leaf
         .grad(&grads)
         .ok_or_else(|| VitError::Other("the head's output does not depend on the feature map".into()))?;
-    let weights: Vec<f64> = host(grad.mean_dim(3).mean_dim(2).reshape([c]))?
+    let weights: Vec<f64> = host_values(grad.mean_dim(3).mean_dim(2).reshape([c]))?
         .into_iter()
         .map(f64::from)
         .collect();
-    let values = host(map.reshape([c, h * w]))?;
+    let values = host_values(map.reshape([c, h * w]))?;
     let cam = (0..h * w)
         .map(|i| {
             let s: f64 = (0..c).map(|ch| weights[ch] * values[ch * h * w + i] as f64).sum();

@@ -10,11 +10,12 @@ use super::{
     GradCam, Matrix, attention_rollout, class_token_map, grad_cam, grid_distances, head_mean,
     mean_attention_distance, patch_embedding_components, position_similarity,
 };
-use crate::app::{ModelSource, load_data, load_model};
+use crate::app::{Loaded, ModelSource, load_data, load_model};
 use crate::data::{DataSource, ImageDataset, Normalize, load_image_file};
 use crate::draw::{Series, TileGrid, overlay_png, tile_grid_png, viridis, xy_chart_png};
 use crate::io::{write_atomic, write_json_atomic};
 use crate::models::{GlobalAttention, Model, Pooled, TokenLayout};
+use crate::nn::host_values;
 use crate::train::RunConfig;
 use crate::{Result, VitError};
 
@@ -35,17 +36,9 @@ pub struct Explainer {
     device: Device,
 }
 
-fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| VitError::Other(format!("{e:?}")))
-}
-
 impl Explainer {
     pub fn load(source: &ModelSource, device: &Device) -> Result<Self> {
-        let (model, run) = load_model(source, device)?;
-        let norm = run.normalize()?;
+        let Loaded { model, run, norm } = load_model(source, device)?;
         Ok(Self {
             model,
             run,
@@ -87,22 +80,23 @@ impl Explainer {
 
     /// The model's global attention, or an error naming what explain can do instead.
     fn global(&self) -> Result<&dyn GlobalAttention> {
-        self.model.global_attention().ok_or_else(|| {
-            VitError::Config(format!(
-                "this needs global attention maps, which a {} model (of {}) does not have; {}",
-                self.model.family(),
-                self.run.model_name,
-                self.what_it_can_do()
-            ))
-        })
+        self.model
+            .global_attention()
+            .ok_or_else(|| self.unsupported(Method::Rollout))
     }
 
     /// Checks `method` applies to this model.
     pub fn check_method(&self, method: Method) -> Result<()> {
         if self.methods().contains(&method) {
-            return Ok(());
+            Ok(())
+        } else {
+            Err(self.unsupported(method))
         }
-        Err(VitError::Config(match method {
+    }
+
+    /// Why `method` does not apply, and what does.
+    fn unsupported(&self, method: Method) -> VitError {
+        VitError::Config(match method {
             Method::Rollout => format!(
                 "attention rollout needs global attention maps, which a {} model does not have; {}",
                 self.model.family(),
@@ -113,7 +107,7 @@ impl Explainer {
                  --global-pool avg, CMT, NesT); {}",
                 self.what_it_can_do()
             ),
-        }))
+        })
     }
 
     /// Rollout when the model has global attention, else Grad-CAM when it applies.
@@ -151,7 +145,7 @@ impl Explainer {
         global
             .attention_maps(self.input(images))
             .into_iter()
-            .map(to_vec)
+            .map(host_values)
             .collect()
     }
 
@@ -173,16 +167,6 @@ impl Explainer {
     pub fn grad_cam(&self, image: &[u8], class: Option<usize>) -> Result<GradCam> {
         self.check_method(Method::GradCam)?;
         grad_cam(&self.model, self.input(&[image]), class)
-    }
-
-    /// The name of class `k` (its index when the run has no names).
-    pub fn class_name(&self, k: usize) -> String {
-        self.run
-            .data
-            .class_names
-            .get(k)
-            .cloned()
-            .unwrap_or_else(|| k.to_string())
     }
 
     /// The raw attention over the patches in block `layer` (of the pooled tokens), for one
@@ -263,7 +247,7 @@ impl Explainer {
             .position_embedding()
             .ok_or_else(|| VitError::Config("the model has no learned position embedding".into()))?;
         let [_, t, d] = pos.dims();
-        Ok(position_similarity(&to_vec(pos)?, t, d, layout.prefix))
+        Ok(position_similarity(&host_values(pos)?, t, d, layout.prefix))
     }
 
     /// Top principal components of the patch-embedding filters, each `[C, P, P]`.
@@ -273,7 +257,7 @@ impl Explainer {
             .patch_filters()
             .ok_or_else(|| VitError::Config("the model has no patch-embedding filters".into()))?;
         let [d, c, p, q] = w.dims();
-        Ok(patch_embedding_components(&to_vec(w)?, d, c * p * q, k))
+        Ok(patch_embedding_components(&host_values(w)?, d, c * p * q, k))
     }
 }
 
@@ -341,7 +325,10 @@ pub fn explain_images(
             ),
             Method::GradCam => {
                 let cam = ex.grad_cam(&img, None)?;
-                let title = format!("Grad-CAM of the predicted class, {}", ex.class_name(cam.class));
+                let title = format!(
+                    "Grad-CAM of the predicted class, {}",
+                    ex.run.data.class_name(cam.class)
+                );
                 ("gradcam", title, cam.map, cam.grid)
             }
         };

@@ -207,10 +207,17 @@ impl ForeignWeights {
 
     /// `config` with `fixed` applied, completed from what the file states for every field
     /// `fixed` leaves open (classes, channels, pooling, image size; see
-    /// [`ModelConfig::read_weights`]).
+    /// [`ModelConfig::read_weights`]) and from its source's conventions (Hugging Face's
+    /// LayerNorm epsilon, 1e-12).
     pub fn config_for(&self, config: &ModelConfig, fixed: &Adaptation) -> Result<ModelConfig> {
-        let mut config = config.adapted(fixed)?;
-        config.read_weights(&self.tensors, fixed)?;
+        let fixed = Adaptation {
+            norm_eps: fixed
+                .norm_eps
+                .or((self.source == WeightSource::Hf).then_some(1e-12)),
+            ..fixed.clone()
+        };
+        let mut config = config.adapted(&fixed)?;
+        config.read_weights(&self.tensors, &fixed)?;
         Ok(config)
     }
 
@@ -218,14 +225,14 @@ impl ForeignWeights {
     /// resampled to the configuration's) under `opts.strictness`. Fails when nothing matches
     /// (another architecture).
     pub fn load(
-        self,
+        mut self,
         config: &ModelConfig,
         fixed: &Adaptation,
         opts: &ImportOptions,
         device: &Device,
     ) -> Result<Imported> {
         let config = self.config_for(config, fixed)?;
-        let mut tensors = self.tensors.clone();
+        let mut tensors = std::mem::take(&mut self.tensors);
         config
             .fit_weights(&mut tensors, opts.resample)
             .map_err(|e| self.mismatch(e.to_string()))?;
@@ -246,7 +253,7 @@ impl ForeignWeights {
         };
         if !must_match.is_exact() {
             return Err(self.mismatch(format!(
-                "{}; nothing was run. The file does not hold the configuration asked for{}",
+                "{}; nothing was loaded. The file does not hold the configuration asked for{}",
                 must_match.describe(),
                 if opts.strictness == Strictness::Exact {
                     " (to run its backbone under a new classifier head, pass --fresh-head)"

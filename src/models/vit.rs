@@ -210,7 +210,7 @@ pub struct Vit {
     pub img_size: [usize; 2],
 }
 
-/// What a forward pass hands back when the caller wants to look inside.
+/// Everything one forward pass can hand back, for a caller who wants to look inside.
 pub struct VitOutput {
     pub logits: Tensor<2>,
     /// Pooled features before the head `[B, D]`.
@@ -220,6 +220,24 @@ pub struct VitOutput {
 }
 
 impl Vit {
+    /// Logits, pooled features and, when `keep_attention`, the attention of every block, from
+    /// one pass (with the maps every block runs for every token; without, as [`Classifier`]).
+    pub fn forward_detailed(&self, x: Tensor<4>, keep_attention: bool) -> VitOutput {
+        let (tokens, attentions) = self.encode(x, keep_attention);
+        let pre_logits = self.pool(tokens);
+        VitOutput {
+            logits: Classifier::head(self, pre_logits.clone()),
+            pre_logits,
+            attentions,
+        }
+    }
+
+    /// The patch grid `[rows, columns]`.
+    fn grid(&self) -> [usize; 2] {
+        let p = self.patch_embed.patch_size;
+        [self.img_size[0] / p, self.img_size[1] / p]
+    }
+
     /// Token sequence after the last block (before the final norm; only the class token when
     /// class-token pooling needs nothing else), and optionally every block's attention.
     fn encode(&self, x: Tensor<4>, keep_attention: bool) -> (Tensor<3>, Vec<Tensor<4>>) {
@@ -274,22 +292,6 @@ impl Vit {
             }
         }
     }
-
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let (tokens, _) = self.encode(x, false);
-        crate::kernels::linear(self.pool(tokens), &self.head)
-    }
-
-    /// Logits, pooled features and, when `keep_attention`, the attention of every block.
-    pub fn forward_detailed(&self, x: Tensor<4>, keep_attention: bool) -> VitOutput {
-        let (tokens, attentions) = self.encode(x, keep_attention);
-        let pre_logits = self.pool(tokens);
-        VitOutput {
-            logits: crate::kernels::linear(pre_logits.clone(), &self.head),
-            pre_logits,
-            attentions,
-        }
-    }
 }
 
 impl From<Vit> for Model {
@@ -328,11 +330,10 @@ impl Classifier for Vit {
 
 impl GlobalAttention for Vit {
     fn layout(&self) -> TokenLayout {
-        let p = self.patch_embed.patch_size;
         TokenLayout {
             prefix: 1,
-            grid: [self.img_size[0] / p, self.img_size[1] / p],
-            patch_size: p,
+            grid: self.grid(),
+            patch_size: self.patch_embed.patch_size,
             depth: self.blocks.len(),
             heads: self.blocks.first().map_or(0, |b| b.attn.num_heads),
             pooled: match self.global_pool {
@@ -357,8 +358,7 @@ impl SpatialMap for Vit {
     fn feature_map(&self, x: Tensor<4>) -> Tensor<4> {
         let tokens = self.encode(x, false).0;
         let [b, n, d] = tokens.dims();
-        let p = self.patch_embed.patch_size;
-        let [gh, gw] = [self.img_size[0] / p, self.img_size[1] / p];
+        let [gh, gw] = self.grid();
         tokens.narrow(1, 1, n - 1).swap_dims(1, 2).reshape([b, d, gh, gw])
     }
     fn classify_map(&self, map: Tensor<4>) -> Tensor<2> {
@@ -449,11 +449,9 @@ impl Architecture for VitConfig {
             && let Some(&[_, t, _]) = shape_of(file, "pos_embed", 3)
             && let Some(n) = t.checked_sub(1)
             && n != self.num_patches()
+            && let Some(side) = square_side(n)
         {
-            let side = (n as f64).sqrt().round() as usize;
-            if side > 0 && side * side == n {
-                self.img_size = [side * self.patch_size; 2];
-            }
+            self.img_size = [side * self.patch_size; 2];
         }
         Ok(())
     }
@@ -476,13 +474,12 @@ impl Architecture for VitConfig {
                 "pos_embed has {t} tokens: no patch positions to resample"
             ));
         };
-        let side = (n as f64).sqrt().round() as usize;
-        if side * side != n {
+        let Some(side) = square_side(n) else {
             return bad(format!(
                 "pos_embed has {t} tokens: not a square grid plus a class token, so it cannot \
                  be resampled to {want}"
             ));
-        }
+        };
         pos.values = crate::nn::resample_pos_embed(&pos.values, d, 1, [side, side], self.grid(), resample);
         pos.shape = vec![1, want, d];
         Ok(())
@@ -492,4 +489,10 @@ impl Architecture for VitConfig {
     fn pretrained_mean_std(&self) -> (Vec<f32>, Vec<f32>) {
         (vec![0.5; self.in_chans], vec![0.5; self.in_chans])
     }
+}
+
+/// The side of a square grid of `n > 0` positions, when `n` is a square.
+fn square_side(n: usize) -> Option<usize> {
+    let side = (n as f64).sqrt().round() as usize;
+    (side > 0 && side * side == n).then_some(side)
 }

@@ -60,14 +60,26 @@ pub enum Queries {
     Prefix(usize),
 }
 
+impl Queries {
+    /// `x` cut to these queries along axis `dim` (the token axis of whatever is given per query).
+    pub fn select<const D: usize>(&self, x: Tensor<D>, dim: usize) -> Tensor<D> {
+        match self {
+            Queries::All => x,
+            Queries::Prefix(p) => x.narrow(dim, 0, *p),
+        }
+    }
+}
+
 /// Everything about one attention call beyond its input.
 #[derive(Debug, Clone, Default)]
 pub struct AttentionArgs {
     /// Keys and values from this sequence `[B, M, D]` instead of the input (M may differ from
     /// the input's length). Needs [`Projections::Separate`].
     pub kv: Option<Tensor<3>>,
-    /// Added to the scaled logits; `[1 or B, heads, queries, keys]`.
+    /// Added to the scaled logits; `[1 or B, heads, N, keys]`, for every query (cut to the
+    /// prefix with [`Queries::Prefix`]).
     pub bias: Option<Tensor<4>>,
+    /// `[N, keys]`, for every query (cut like the bias).
     pub mask: Option<Mask>,
     pub queries: Queries,
     /// Also hand back the post-softmax weights `[B, heads, queries, keys]`.
@@ -163,20 +175,13 @@ impl Attention {
             && !qkv.device().is_autodiff()
             && !crate::kernels::on_flex(&qkv)
             && !crate::kernels::gpu_softmax_applies(&qkv);
-        let q = match args.queries {
-            // Only the prefix queries: split them alone out of qkv.
-            Queries::Prefix(p) => fused_part(qkv.clone().narrow(1, 0, p), h, 0),
-            Queries::All => fused_part(qkv.clone(), h, 0),
-        };
+        // Only the queries asked for: split them alone out of qkv.
+        let q = fused_part(args.queries.select(qkv.clone(), 1), h, 0);
         let [k, v] = [1, 2].map(|i| fused_part(qkv.clone(), h, i));
         if plain_inference {
             return (merge(backend_attention(q, k, v)), None);
         }
-        let args = AttentionArgs {
-            queries: Queries::All,
-            ..args.clone()
-        };
-        let (out, w) = self.composed([q, k, v], &args);
+        let (out, w) = self.composed([q, k, v], args);
         (out, keep.then_some(w))
     }
 
@@ -185,21 +190,13 @@ impl Attention {
     fn separate_heads(&self, x: Tensor<3>, args: &AttentionArgs) -> (Tensor<3>, Option<Tensor<4>>) {
         let (q, k, v) = self.separate_parts();
         let source = args.kv.clone().unwrap_or_else(|| x.clone());
-        let x = match args.queries {
-            Queries::All => x,
-            Queries::Prefix(p) => x.narrow(1, 0, p),
-        };
         let h = self.num_heads;
         let parts = [
-            split(crate::kernels::linear(x, q), h),
+            split(crate::kernels::linear(args.queries.select(x, 1), q), h),
             split(crate::kernels::linear(source.clone(), k), h),
             split(crate::kernels::linear(source, v), h),
         ];
-        let args = AttentionArgs {
-            queries: Queries::All,
-            ..args.clone()
-        };
-        let (out, w) = self.composed(parts, &args);
+        let (out, w) = self.composed(parts, args);
         (out, args.keep_weights.then_some(w))
     }
 
@@ -210,21 +207,21 @@ impl Attention {
         }
     }
 
-    /// Attention from Burn's operations on split heads: the merged output `[B, Nq, D]` and the
-    /// weights `[B, heads, Nq, Nk]`.
+    /// Attention from Burn's operations on split heads whose queries are already the ones
+    /// `args.queries` asks for (the bias and mask, given for every query, are cut to them):
+    /// the merged output `[B, Nq, D]` and the weights `[B, heads, Nq, Nk]`.
     fn composed(&self, [q, k, v]: [Tensor<4>; 3], args: &AttentionArgs) -> (Tensor<3>, Tensor<4>) {
-        let q = match args.queries {
-            Queries::All => q,
-            Queries::Prefix(p) => q.narrow(2, 0, p),
-        };
-        let weights = weights(q, k, args.bias.clone(), args.mask.as_ref());
+        let bias = args.bias.clone().map(|b| args.queries.select(b, 2));
+        let mask = args.mask.as_ref().map(|m| args.queries.select(m.additive(), 0));
+        let weights = weights(q, k, bias, mask);
         let out = self.attn_drop.forward(weights.clone()).matmul(v);
         (merge(out), weights)
     }
 }
 
-/// `softmax(q kᵀ / sqrt(head_dim) + bias + mask)` for `q: [B, h, Nq, dh]`, `k: [B, h, Nk, dh]`.
-pub fn weights(q: Tensor<4>, k: Tensor<4>, bias: Option<Tensor<4>>, mask: Option<&Mask>) -> Tensor<4> {
+/// `softmax(q kᵀ / sqrt(head_dim) + bias + mask)` for `q: [B, h, Nq, dh]`, `k: [B, h, Nk, dh]`,
+/// with the additive `mask: [Nq, Nk]`.
+fn weights(q: Tensor<4>, k: Tensor<4>, bias: Option<Tensor<4>>, mask: Option<Tensor<2>>) -> Tensor<4> {
     let [_, _, _, dh] = q.dims();
     let scale = (dh as f64).powf(-0.5);
     if bias.is_none() && mask.is_none() && crate::kernels::gpu_softmax_applies(&q) {
@@ -236,7 +233,7 @@ pub fn weights(q: Tensor<4>, k: Tensor<4>, bias: Option<Tensor<4>>, mask: Option
         logits = logits + b;
     }
     if let Some(m) = mask {
-        logits = logits + m.additive().unsqueeze::<4>();
+        logits = logits + m.unsqueeze::<4>();
     }
     crate::kernels::softmax_last(logits)
 }

@@ -2,7 +2,7 @@ use burn::module::{Flag, Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::{Device, Distribution, Tensor};
 
-use super::{Attention, AttentionArgs, LayerNorm, Projections, Queries, timm_linear};
+use super::{Attention, AttentionArgs, LayerNorm, Projections, timm_linear};
 
 /// Stochastic depth: drops the whole residual branch of a sample with probability `prob`
 /// while training, and rescales the kept ones.
@@ -113,15 +113,16 @@ impl Block {
     }
 
     /// The block output and, when `args.keep_weights`, the block's post-softmax attention.
-    /// With [`Queries::Prefix`] only the prefix tokens' outputs are computed (what pooling on
+    /// With [`Queries::Prefix`](super::Queries::Prefix) only the prefix tokens' outputs are computed (what pooling on
     /// prefix tokens reads from the last block; equal to the same rows of the full output).
     pub fn forward(&self, x: Tensor<3>, args: &AttentionArgs) -> (Tensor<3>, Option<Tensor<4>>) {
         let (heads, attn) = self.attn.heads(self.norm1.forward(x.clone()), args);
-        let x = match args.queries {
-            Queries::All => x,
-            Queries::Prefix(p) => x.narrow(1, 0, p),
-        };
-        let x = self.residual(x, heads, &self.attn.proj, &self.attn.proj_drop);
+        let x = self.residual(
+            args.queries.select(x, 1),
+            heads,
+            &self.attn.proj,
+            &self.attn.proj_drop,
+        );
         let hidden = self.mlp.hidden(self.norm2.forward(x.clone()));
         (self.residual(x, hidden, &self.mlp.fc2, &self.mlp.drop), attn)
     }

@@ -10,7 +10,7 @@ mod block;
 mod norm;
 mod resample;
 
-pub use attention::{Attention, AttentionArgs, Mask, Projections, Queries, weights as attention_weights};
+pub use attention::{Attention, AttentionArgs, Mask, Projections, Queries};
 pub use block::{Block, BlockConfig, DropPath, Mlp};
 pub use norm::LayerNorm;
 pub use resample::{Resample, resample_pos_embed};
@@ -31,6 +31,14 @@ pub fn timm_linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Li
         linear.bias = Some(Initializer::Zeros.init([d_out], device));
     }
     linear
+}
+
+/// A tensor's values on the host as f32, row-major (any float type converted).
+pub fn host_values<const D: usize>(t: Tensor<D>) -> crate::Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| crate::VitError::Other(format!("reading a tensor back: {e:?}")))
 }
 
 /// A parameter drawn from N(0, std²).

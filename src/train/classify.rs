@@ -94,7 +94,7 @@ impl Task for Classification {
         let classes = self.classes;
         let inner = ctx.device.clone().inner();
         let shape = batch.shape;
-        let images = batch.views.into_iter().next().unwrap_or_default();
+        let images = batch.into_images();
         let x = Tensor::<4>::from_data(TensorData::new(images, shape), &inner);
         let targets = Tensor::<2>::from_data(
             TensorData::new(

@@ -69,11 +69,7 @@ pub fn predict_batch(
     let x = Tensor::<4>::from_data(TensorData::new(images, shape), device);
     let logits = model.logits(x);
     let [_, classes] = logits.dims();
-    let values = logits
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| VitError::Other(format!("{e:?}")))?;
+    let values = crate::nn::host_values(logits)?;
     Ok(Predictions {
         probs: softmax_rows(&values, classes),
     })
@@ -103,7 +99,7 @@ pub fn evaluate(
     for batch in loader {
         let labels = batch.labels()?.to_vec();
         let shape = batch.shape;
-        let images = batch.views.into_iter().next().unwrap_or_default();
+        let images = batch.into_images();
         let preds = predict_batch(model, images, shape, device)?;
         for (p, &label) in preds.probs.iter().zip(&labels) {
             let label = label as usize;

@@ -1,7 +1,7 @@
 //! Per-epoch logs (`log.csv`, `log.jsonl`) with whatever columns the task reports, and the
 //! progress line.
 
-use std::io::{IsTerminal, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::time::Instant;
 
@@ -72,8 +72,12 @@ pub fn append_logs(run_dir: &Path, rec: &EpochRecord) -> Result<()> {
     let csv = run_dir.join("log.csv");
     let header = rec.header();
     if csv.exists() {
-        let text = std::fs::read_to_string(&csv).map_err(|e| VitError::io(&csv, e))?;
-        let existing = text.lines().next().unwrap_or("");
+        // The header line only: the log grows by a line per epoch.
+        let mut existing = String::new();
+        std::fs::File::open(&csv)
+            .and_then(|f| std::io::BufReader::new(f).read_line(&mut existing))
+            .map_err(|e| VitError::io(&csv, e))?;
+        let existing = existing.trim_end();
         if !existing.is_empty() && existing != header {
             return Err(VitError::BadData {
                 path: csv,
