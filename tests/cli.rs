@@ -245,11 +245,10 @@ fn models_lists_presets_with_counts() {
 /// A preset's weights under timm names, written the way vitkit saves them (the same layout as
 /// a timm `state_dict()`).
 fn nano_weights(path: &Path) {
-    let ModelConfigVit(c) = vitkit::models::preset("vit_nano_patch8_32").unwrap();
-    let model = c.init(&burn::tensor::Device::flex()).unwrap();
+    let config = vitkit::models::preset("vit_nano_patch8_32").unwrap();
+    let model = config.build(&burn::tensor::Device::flex()).unwrap();
     vitkit::io::save_weights(&model, path, &Default::default()).unwrap();
 }
-use vitkit::models::ModelConfig::Vit as ModelConfigVit;
 
 fn pixel_values(path: &Path, shape: [usize; 4]) {
     let n: usize = shape.iter().product();

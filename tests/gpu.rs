@@ -5,7 +5,6 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
-use vitkit::models::Classifier;
 
 mod support;
 use support::{bias_and_layer_norm_gaps, max_diff, unary_gaps};
@@ -83,14 +82,16 @@ fn cuda_softmax_rows_sum_to_one_without_autodiff() {
 fn cuda_vit_inference_matches_the_cpu() {
     // The whole model on CUDA (its attention through vitkit's softmax) against the CPU, with
     // the same weights: CubeCL multiplies f32 on TF32 tensor cores, hence the tolerance.
-    let vitkit::models::ModelConfig::Vit(config) = vitkit::models::preset("vit_tiny_patch4_32").unwrap();
+    let config = vitkit::models::preset("vit_tiny_patch4_32").unwrap();
     let cpu = Device::flex();
-    let model = config.init(&cpu).unwrap();
+    let model = config.build(&cpu).unwrap();
     let images = Tensor::<4>::random([2, 3, 32, 32], Distribution::Normal(0.0, 1.0), &cpu);
-    let expected = model.logits(images.clone());
+    let expected = model.classifier().unwrap().logits(images.clone());
     let gpu = cuda();
-    let on_gpu = model
-        .to_device(&gpu)
+    let on_gpu = model.to_device(&gpu);
+    let on_gpu = on_gpu
+        .classifier()
+        .unwrap()
         .logits(images.to_device(&gpu))
         .to_device(&cpu);
     let scale = expected.clone().abs().max().into_scalar::<f32>().max(1.0);

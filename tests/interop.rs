@@ -124,19 +124,23 @@ fn what_a_timm_file_states_is_read_from_it() {
     let imported = import_weights(
         &fixture("vit_avg.weights.safetensors"),
         WeightSource::Timm,
-        &ModelConfig::Vit(base),
+        &ModelConfig::Vit(base.clone()),
         &Adaptation::default(),
         &opts,
         &device,
     )
     .unwrap();
-    let ModelConfig::Vit(read) = &imported.config;
-    assert_eq!((read.global_pool, read.num_classes), (GlobalPool::Avg, 5));
+    let read = VitConfig {
+        global_pool: GlobalPool::Avg,
+        num_classes: 5,
+        ..base
+    };
+    assert_eq!(imported.config, ModelConfig::Vit(read.clone()));
     let d = parity(
         "vit_avg.weights.safetensors",
         "vit_avg.io.safetensors",
         WeightSource::Timm,
-        read.clone(),
+        read,
     );
     assert!(d <= 1e-4, "max |Δ| = {d}");
 }

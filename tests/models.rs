@@ -47,6 +47,8 @@ fn parameter_counts_match_the_reference_values() {
 fn vit(name: &str) -> VitConfig {
     match preset(name).unwrap() {
         ModelConfig::Vit(c) => c,
+        #[allow(unreachable_patterns)] // once other families are registered
+        other => panic!("{name} is a {} preset", other.family()),
     }
 }
 

@@ -262,7 +262,10 @@ fn resume_continues_from_the_last_checkpoint() {
     let state: TrainState = read_json(&killed.path().join("checkpoints/epoch-0001/state.json")).unwrap();
     assert_eq!(state.epoch, 1);
 
-    let resumed = train_run(killed.path(), &data, 3, 2e-3, true).unwrap();
+    // Resumed with another weight decay on the command line: the saved recipe continues.
+    let mut other_recipe = run_config(&data, 3, 2e-3);
+    other_recipe.train.as_mut().unwrap().weight_decay = 0.5;
+    let resumed = resume_as(tiny_vit(), other_recipe, &data, killed.path()).unwrap();
     assert_eq!(resumed.history.len(), 2, "only epochs 2 and 3 are trained again");
     assert_eq!(resumed.history[0].epoch, 2);
     assert_eq!(resumed.state.step, whole.state.step);
@@ -311,6 +314,33 @@ fn resume_continues_from_the_last_checkpoint() {
         max_gap(&a["head.weight"].values, &moved["head.weight"].values) > 1e-5,
         "epoch 4 trained"
     );
+}
+
+/// A run whose recipe cannot start (a batch larger than the data) writes nothing.
+#[test]
+fn a_run_that_cannot_start_leaves_no_directory() {
+    let data = splits();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let mut run = run_config(&data, 1, 1e-3);
+    run.train.as_mut().unwrap().batch_size = 400;
+    run.train.as_mut().unwrap().accum_steps = 2;
+    let device = Device::flex().autodiff();
+    let err = train(
+        tiny_vit().init(&device).unwrap(),
+        &classify(),
+        run,
+        &data,
+        &dir,
+        &Session::default(),
+        &device,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("larger than the 512 training images"),
+        "{err}"
+    );
+    assert!(!dir.exists(), "nothing is written for a run that never started");
 }
 
 #[test]

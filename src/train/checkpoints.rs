@@ -20,11 +20,8 @@ pub fn checkpoint_name(epoch: usize) -> String {
     format!("checkpoints/epoch-{epoch:04}")
 }
 
-/// What `--resume` reads from a run's last checkpoint.
+/// What `--resume` reads from a run's last checkpoint besides the weights.
 pub struct Resumed {
-    /// The model with the checkpoint's weights (and its parameter ids, which the optimizer
-    /// state is keyed by).
-    pub model: Model,
     pub state: TrainState,
     /// The saved run configuration (its recipe is the one that continues).
     pub run: RunConfig,
@@ -66,9 +63,9 @@ impl ModuleMapper for AsUpdated {
     }
 }
 
-/// Loads a run's last checkpoint for `--resume` into `model`, checking it belongs to the same
-/// model, data and task.
-pub fn load_resume(model: Model, run_dir: &Path, run: &RunConfig) -> Result<Resumed> {
+/// Loads a run's last checkpoint for `--resume` into `model` (with the saved parameter ids,
+/// which the optimizer state is keyed by), checking it belongs to the same model, data and task.
+pub fn load_resume(model: Model, run_dir: &Path, run: &RunConfig) -> Result<(Model, Resumed)> {
     let ck = find_checkpoint(run_dir, Which::Last)?;
     let saved: RunConfig = read_json(&ck.config())?;
     let task = |r: &RunConfig| r.train.as_ref().map(|t| t.task);
@@ -83,12 +80,12 @@ pub fn load_resume(model: Model, run_dir: &Path, run: &RunConfig) -> Result<Resu
     }
     let (model, _) = load_weights(model, &ck.model(), true)?;
     let state: TrainState = read_json(&ck.state())?;
-    Ok(Resumed {
-        model: model.map(&mut AsUpdated),
+    let resumed = Resumed {
         state,
         run: saved,
         optimizer: ck.optimizer(),
-    })
+    };
+    Ok((model.map(&mut AsUpdated), resumed))
 }
 
 /// Writes the checkpoint of `state.epoch` under a temporary name, renames it into place,

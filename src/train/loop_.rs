@@ -66,22 +66,40 @@ pub fn train(
     // On resume the checkpoint's weights come first: the optimizer's parameter groups (which
     // parameters skip weight decay) are keyed by the restored parameter ids.
     let (model, resumed) = if resume && has_checkpoints {
-        let r = load_resume(model, run_dir, &run)?;
+        let (model, r) = load_resume(model, run_dir, &run)?;
         eprintln!(
             "resuming {} from epoch {} (step {})",
             run_dir.display(),
             r.state.epoch,
             r.state.step
         );
-        (r.model.clone(), Some(r))
+        (model, Some(r))
     } else {
         (model, None)
     };
-    let model = match fresh_cfg.trainable {
+    // A resumed run continues with its saved recipe: freezing and the optimizer follow it.
+    let cfg = resumed
+        .as_ref()
+        .and_then(|r| r.run.train.clone())
+        .unwrap_or(fresh_cfg);
+    cfg.validate()?;
+    let accum = cfg.accum_steps.max(1);
+    let train_data = Arc::new(splits.train.clone());
+    let test_data = Arc::new(splits.test.clone());
+    let full_steps = train_data.len() / (cfg.batch_size * accum);
+    if full_steps == 0 {
+        return Err(VitError::Config(format!(
+            "batch size {} x {accum} accumulation step(s) is larger than the {} training images",
+            cfg.batch_size,
+            train_data.len()
+        )));
+    }
+    let model = match cfg.trainable {
         Trainable::All => model,
         Trainable::Head => freeze_backbone(model, &run.model),
     };
-    let optim = build_optimizer(&model, &run.model, &fresh_cfg);
+    let optim = build_optimizer(&model, &run.model, &cfg);
+    // Only now, with every check passed, is the run directory written.
     let (mut model, mut optim, mut state, run) = match resumed {
         Some(r) => {
             let optim = r.restore_optimizer(optim)?;
@@ -97,18 +115,6 @@ pub fn train(
             (model, optim, state, run)
         }
     };
-    let cfg = run.train.clone().unwrap_or(fresh_cfg);
-    let accum = cfg.accum_steps.max(1);
-    let train_data = Arc::new(splits.train.clone());
-    let test_data = Arc::new(splits.test.clone());
-    let full_steps = train_data.len() / (cfg.batch_size * accum);
-    if full_steps == 0 {
-        return Err(VitError::Config(format!(
-            "batch size {} x {accum} accumulation step(s) is larger than the {} training images",
-            cfg.batch_size,
-            train_data.len()
-        )));
-    }
     let steps_per_epoch = cfg.max_steps_per_epoch.map_or(full_steps, |m| m.min(full_steps));
     let total_steps = steps_per_epoch * cfg.epochs;
     let warmup = (cfg.warmup_epochs * steps_per_epoch as f64).round() as usize;
