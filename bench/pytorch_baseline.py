@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The PyTorch + timm side of `vitkit bench`: the same architecture, batch, optimizer and loss,
+"""The PyTorch side of `vitkit bench` (timm's ViT; the official CMT code): the same architecture, batch, optimizer and loss,
 timed the same way, printed as the same JSON object.
 
 The model comes from vitkit's own preset table (`vitkit models --json`), so both sides build
@@ -48,10 +48,41 @@ def parse_args():
     return p.parse_args()
 
 
+def build_cmt(cfg):
+    """The official CMT (`../shared/ref/cmt/cmt.py`, unchanged) with vitkit's configuration. Two
+    things the official constructor cannot say are patched in after construction, as vitkit's
+    small-image presets have them: a stem that takes `in_chans` channels (the official one always
+    takes 3) and a first stem stride of 1 (the official one is 2; the model is then built for an
+    image twice the size, which gives every later layer the shapes of the stride-1 model)."""
+    import torch
+
+    ref = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "ref", "cmt")
+    sys.path.insert(0, os.path.abspath(ref))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import cmt
+    stride = cfg["stem_stride"]
+    h, w = cfg["img_size"]
+    if h != w:
+        sys.exit("pytorch_baseline: the official CMT takes square images")
+    model = cmt.CMT(img_size=h * 2 // stride, in_chans=3, num_classes=cfg["num_classes"], embed_dims=cfg["embed_dims"],
+                    stem_channel=cfg["stem_channels"], fc_dim=cfg["fc_dim"], num_heads=cfg["num_heads"],
+                    mlp_ratios=cfg["mlp_ratios"], qkv_bias=cfg["qkv_bias"], drop_rate=cfg["drop_rate"],
+                    attn_drop_rate=cfg["attn_drop_rate"], drop_path_rate=cfg["drop_path_rate"], depths=cfg["depths"],
+                    sr_ratios=cfg["sr_ratios"], dp=cfg["head_drop"])
+    if stride != 2 or cfg["in_chans"] != 3:
+        model.stem_conv1 = torch.nn.Conv2d(cfg["in_chans"], cfg["stem_channels"], 3, stride, 1)
+    return model
+
+
 def build_model(cfg, timm):
     family = cfg.get("family")
+    if family == "cmt":
+        return build_cmt(cfg)
     if family != "vit":
-        sys.exit(f"pytorch_baseline: no timm counterpart for family {family!r}")
+        sys.exit(f"pytorch_baseline: no PyTorch counterpart for family {family!r}")
     # vitkit's config keys are timm's VisionTransformer arguments (norm_eps aside: both use 1e-6).
     keys = ("patch_size", "in_chans", "num_classes", "global_pool", "embed_dim", "depth", "num_heads",
             "mlp_ratio", "qkv_bias", "drop_rate", "attn_drop_rate", "drop_path_rate")

@@ -57,7 +57,7 @@ enum Command {
 struct ImportArgs {
     /// The safetensors file.
     file: PathBuf,
-    /// Who wrote it: timm or hf.
+    /// Who wrote it: timm, hf, or official (a family's reference code, e.g. CMT's cmt.py).
     #[arg(long = "from", default_value = "timm")]
     from: String,
     /// The preset whose architecture the file holds.
@@ -276,11 +276,11 @@ struct TrainArgs {
     /// Skip ImageFolder images that cannot be decoded (counted) instead of failing.
     #[arg(long)]
     skip_bad_images: bool,
-    /// Fine-tune from a timm or Hugging Face safetensors file of --model's architecture (the
+    /// Fine-tune from a timm, Hugging Face or official safetensors file of --model's architecture (the
     /// head is replaced for the dataset's classes).
     #[arg(long)]
     weights: Option<PathBuf>,
-    /// Who wrote --weights: timm or hf.
+    /// Who wrote --weights: timm, hf, or official (a family's reference code, e.g. CMT's cmt.py).
     #[arg(long, default_value = "timm")]
     source: String,
     /// Sum the gradients of this many batches before each optimizer step (effective batch:
@@ -299,10 +299,10 @@ struct ModelArgs {
     /// Run directory (its best checkpoint) or checkpoint directory.
     #[arg(long, required_unless_present = "weights", conflicts_with = "weights")]
     checkpoint: Option<PathBuf>,
-    /// A timm or Hugging Face ViT safetensors file (with --model and --source).
+    /// A timm, Hugging Face or official safetensors file (with --model and --source).
     #[arg(long, requires = "model")]
     weights: Option<PathBuf>,
-    /// Who wrote --weights: timm or hf.
+    /// Who wrote --weights: timm, hf, or official (a family's reference code, e.g. CMT's cmt.py).
     #[arg(long, default_value = "timm")]
     source: String,
     /// The preset whose architecture --weights holds (see `vitkit models`).

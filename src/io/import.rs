@@ -20,6 +20,8 @@ pub enum WeightSource {
     Timm,
     /// Hugging Face transformers `ViTModel` / `ViTForImageClassification`.
     Hf,
+    /// A family's official code's `state_dict()` (CMT's `cmt.py`), whose names vitkit keeps.
+    Official,
 }
 
 impl WeightSource {
@@ -27,6 +29,7 @@ impl WeightSource {
         match self {
             WeightSource::Timm => "timm",
             WeightSource::Hf => "Hugging Face",
+            WeightSource::Official => "official",
         }
     }
 }
@@ -37,8 +40,9 @@ impl FromStr for WeightSource {
         match s {
             "timm" | "vitkit" => Ok(WeightSource::Timm),
             "hf" | "huggingface" | "transformers" => Ok(WeightSource::Hf),
+            "official" => Ok(WeightSource::Official),
             other => Err(VitError::Config(format!(
-                "unknown weight source '{other}'; valid: timm, hf"
+                "unknown weight source '{other}'; valid: timm, hf, official"
             ))),
         }
     }
@@ -286,7 +290,7 @@ pub fn import_weights(
 /// Renames a file's keys from `source`'s naming to vitkit's.
 fn translate(tensors: StateDict, source: WeightSource) -> StateDict {
     match source {
-        WeightSource::Timm => tensors
+        WeightSource::Timm | WeightSource::Official => tensors
             .into_iter()
             .map(|(k, v)| (k.strip_prefix("module.").map(String::from).unwrap_or(k), v))
             .collect(),

@@ -14,6 +14,6 @@ pub use checkpoint::{CheckpointPaths, Which, find_checkpoint, read_json};
 pub use import::{ForeignWeights, ImportOptions, Imported, Strictness, WeightSource, import_weights};
 pub(crate) use weights::ParamPath;
 pub use weights::{
-    FileTensor, LoadReport, SafetensorsContents, load_weights, named_tensors, read_safetensors, save_weights,
-    weights_to_bytes,
+    FileTensor, LoadReport, SafetensorsContents, count_elements, load_weights, named_tensors,
+    read_safetensors, save_weights, weights_to_bytes,
 };

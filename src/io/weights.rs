@@ -119,6 +119,37 @@ pub fn named_tensors<M: Module>(model: &M) -> Vec<(String, ParamId, TensorData)>
     c.tensors
 }
 
+struct Counter<F> {
+    path: ParamPath,
+    skip: F,
+    count: usize,
+}
+
+impl<F: Fn(&str) -> bool> ModuleVisitor for Counter<F> {
+    fn enter_module(&mut self, name: &str, container: &str) {
+        self.path.enter(name, container);
+    }
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if !(self.skip)(&self.path.name()) {
+            self.count += param.lazy_shape().num_elements();
+        }
+    }
+}
+
+/// Elements of every float tensor whose path `skip` does not name (without initialising any).
+pub fn count_elements<M: Module>(model: &M, skip: impl Fn(&str) -> bool) -> usize {
+    let mut c = Counter {
+        path: ParamPath::default(),
+        skip,
+        count: 0,
+    };
+    model.visit(&mut c);
+    c.count
+}
+
 /// The model's weights as safetensors bytes, with `metadata` added to the header.
 pub fn weights_to_bytes<M: Module>(model: &M, metadata: &BTreeMap<String, String>) -> Result<Vec<u8>> {
     let tensors = named_tensors(model);
@@ -130,14 +161,24 @@ pub fn weights_to_bytes<M: Module>(model: &M, metadata: &BTreeMap<String, String
             .convert::<f32>()
             .try_into_vec::<f32>()
             .map_err(|e| VitError::Other(format!("{name}: {e:?}")))?;
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        buffers.push((name.clone(), data.shape().to_vec(), bytes));
+        if crate::nn::is_counter(name) && values.len() == 1 {
+            // PyTorch keeps BatchNorm's batch counter as an int64 scalar.
+            buffers.push((
+                name.clone(),
+                Dtype::I64,
+                vec![],
+                (values[0] as i64).to_le_bytes().to_vec(),
+            ));
+        } else {
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            buffers.push((name.clone(), Dtype::F32, data.shape().to_vec(), bytes));
+        }
         ids.insert(name.clone(), id.val());
     }
     let views: Vec<(String, safetensors::tensor::TensorView)> = buffers
         .iter()
-        .map(|(name, shape, bytes)| {
-            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), bytes)
+        .map(|(name, dtype, shape, bytes)| {
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
                 .map(|v| (name.clone(), v))
                 .map_err(|e| VitError::Other(format!("{name}: {e}")))
         })
@@ -201,6 +242,15 @@ fn parse_safetensors(bytes: &[u8]) -> std::result::Result<SafetensorsContents, S
                 .chunks_exact(2)
                 .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect(),
+            // Integer tensors: BatchNorm's `num_batches_tracked` (a count, exact in f32 up to 2^24).
+            Dtype::I64 => data
+                .chunks_exact(8)
+                .map(|b| i64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32)
+                .collect(),
+            Dtype::I32 => data
+                .chunks_exact(4)
+                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32)
+                .collect(),
             other => return Err(format!("tensor {name} has unsupported dtype {other:?}")),
         };
         out.insert(
@@ -234,6 +284,12 @@ impl ModuleMapper for Loader {
         let Some(t) = self.tensors.remove(&name) else {
             self.report.missing.push(name);
             return param;
+        };
+        // A scalar (PyTorch's `num_batches_tracked`) fills a one-element tensor.
+        let t = if t.shape.is_empty() && expected == [1] {
+            FileTensor { shape: vec![1], ..t }
+        } else {
+            t
         };
         if t.shape != expected {
             self.report.mismatched.push((name, t.shape, expected));

@@ -74,7 +74,7 @@ const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
 /// Exact GELU, `x * Phi(x)`, on one element.
 #[inline(always)]
-fn gelu_one<const FMA: bool>(x: f32) -> f32 {
+pub(super) fn gelu_one<const FMA: bool>(x: f32) -> f32 {
     let (erf, _) = erf_and_gauss::<FMA>(x * FRAC_1_SQRT_2);
     0.5 * x * (1.0 + erf)
 }
@@ -115,6 +115,49 @@ macro_rules! dispatch_simd {
         }
     };
 }
+
+/// As [`dispatch_simd`], with an AVX-512 version tried first: for kernels whose results do not
+/// depend on the vector width (no reductions across lanes), so that every CPU computes the same
+/// numbers. (The ViT kernels keep `dispatch_simd`: their sums would round differently.)
+macro_rules! dispatch_wide {
+    ($vis:vis $name:ident ( $($arg:ident : $ty:ty),* ) $body:block) => {
+        $vis fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn widest($($arg: $ty),*) {
+                    #[allow(dead_code)]
+                    const FMA: bool = true;
+                    $body
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn fast($($arg: $ty),*) {
+                    #[allow(dead_code)]
+                    const FMA: bool = true;
+                    $body
+                }
+                if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: the features `widest` was compiled for were just detected.
+                    unsafe { widest($($arg),*) };
+                    return;
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: as above, for `fast`.
+                    unsafe { fast($($arg),*) };
+                    return;
+                }
+            }
+            fn portable($($arg: $ty),*) {
+                #[allow(dead_code)]
+                const FMA: bool = false;
+                $body
+            }
+            portable($($arg),*)
+        }
+    };
+}
+
+pub(super) use dispatch_wide;
 
 /// A vector of `n` elements that `fill` writes completely, chunk by chunk, without zeroing it
 /// first (the memset and its page faults showed up in profiles).

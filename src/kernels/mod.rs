@@ -12,12 +12,20 @@
 //! other device (CUDA) the wrappers fall back to Burn's own operations.
 
 mod attention;
+mod batch_norm;
 mod bf16;
+mod conv;
 mod cpu;
+mod depthwise;
 mod gpu;
+mod im2col;
 mod matmul;
 
 pub use bf16::{bf16_products, set_bf16_products};
+pub use conv::{
+    batch_norm_rows_eval, batch_norm_rows_train, conv2d_channels_last, depthwise_conv,
+    depthwise_conv_residual, depthwise_residual_gelu_affine, linear_gelu_affine,
+};
 
 use std::sync::OnceLock;
 
@@ -89,12 +97,16 @@ pub enum Fused {
     /// Not a kernel: for few rows, linear layers read their `[out, in]` weight in place rather
     /// than have gemm pack it (see `matmul::weight_in_place`).
     WeightInPlace = 256,
+    /// The channels-last depthwise convolution (`depthwise.rs`) instead of flex's grouped one.
+    Depthwise = 512,
+    /// BatchNorm over channels-last rows (`batch_norm.rs`) instead of Burn's.
+    BatchNorm = 1024,
 }
 
-const ALL_FUSED: u16 = 511;
+const ALL_FUSED: u16 = 2047;
 
 /// The names `VITKIT_FUSED` takes, with their bits.
-const FUSED_NAMES: [(&str, u16); 10] = [
+const FUSED_NAMES: [(&str, u16); 12] = [
     ("gelu", Fused::Gelu as u16),
     ("softmax", Fused::Softmax as u16),
     ("layernorm", Fused::LayerNorm as u16),
@@ -104,11 +116,13 @@ const FUSED_NAMES: [(&str, u16); 10] = [
     ("epilogue", Fused::Epilogue as u16),
     ("split", Fused::SplitProducts as u16),
     ("inplace", Fused::WeightInPlace as u16),
+    ("depthwise", Fused::Depthwise as u16),
+    ("batchnorm", Fused::BatchNorm as u16),
     ("all", ALL_FUSED),
 ];
 
 /// The mask a `VITKIT_FUSED` value names: a comma-separated list of
-/// `gelu,softmax,layernorm,linear,attention,epilogue,cls,split,inplace`, `all`, or `none`.
+/// `gelu,softmax,layernorm,linear,attention,epilogue,cls,split,inplace,depthwise,batchnorm`, `all`, or `none`.
 /// An unknown name is an error naming it (a typo must not switch every kernel off).
 pub fn parse_fused(list: &str) -> Result<u16, String> {
     if list.trim() == "none" {
@@ -301,6 +315,20 @@ pub fn linear_gelu(x: Tensor<3>, layer: &burn::nn::Linear) -> Tensor<3> {
     ))
 }
 
+/// `gelu(x · weight + bias)` with `weight: [d_in, d_out]`: one operation where the fused
+/// kernels run, a linear layer and a GELU elsewhere.
+pub fn linear_gelu_with(x: Tensor<3>, weight: Tensor<2>, bias: Tensor<1>) -> Tensor<3> {
+    if enabled(Fused::Epilogue) && applies(&x, Fused::Linear) {
+        Tensor::from_dispatch(<Dispatch as VitOps>::vit_linear_gelu(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+        ))
+    } else {
+        gelu(linear_with(x, weight, Some(bias)))
+    }
+}
+
 /// `resid + x · W + b` in one operation. Only where [`epilogue_applies`].
 pub fn linear_residual(resid: Tensor<3>, x: Tensor<3>, layer: &burn::nn::Linear) -> Tensor<3> {
     assert!(epilogue_applies(&x, layer), "no fused residual linear here");
@@ -311,6 +339,21 @@ pub fn linear_residual(resid: Tensor<3>, x: Tensor<3>, layer: &burn::nn::Linear)
         layer.weight.val().into_dispatch(),
         bias.into_dispatch(),
     ))
+}
+
+/// `resid + x · weight + bias` with `weight: [d_in, d_out]`: one operation where the fused
+/// kernels run, a linear layer and an add elsewhere.
+pub fn linear_residual_with(resid: Tensor<3>, x: Tensor<3>, weight: Tensor<2>, bias: Tensor<1>) -> Tensor<3> {
+    if enabled(Fused::Epilogue) && applies(&x, Fused::Linear) {
+        Tensor::from_dispatch(<Dispatch as VitOps>::vit_linear_residual(
+            resid.into_dispatch(),
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+        ))
+    } else {
+        resid + linear_with(x, weight, Some(bias))
+    }
 }
 
 /// Whether [`attention`] has a fused kernel for this qkv tensor.
@@ -362,7 +405,7 @@ fn weight_view(w: &FlexTensor) -> matmul::View {
     )
 }
 
-fn flex_linear(x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTensor {
+pub(super) fn flex_linear(x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTensor {
     let (w, rows, shape) = linear_geometry(x, w);
     pin_for_bf16(&w);
     let bias = bias.map(|b| contiguous(b.clone()));
@@ -479,7 +522,7 @@ fn flex_linear_residual(resid: &FlexTensor, x: &FlexTensor, w: &FlexTensor, b: &
 }
 
 /// Gradients of [`flex_linear`] for `x`, `w` and the bias, each only where asked for.
-fn flex_linear_backward(
+pub(super) fn flex_linear_backward(
     x: &FlexTensor,
     w: &FlexTensor,
     grad: &FlexTensor,

@@ -6,6 +6,7 @@
 //! in `each_family!` (the one place that dispatches on the family), and its entries in
 //! `presets.rs`. Nothing outside this folder names a family.
 
+pub mod cmt;
 pub mod presets;
 pub mod state;
 pub mod vit;
@@ -15,6 +16,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use crate::nn::Resample;
+pub use cmt::{Cmt, CmtConfig};
 pub use presets::{PRESETS, Preset, preset, preset_names};
 pub use state::{HostTensor, StateDict};
 pub use vit::{Vit, VitConfig};
@@ -27,6 +29,7 @@ macro_rules! each_family {
     ($value:expr, $enum:ident, $x:ident => $body:expr) => {
         match $value {
             $enum::Vit($x) => $body,
+            $enum::Cmt($x) => $body,
         }
     };
 }
@@ -37,13 +40,18 @@ macro_rules! each_family {
 #[serde(tag = "family", rename_all = "lowercase")]
 pub enum ModelConfig {
     Vit(VitConfig),
+    Cmt(CmtConfig),
 }
 
 /// A built model of any family. Its parameter paths are the family's own (the variant adds no
 /// path segment; see `io::weights`).
+// A model is built once and moved rarely; boxing a family would only add an indirection to
+// every parameter path.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Model {
     Vit(Vit),
+    Cmt(Cmt),
 }
 
 /// How the token sequence or feature map becomes one feature vector.
@@ -271,8 +279,10 @@ impl ModelConfig {
     }
 }
 
-/// Parameters of the model `config` builds, as `sum(p.numel() for p in model.parameters())`
-/// (the parameters are created lazily, so nothing is drawn or allocated).
+/// Parameters of the model `config` builds, as `sum(p.numel() for p in model.parameters())`:
+/// BatchNorm's buffers are not counted (the parameters are created lazily, so nothing is drawn
+/// or allocated).
 pub fn param_count(config: &ModelConfig) -> Result<usize> {
-    Ok(config.build(&Device::flex())?.num_params())
+    let model = config.build(&Device::flex())?;
+    Ok(crate::io::count_elements(&model, crate::nn::is_buffer))
 }

@@ -1,7 +1,7 @@
 //! The preset registry: named architectures, like timm's model names. Each family adds its
 //! entries here.
 
-use super::{ModelConfig, VitConfig};
+use super::{CmtConfig, ModelConfig, VitConfig};
 use crate::{Result, VitError};
 
 /// A named architecture.
@@ -15,6 +15,41 @@ fn vit(img: usize, patch: usize, dim: usize, depth: usize, heads: usize, classes
     ModelConfig::Vit(VitConfig {
         num_classes: classes,
         ..VitConfig::new(img, patch, dim, depth, heads)
+    })
+}
+
+/// An official CMT model (`cmt.py`'s `cmt_ti`, `cmt_xs`, `cmt_s`, `cmt_b`) at its README input
+/// size, 1000 classes.
+fn cmt(
+    img: usize,
+    dims: [usize; 4],
+    stem: usize,
+    depths: [usize; 4],
+    mlp: f64,
+    head_drop: f64,
+) -> ModelConfig {
+    ModelConfig::Cmt(CmtConfig {
+        embed_dims: dims,
+        stem_channels: stem,
+        depths,
+        mlp_ratios: [mlp; 4],
+        head_drop,
+        ..CmtConfig::tiny(img)
+    })
+}
+
+/// A CMT for 32×32 inputs (CIFAR; Fashion-MNIST resized from 28): stem stride 1, so the
+/// stages see 16, 8, 4 and 2 pixels a side, and reductions 4, 2, 1, 1 so keys and values keep
+/// 16, 16, 16 and 4 tokens.
+fn cmt_small_image(dims: [usize; 4], depths: [usize; 4], fc_dim: usize) -> ModelConfig {
+    ModelConfig::Cmt(CmtConfig {
+        embed_dims: dims,
+        depths,
+        stem_stride: 1,
+        fc_dim,
+        sr_ratios: [4, 2, 1, 1],
+        num_classes: 10,
+        ..CmtConfig::tiny(32)
     })
 }
 
@@ -68,6 +103,36 @@ pub const PRESETS: &[Preset] = &[
         name: "vit_mini_patch4_28",
         description: "dim 64, depth 6, 4 heads, 4x4 patches on 28x28: the Fashion-MNIST preset",
         config: || vit(28, 4, 64, 6, 4, 10),
+    },
+    Preset {
+        name: "cmt_ti",
+        description: "CMT-Ti (official cmt.py), 160x160, 1000 classes",
+        config: || cmt(160, [46, 92, 184, 368], 16, [2, 2, 10, 2], 3.6, 0.1),
+    },
+    Preset {
+        name: "cmt_xs",
+        description: "CMT-XS (official cmt.py), 192x192, 1000 classes",
+        config: || cmt(192, [52, 104, 208, 416], 16, [3, 3, 12, 3], 3.77, 0.1),
+    },
+    Preset {
+        name: "cmt_s",
+        description: "CMT-S (official cmt.py), 224x224, 1000 classes",
+        config: || cmt(224, [64, 128, 256, 512], 32, [3, 3, 16, 3], 4.0, 0.1),
+    },
+    Preset {
+        name: "cmt_b",
+        description: "CMT-B (official cmt.py), 256x256, 1000 classes",
+        config: || cmt(256, [76, 152, 304, 608], 38, [4, 4, 20, 4], 4.0, 0.3),
+    },
+    Preset {
+        name: "cmt_mini_32",
+        description: "CMT for 32x32 (stem stride 1), widths 32-256, depths 1-1-3-1: the Fashion-MNIST preset",
+        config: || cmt_small_image([32, 64, 128, 256], [1, 1, 3, 1], 512),
+    },
+    Preset {
+        name: "cmt_ti_32",
+        description: "CMT-Ti's widths and depths for 32x32 (stem stride 1), 10 classes",
+        config: || cmt_small_image([46, 92, 184, 368], [2, 2, 10, 2], 1280),
     },
     Preset {
         name: "vit_nano_patch8_32",

@@ -10,6 +10,7 @@ use super::{
     Adaptation, Architecture, Classifier, Family, GlobalAttention, Model, Pooled, SpatialMap, StateDict,
     TokenLayout,
 };
+pub use crate::nn::ConvWeights;
 use crate::nn::{AttentionArgs, Block, BlockConfig, LayerNorm, Queries, Resample, normal_param, timm_linear};
 use crate::{Result, VitError};
 
@@ -153,13 +154,6 @@ impl VitConfig {
 pub struct PatchEmbed {
     pub proj: ConvWeights,
     pub patch_size: usize,
-}
-
-/// A convolution's parameters under timm's names (`weight`, `bias`).
-#[derive(Module, Debug)]
-pub struct ConvWeights {
-    pub weight: Param<Tensor<4>>,
-    pub bias: Param<Tensor<1>>,
 }
 
 impl PatchEmbed {

@@ -103,6 +103,10 @@ pub struct Attention {
     pub proj: Linear,
     pub attn_drop: Dropout,
     pub proj_drop: Dropout,
+    /// Keys and values from a spatially reduced map (CMT's `attn.sr`); the caller applies it
+    /// (see [`super::reduce_tokens`]) and passes the result as [`AttentionArgs::kv`], since
+    /// only it knows the map's shape.
+    pub sr: Option<super::SpatialReduction>,
     pub num_heads: usize,
 }
 
@@ -130,8 +134,15 @@ impl Attention {
             proj: timm_linear(dim, dim, true, device),
             attn_drop: DropoutConfig::new(attn_drop).init(),
             proj_drop: DropoutConfig::new(proj_drop).init(),
+            sr: None,
             num_heads,
         }
+    }
+
+    /// With a spatial reduction of keys and values by `ratio` (none for a ratio of 1).
+    pub fn with_reduction(mut self, dim: usize, ratio: usize, bn_eps: f64, device: &Device) -> Self {
+        self.sr = (ratio > 1).then(|| super::spatial_reduction(dim, ratio, bn_eps, device));
+        self
     }
 
     /// `x: [B, N, D]` → `[B, N, D]` (or `[B, P, D]` for [`Queries::Prefix`]) and the weights

@@ -1,4 +1,4 @@
-//! Building blocks shared by the model families: LayerNorm, the one attention core, the
+//! Building blocks shared by the model families: LayerNorm, BatchNorm, the one attention core, the
 //! transformer block, and position-embedding resampling.
 //!
 //! Parameter names follow timm's (`norm1.weight`, `attn.qkv.weight`, `mlp.fc1.bias`, ...) and
@@ -6,12 +6,16 @@
 //! by vitkit and one written by timm differ only in their key sets.
 
 mod attention;
+mod batch_norm;
 mod block;
+mod conv;
 mod norm;
 mod resample;
 
 pub use attention::{Attention, AttentionArgs, Mask, Projections, Queries};
+pub use batch_norm::{BUFFER_NAMES, BatchNorm, is_buffer, is_counter};
 pub use block::{Block, BlockConfig, DropPath, Mlp};
+pub use conv::{ConvWeights, SeqLayer, SpatialReduction, reduce_tokens, spatial_reduction};
 pub use norm::LayerNorm;
 pub use resample::{Resample, resample_pos_embed};
 

@@ -1,0 +1,648 @@
+//! Operations for the convolutional families (CMT), added to Burn as a backend extension with
+//! their own backward passes: the depthwise convolution on channels-last maps (`depthwise.rs`)
+//! and BatchNorm over channels-last rows (`batch_norm.rs`). On any other device the wrappers
+//! run Burn's own operations.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
+use burn::tensor::Tensor;
+use burn::tensor::ops::ConvOptions;
+
+use super::batch_norm;
+use super::depthwise::{self, Epilogue, Geometry};
+use super::im2col::{col2im, im2col};
+use super::{contiguous, f32_tensor, flex_linear, flex_linear_backward, register_grads, shape_of, slice};
+
+#[backend_extension(Flex, Autodiff)]
+pub trait CnnOps: Backend {
+    /// Depthwise convolution: `x: [B, H, W, C]` (channels-last), `weight: [C, 1, k, k]`,
+    /// `bias: [C]`, square kernel, stride and zero padding → `[B, Ho, Wo, C]`; with `residual`,
+    /// plus `x` (stride 1, same size).
+    fn cnn_depthwise(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+        residual: bool,
+    ) -> FloatTensor<Self>;
+    /// Inference only: `gelu(conv(x) + x) * scale + shift` per channel for a stride-1,
+    /// same-size depthwise convolution (CMT's IRFFN middle, its BatchNorm folded into
+    /// `scale`/`shift`), in one pass.
+    fn cnn_depthwise_gelu_affine(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+    /// Dense convolution of a channels-last map `x: [B, H, W, C]` with `wmat: [k·k·C, O]`
+    /// (window position major, channel minor) and `bias: [O]` → `[B, Ho, Wo, O]`.
+    fn cnn_conv2d_cl(
+        x: FloatTensor<Self>,
+        wmat: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self>;
+    /// Inference only: `gelu(x · w + b) * scale + shift` over the last axis (`w: [d_in, d_out]`):
+    /// a 1×1 convolution, its GELU and the evaluation-mode BatchNorm after it, in one pass.
+    fn cnn_linear_gelu_affine(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+    /// Per-channel batch mean and biased variance of `x: [R, C]`, as `[2, C]` (no gradient).
+    fn cnn_row_stats(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `(x - mean) / sqrt(var + eps) * gamma + beta` over the rows of `x: [R, C]` with
+    /// `stats = [mean; var]` (`[2, C]`). Its backward is training-mode BatchNorm's, for
+    /// statistics that are `x`'s own batch statistics.
+    fn cnn_batch_norm_rows(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        stats: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self>;
+}
+
+/// Dense 2-d convolution of a channels-last map `[B, H, W, C]` with a PyTorch-layout weight
+/// `[O, C, k, k]` and bias `[O]` → `[B, Ho, Wo, O]`: windows gathered into rows and one matrix
+/// product where the fused kernels run, Burn's NCHW `conv2d` elsewhere.
+pub fn conv2d_channels_last(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    stride: usize,
+    padding: usize,
+) -> Tensor<4> {
+    let [o, c, k, _] = weight.dims();
+    if super::applies(&x, super::Fused::Depthwise) {
+        let wmat = weight.permute([2, 3, 1, 0]).reshape([k * k * c, o]);
+        Tensor::from_dispatch(<Dispatch as CnnOps>::cnn_conv2d_cl(
+            x.into_dispatch(),
+            wmat.into_dispatch(),
+            bias.into_dispatch(),
+            k,
+            stride,
+            padding,
+        ))
+    } else {
+        let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);
+        burn::tensor::module::conv2d(x.permute([0, 3, 1, 2]), weight, Some(bias), options)
+            .permute([0, 2, 3, 1])
+    }
+}
+
+/// Inference on the CPU: `gelu(x · weight + bias) * scale + shift` in one pass (see
+/// [`CnnOps::cnn_linear_gelu_affine`]); `None` where that kernel does not run.
+pub fn linear_gelu_affine(
+    x: Tensor<3>,
+    weight: Tensor<2>,
+    bias: Tensor<1>,
+    scale: Tensor<1>,
+    shift: Tensor<1>,
+) -> Option<Tensor<3>> {
+    let fused = super::enabled(super::Fused::Epilogue) && super::applies(&x, super::Fused::Linear);
+    if !fused || x.device().is_autodiff() {
+        return None;
+    }
+    Some(Tensor::from_dispatch(
+        <Dispatch as CnnOps>::cnn_linear_gelu_affine(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+            scale.into_dispatch(),
+            shift.into_dispatch(),
+        ),
+    ))
+}
+
+/// Training-mode BatchNorm over the rows of `x: [R, C]` where the fused kernels run: the
+/// output, and the batch mean and biased variance (detached). `None` elsewhere.
+pub fn batch_norm_rows_train(
+    x: Tensor<2>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    eps: f64,
+) -> Option<(Tensor<2>, Tensor<1>, Tensor<1>)> {
+    if !super::applies(&x, super::Fused::BatchNorm) {
+        return None;
+    }
+    let [_, c] = x.dims();
+    let stats = Tensor::<2>::from_dispatch(<Dispatch as CnnOps>::cnn_row_stats(
+        x.clone().detach().into_dispatch(),
+    ));
+    let out = Tensor::from_dispatch(<Dispatch as CnnOps>::cnn_batch_norm_rows(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        stats.clone().into_dispatch(),
+        eps,
+    ));
+    let mean = stats.clone().narrow(0, 0, 1).reshape([c]);
+    let var = stats.narrow(0, 1, 1).reshape([c]);
+    Some((out, mean, var))
+}
+
+/// Evaluation-mode BatchNorm over the rows of `x: [R, C]` with the running statistics, where
+/// the fused kernels run and no gradient is taken. `None` elsewhere.
+pub fn batch_norm_rows_eval(
+    x: Tensor<2>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    mean: Tensor<1>,
+    var: Tensor<1>,
+    eps: f64,
+) -> Option<Tensor<2>> {
+    if !super::applies(&x, super::Fused::BatchNorm) || x.device().is_autodiff() {
+        return None;
+    }
+    let [c] = mean.dims();
+    let stats = Tensor::cat(vec![mean.reshape([1, c]), var.reshape([1, c])], 0);
+    Some(Tensor::from_dispatch(<Dispatch as CnnOps>::cnn_batch_norm_rows(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        stats.into_dispatch(),
+        eps,
+    )))
+}
+
+/// Depthwise convolution of a channels-last map `[B, H, W, C]` with a PyTorch-layout weight
+/// `[C, 1, k, k]` and bias `[C]` → `[B, Ho, Wo, C]`.
+pub fn depthwise_conv(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    stride: usize,
+    padding: usize,
+) -> Tensor<4> {
+    depthwise(x, weight, bias, stride, padding, false)
+}
+
+/// `x + conv(x)` for a stride-1 depthwise convolution that keeps the size (padding `k / 2`).
+pub fn depthwise_conv_residual(x: Tensor<4>, weight: Tensor<4>, bias: Tensor<1>) -> Tensor<4> {
+    let k = weight.dims()[2];
+    depthwise(x, weight, bias, 1, k / 2, true)
+}
+
+fn depthwise(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    stride: usize,
+    padding: usize,
+    residual: bool,
+) -> Tensor<4> {
+    let [_, _, _, c] = x.dims();
+    assert_eq!(
+        weight.dims()[0],
+        c,
+        "depthwise weight must have one filter per channel"
+    );
+    if super::applies(&x, super::Fused::Depthwise) {
+        Tensor::from_dispatch(<Dispatch as CnnOps>::cnn_depthwise(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+            stride,
+            padding,
+            residual,
+        ))
+    } else {
+        let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], c);
+        let y = burn::tensor::module::conv2d(x.clone().permute([0, 3, 1, 2]), weight, Some(bias), options)
+            .permute([0, 2, 3, 1]);
+        if residual { y + x } else { y }
+    }
+}
+
+/// Inference on the CPU: `gelu(x + conv(x)) * scale + shift` (see
+/// [`CnnOps::cnn_depthwise_gelu_affine`]); `None` where that kernel does not run (training,
+/// another device), for the caller to compose.
+pub fn depthwise_residual_gelu_affine(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    scale: Tensor<1>,
+    shift: Tensor<1>,
+) -> Option<Tensor<4>> {
+    if !super::applies(&x, super::Fused::Depthwise) || x.device().is_autodiff() {
+        return None;
+    }
+    Some(Tensor::from_dispatch(
+        <Dispatch as CnnOps>::cnn_depthwise_gelu_affine(
+            x.into_dispatch(),
+            weight.into_dispatch(),
+            bias.into_dispatch(),
+            scale.into_dispatch(),
+            shift.into_dispatch(),
+        ),
+    ))
+}
+
+fn geometry(x: &FlexTensor, w: &FlexTensor, stride: usize, padding: usize, residual: bool) -> Geometry {
+    let (xs, ws) = (shape_of(x), shape_of(w));
+    assert_eq!(xs.num_dims(), 4, "depthwise input must be [B, H, W, C]");
+    assert!(
+        ws[2] == ws[3] && stride > 0,
+        "depthwise kernel must be square, stride positive"
+    );
+    Geometry {
+        batch: xs[0],
+        height: xs[1],
+        width: xs[2],
+        channels: xs[3],
+        kernel: ws[2],
+        stride,
+        padding,
+        residual,
+    }
+}
+
+fn flex_depthwise(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    b: &FlexTensor,
+    g: Geometry,
+    epilogue: Epilogue,
+) -> FlexTensor {
+    let (w, b) = (contiguous(w.clone()), contiguous(b.clone()));
+    let out = depthwise::forward(slice(x), slice(&w), Some(slice(&b)), g, epilogue);
+    f32_tensor(out, [g.batch, g.out_height(), g.out_width(), g.channels].into())
+}
+
+/// The geometry of a dense convolution of `x: [B, H, W, C]` by a `k×k` kernel.
+fn dense_geometry(x: &FlexTensor, kernel: usize, stride: usize, padding: usize) -> Geometry {
+    let xs = shape_of(x);
+    assert_eq!(xs.num_dims(), 4, "convolution input must be [B, H, W, C]");
+    Geometry {
+        batch: xs[0],
+        height: xs[1],
+        width: xs[2],
+        channels: xs[3],
+        kernel,
+        stride,
+        padding,
+        residual: false,
+    }
+}
+
+/// The convolution's output and the gathered windows it multiplied.
+fn flex_conv2d_cl(
+    x: &FlexTensor,
+    wmat: &FlexTensor,
+    bias: &FlexTensor,
+    g: Geometry,
+) -> (FlexTensor, FlexTensor) {
+    let cols = f32_tensor(
+        im2col(slice(x), g),
+        [
+            g.batch * g.out_height() * g.out_width(),
+            g.kernel * g.kernel * g.channels,
+        ]
+        .into(),
+    );
+    let out = contiguous(flex_linear(&cols, wmat, Some(bias)));
+    let o = shape_of(wmat)[1];
+    (
+        out.reshape([g.batch, g.out_height(), g.out_width(), o].into()),
+        cols,
+    )
+}
+
+/// The two rows `[mean; var]` of a `[2, C]` statistics tensor.
+fn stat_rows(stats: &FlexTensor) -> (Vec<f32>, Vec<f32>) {
+    let stats = contiguous(stats.clone());
+    let v = slice(&stats);
+    let c = v.len() / 2;
+    (v[..c].to_vec(), v[c..].to_vec())
+}
+
+/// The normalised rows and `rstd`.
+fn flex_batch_norm_rows(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: &FlexTensor,
+    stats: &FlexTensor,
+    eps: f64,
+) -> (FlexTensor, Vec<f32>) {
+    let (mean, var) = stat_rows(stats);
+    let (gamma, beta) = (contiguous(gamma.clone()), contiguous(beta.clone()));
+    let (out, rstd) = batch_norm::normalize(slice(x), &mean, &var, slice(&gamma), slice(&beta), eps as f32);
+    (f32_tensor(out, shape_of(x)), rstd)
+}
+
+impl CnnOps for Flex {
+    fn cnn_depthwise(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        stride: usize,
+        padding: usize,
+        residual: bool,
+    ) -> FlexTensor {
+        let g = geometry(&x, &weight, stride, padding, residual);
+        flex_depthwise(&contiguous(x), &weight, &bias, g, Epilogue::NONE)
+    }
+
+    fn cnn_depthwise_gelu_affine(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        scale: FlexTensor,
+        shift: FlexTensor,
+    ) -> FlexTensor {
+        let k = shape_of(&weight)[2];
+        let g = geometry(&x, &weight, 1, k / 2, true);
+        let (scale, shift) = (contiguous(scale), contiguous(shift));
+        let epilogue = Epilogue {
+            gelu: true,
+            affine: Some((slice(&scale), slice(&shift))),
+        };
+        flex_depthwise(&contiguous(x), &weight, &bias, g, epilogue)
+    }
+
+    fn cnn_conv2d_cl(
+        x: FlexTensor,
+        wmat: FlexTensor,
+        bias: FlexTensor,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> FlexTensor {
+        let x = contiguous(x);
+        let g = dense_geometry(&x, kernel, stride, padding);
+        flex_conv2d_cl(&x, &wmat, &bias, g).0
+    }
+
+    fn cnn_linear_gelu_affine(
+        x: FlexTensor,
+        weight: FlexTensor,
+        bias: FlexTensor,
+        scale: FlexTensor,
+        shift: FlexTensor,
+    ) -> FlexTensor {
+        let x = contiguous(x);
+        let (w, rows, shape) = super::linear_geometry(&x, &weight);
+        let (bias, scale, shift) = (contiguous(bias), contiguous(scale), contiguous(shift));
+        let (bias, scale, shift) = (slice(&bias), slice(&scale), slice(&shift));
+        let epilogue = |block: &mut [f32]| {
+            super::cpu::bias_gelu_rows_in_place(block, bias);
+            batch_norm::scale_shift_rows_in_place(block, scale, shift);
+        };
+        let out = match super::matmul::epilogue_block_rows(rows) {
+            Some(block_rows) => {
+                super::matmul::linear_blocks(slice(&x), rows, super::weight_view(&w), block_rows, |_, b| {
+                    epilogue(b)
+                })
+            }
+            None => {
+                let mut out = super::matmul::linear(slice(&x), rows, super::weight_view(&w), None);
+                epilogue(&mut out);
+                out
+            }
+        };
+        f32_tensor(out, shape)
+    }
+
+    fn cnn_row_stats(x: FlexTensor) -> FlexTensor {
+        let x = contiguous(x);
+        let c = shape_of(&x)[1];
+        let (mean, var) = batch_norm::stats(slice(&x), c);
+        f32_tensor([mean, var].concat(), [2, c].into())
+    }
+
+    fn cnn_batch_norm_rows(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        stats: FlexTensor,
+        eps: f64,
+    ) -> FlexTensor {
+        flex_batch_norm_rows(&contiguous(x), &gamma, &beta, &stats, eps).0
+    }
+}
+
+#[derive(Debug)]
+struct ConvDenseBackward;
+
+impl Backward<Flex, 3> for ConvDenseBackward {
+    /// The gathered windows, the weight matrix and the geometry.
+    type State = (FlexTensor, FlexTensor, Geometry);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = contiguous(grads.consume::<Flex>(&ops.node));
+        let (cols, wmat, g) = ops.state;
+        let o = shape_of(&wmat)[1];
+        let rows = shape_of(&cols)[0];
+        let grad = grad.reshape([rows, o].into());
+        let [node_x, node_w, node_b] = ops.parents.map(|p| p.map(|n| n.id));
+        let [dcols, dw, db] = flex_linear_backward(
+            &cols,
+            &wmat,
+            &grad,
+            [node_x.is_some(), node_w.is_some(), node_b.is_some()],
+        );
+        let dx = dcols.map(|d| {
+            f32_tensor(
+                col2im(slice(&contiguous(d)), g),
+                [g.batch, g.height, g.width, g.channels].into(),
+            )
+        });
+        register_grads(grads, [(node_x, dx), (node_w, dw), (node_b, db)]);
+    }
+}
+
+/// The backward of an output no gradient flows through.
+#[derive(Debug)]
+struct NoGradient;
+
+impl Backward<Flex, 1> for NoGradient {
+    type State = ();
+
+    /// Nothing to pass on; the output's gradient may never have been registered (the
+    /// normalisation that reads the statistics gives them none), so it is not read either.
+    fn backward(self, _: Ops<Self::State, 1>, _: &mut Gradients, _: &mut Checkpointer) {}
+}
+
+#[derive(Debug)]
+struct BatchNormRowsBackward;
+
+impl Backward<Flex, 4> for BatchNormRowsBackward {
+    /// Input (contiguous), its batch mean, `rstd` and gamma.
+    type State = (FlexTensor, Vec<f32>, Vec<f32>, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = contiguous(grads.consume::<Flex>(&ops.node));
+        let (x, mean, rstd, gamma) = ops.state;
+        let gamma = contiguous(gamma);
+        let c = mean.len();
+        let [node_x, node_gamma, node_beta, _stats] = ops.parents.map(|p| p.map(|n| n.id));
+        let (dx, dgamma, dbeta) = batch_norm::backward(slice(&x), &mean, &rstd, slice(&gamma), slice(&grad));
+        register_grads(
+            grads,
+            [
+                (node_x, Some(f32_tensor(dx, shape_of(&x)))),
+                (node_gamma, Some(f32_tensor(dgamma, [c].into()))),
+                (node_beta, Some(f32_tensor(dbeta, [c].into()))),
+            ],
+        );
+    }
+}
+
+#[derive(Debug)]
+struct DepthwiseBackward;
+
+impl Backward<Flex, 3> for DepthwiseBackward {
+    /// Input (contiguous), weight and geometry.
+    type State = (FlexTensor, FlexTensor, Geometry);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = contiguous(grads.consume::<Flex>(&ops.node));
+        let (x, w, g) = ops.state;
+        let w = contiguous(w);
+        let [node_x, node_w, node_b] = ops.parents.map(|p| p.map(|n| n.id));
+        let want = [node_x.is_some(), node_w.is_some(), node_b.is_some()];
+        let (dx, dw, db) = depthwise::backward(slice(&x), slice(&w), slice(&grad), g, want);
+        register_grads(
+            grads,
+            [
+                (node_x, dx.map(|v| f32_tensor(v, shape_of(&x)))),
+                (node_w, dw.map(|v| f32_tensor(v, shape_of(&w)))),
+                (node_b, db.map(|v| f32_tensor(v, [g.channels].into()))),
+            ],
+        );
+    }
+}
+
+impl<C: CheckpointStrategy> CnnOps for Autodiff<Flex, C> {
+    fn cnn_depthwise(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        stride: usize,
+        padding: usize,
+        residual: bool,
+    ) -> FloatTensor<Self> {
+        let input = contiguous(x.primitive().clone());
+        let (w, b) = (weight.primitive().clone(), bias.primitive().clone());
+        let g = geometry(&input, &w, stride, padding, residual);
+        let out = flex_depthwise(&input, &w, &b, g, Epilogue::NONE);
+        match DepthwiseBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((input, w, g), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn cnn_depthwise_gelu_affine(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        // Never called on an autodiff device (see `depthwise_residual_gelu_affine`); should it
+        // be, on values that need no gradient it is still right.
+        let out = Flex::cnn_depthwise_gelu_affine(
+            x.primitive().clone(),
+            weight.primitive().clone(),
+            bias.primitive().clone(),
+            scale.primitive().clone(),
+            shift.primitive().clone(),
+        );
+        match NoGradient.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(_) => unreachable!("the fused depthwise epilogue is for inference only"),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn cnn_conv2d_cl(
+        x: FloatTensor<Self>,
+        wmat: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> FloatTensor<Self> {
+        let input = contiguous(x.primitive().clone());
+        let (w, b) = (wmat.primitive().clone(), bias.primitive().clone());
+        let g = dense_geometry(&input, kernel, stride, padding);
+        let (out, cols) = flex_conv2d_cl(&input, &w, &b, g);
+        match ConvDenseBackward
+            .prepare::<C>([x.node(), wmat.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((cols, w, g), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn cnn_linear_gelu_affine(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        // Never called on an autodiff device (see `linear_gelu_affine`).
+        let out = Flex::cnn_linear_gelu_affine(
+            x.primitive().clone(),
+            weight.primitive().clone(),
+            bias.primitive().clone(),
+            scale.primitive().clone(),
+            shift.primitive().clone(),
+        );
+        match NoGradient.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(_) => unreachable!("the fused GELU + BatchNorm epilogue is for inference only"),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn cnn_row_stats(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        // Taken from a detached input (see `batch_norm_rows_train`): the normalisation's
+        // backward accounts for the statistics, nothing flows through them here.
+        let out = Flex::cnn_row_stats(x.primitive().clone());
+        match NoGradient.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn cnn_batch_norm_rows(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        stats: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        let input = contiguous(x.primitive().clone());
+        let g = gamma.primitive().clone();
+        let (out, rstd) = flex_batch_norm_rows(&input, &g, beta.primitive(), stats.primitive(), eps);
+        match BatchNormRowsBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node(), stats.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (mean, _) = stat_rows(stats.primitive());
+                prep.finish((input, mean, rstd, g), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+}
