@@ -20,12 +20,13 @@ mod depthwise;
 mod gpu;
 mod im2col;
 mod matmul;
+mod norm_ops;
 
 pub use bf16::{bf16_products, set_bf16_products};
 pub use conv::{
-    batch_norm_rows_eval, batch_norm_rows_train, conv2d_channels_last, depthwise_conv,
-    depthwise_conv_residual, depthwise_residual_gelu_affine, linear_gelu_affine,
+    conv2d_channels_last, depthwise_conv, depthwise_conv_residual, depthwise_residual_gelu_affine,
 };
+pub use norm_ops::{batch_norm_rows_eval, batch_norm_rows_train, linear_gelu_affine};
 
 use std::sync::OnceLock;
 
