@@ -152,6 +152,7 @@ pub fn write_report(
     data: Option<&str>,
     out: &Path,
     samples: usize,
+    compare: &[PathBuf],
     device: &Device,
 ) -> Result<PathBuf> {
     let ck = find_checkpoint(run_dir, Which::Best)?;
@@ -215,6 +216,21 @@ pub fn write_report(
     } else {
         html.push_str("<p>No log.csv in the run directory.</p>\n");
     }
+    if !compare.is_empty() {
+        let mut runs = vec![run_dir.to_path_buf()];
+        runs.extend(compare.iter().cloned());
+        let path = out.join("compare_wall_time.png");
+        let title = "validation top-1 against training wall time";
+        xy_chart_png(
+            &path,
+            title,
+            "wall time (min)",
+            "val top-1 (%)",
+            &wall_time_series(&runs)?,
+            false,
+        )?;
+        figure(&mut html, &path, title)?;
+    }
 
     // Evaluation.
     if run.model.num_classes().is_some() {
@@ -236,6 +252,47 @@ pub fn write_report(
     let path = out.join("report.html");
     write_atomic(&path, html.as_bytes())?;
     Ok(path)
+}
+
+/// Validation top-1 (%) against elapsed training time (minutes) of each run: a run directory
+/// (its `log.csv`, named by its model and folder) or a `log.csv` file (named by its folder).
+fn wall_time_series(runs: &[PathBuf]) -> Result<Vec<Series>> {
+    runs.iter()
+        .map(|r| {
+            let (log_path, name) = if r.is_dir() {
+                let model = read_json::<RunConfig>(&r.join("config.json"))
+                    .map(|c| c.model_name)
+                    .unwrap_or_default();
+                let folder = r
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                (r.join("log.csv"), format!("{model} ({folder})"))
+            } else {
+                let folder = r
+                    .parent()
+                    .and_then(|p| p.file_name())
+                    .map(|f| f.to_string_lossy().into_owned());
+                (r.clone(), folder.unwrap_or_else(|| r.display().to_string()))
+            };
+            let (header, log) = read_log(&log_path)?;
+            for column in ["elapsed_s", "val_acc"] {
+                if !header.iter().any(|h| h == column) {
+                    return Err(VitError::BadData {
+                        path: log_path.clone(),
+                        reason: format!("no {column} column to compare runs by"),
+                    });
+                }
+            }
+            Ok(Series {
+                name,
+                points: log
+                    .iter()
+                    .map(|row| (row["elapsed_s"] / 60.0, 100.0 * row["val_acc"]))
+                    .collect(),
+            })
+        })
+        .collect()
 }
 
 /// The confusion matrix and per-class accuracy of the checkpoint in `ck` on `data`.

@@ -143,9 +143,24 @@ fn cmt_trains_resumes_and_runs_as_a_user_would() {
         &["Grad-CAM"],
     );
     let report = dir.path().join("report");
-    ok(&["report", run, "--samples", "4", "--out", report.to_str().unwrap()]);
+    let other = resumed.join("log.csv");
+    ok(&[
+        "report",
+        run,
+        "--samples",
+        "4",
+        "--out",
+        report.to_str().unwrap(),
+        "--compare",
+        other.to_str().unwrap(),
+    ]);
     let html = std::fs::read_to_string(report.join("report.html")).unwrap();
     assert!(html.contains("Grad-CAM") && html.contains("data:image/png;base64,"));
+    assert!(html.contains("validation top-1 against training wall time"));
+    fails_with(
+        &["report", run, "--out", report.to_str().unwrap(), "--compare", img],
+        &["x.png"],
+    );
 
     // The checkpoint is an official state dict: `infer --source official` runs it, and a file
     // with a key removed or reshaped is refused with the key named.

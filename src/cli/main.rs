@@ -203,6 +203,10 @@ struct ReportArgs {
     /// Test images averaged for the attention distance.
     #[arg(long, default_value_t = 256)]
     samples: usize,
+    /// Other runs (directories or log.csv files) to plot against this one: validation top-1
+    /// against training wall time.
+    #[arg(long, num_args = 1..)]
+    compare: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -561,7 +565,14 @@ fn explain(args: ExplainArgs, device: &str) -> anyhow::Result<()> {
 fn report(args: ReportArgs, device: &str) -> anyhow::Result<()> {
     let device = open_device(device)?;
     let out = args.out.unwrap_or_else(|| args.run.join("report"));
-    let html = vitkit::report::write_report(&args.run, args.data.as_deref(), &out, args.samples, &device)?;
+    let html = vitkit::report::write_report(
+        &args.run,
+        args.data.as_deref(),
+        &out,
+        args.samples,
+        &args.compare,
+        &device,
+    )?;
     println!("wrote {}", html.display());
     Ok(())
 }

@@ -14,6 +14,7 @@
 mod attention;
 mod batch_norm;
 mod bf16;
+mod bias_softmax;
 mod conv;
 mod cpu;
 mod depthwise;
@@ -23,6 +24,7 @@ mod matmul;
 mod norm_ops;
 
 pub use bf16::{bf16_products, set_bf16_products};
+pub use bias_softmax::bias_softmax;
 pub use conv::{
     conv2d_channels_last, depthwise_conv, depthwise_conv_residual, depthwise_residual_gelu_affine,
 };

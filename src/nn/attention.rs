@@ -241,6 +241,11 @@ fn weights(q: Tensor<4>, k: Tensor<4>, bias: Option<Tensor<4>>, mask: Option<Ten
     }
     let mut logits = q.mul_scalar(scale).matmul(k.swap_dims(2, 3));
     if let Some(b) = bias {
+        let [nb, h, n, m] = b.dims();
+        if nb == 1 && mask.is_none() {
+            // One bias for the whole batch (CMT's): added inside the softmax's pass.
+            return crate::kernels::bias_softmax(logits, b.reshape([h, n, m]));
+        }
         logits = logits + b;
     }
     if let Some(m) = mask {
