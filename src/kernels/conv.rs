@@ -297,6 +297,20 @@ impl Backward<Flex, 3> for ConvDenseBackward {
     }
 }
 
+/// The output of an inference-only kernel called with an autodiff tensor, which carries no
+/// gradient. The wrappers call these kernels only without autodiff; an input that needs a
+/// gradient here is a bug, not a user error.
+pub(super) fn inference_only<C: CheckpointStrategy>(
+    x: &FloatTensor<Autodiff<Flex, C>>,
+    out: FlexTensor,
+    what: &str,
+) -> FloatTensor<Autodiff<Flex, C>> {
+    match NoGradient.prepare::<C>([x.node()]).compute_bound().stateful() {
+        OpsKind::Tracked(_) => unreachable!("{what} is for inference only"),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
+
 /// The backward of an output no gradient flows through.
 #[derive(Debug)]
 pub(super) struct NoGradient;
@@ -373,10 +387,7 @@ impl<C: CheckpointStrategy> CnnOps for Autodiff<Flex, C> {
             scale.primitive().clone(),
             shift.primitive().clone(),
         );
-        match NoGradient.prepare::<C>([x.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(_) => unreachable!("the fused depthwise epilogue is for inference only"),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        }
+        inference_only::<C>(&x, out, "the fused depthwise epilogue")
     }
 
     fn cnn_conv2d_cl(

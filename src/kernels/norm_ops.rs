@@ -13,7 +13,7 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
 
 use super::batch_norm;
-use super::conv::NoGradient;
+use super::conv::{NoGradient, inference_only};
 use super::{contiguous, f32_tensor, register_grads, shape_of, slice};
 
 #[backend_extension(Flex, Autodiff)]
@@ -230,10 +230,7 @@ impl<C: CheckpointStrategy> NormOps for Autodiff<Flex, C> {
             scale.primitive().clone(),
             shift.primitive().clone(),
         );
-        match NoGradient.prepare::<C>([x.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(_) => unreachable!("the fused GELU + BatchNorm epilogue is for inference only"),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        }
+        inference_only::<C>(&x, out, "the fused GELU + BatchNorm epilogue")
     }
 
     fn norm_row_stats(x: FloatTensor<Self>) -> FloatTensor<Self> {
