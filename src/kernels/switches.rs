@@ -1,0 +1,113 @@
+//! Switches for the fused CPU operations: `VITKIT_FUSED` names the ones in use (all by
+//! default), so that what each buys can be measured by turning it off; and whether a kernel
+//! applies to a tensor (enabled, f32, on the flex CPU backend).
+
+use std::sync::OnceLock;
+
+use burn::tensor::Tensor;
+
+/// One bit per fused operation (and per shortcut that is not a kernel), for switching them off
+/// one at a time to measure each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fused {
+    Gelu = 1,
+    Softmax = 2,
+    LayerNorm = 4,
+    Linear = 8,
+    Attention = 16,
+    /// Not a kernel: class-token pooling runs the last block for the class token alone.
+    ClassTokenOnly = 32,
+    /// The bias, GELU and residual add done inside the linear layers around them.
+    Epilogue = 64,
+    /// Not a kernel: threaded products split along the weights' output features (see
+    /// `matmul::split_parts`) instead of gemm's own threading.
+    SplitProducts = 128,
+    /// Not a kernel: for few rows, linear layers read their `[out, in]` weight in place rather
+    /// than have gemm pack it (see `matmul::weight_in_place`).
+    WeightInPlace = 256,
+    /// The channels-last depthwise convolution (`depthwise.rs`) instead of flex's grouped one.
+    Depthwise = 512,
+    /// BatchNorm over channels-last rows (`batch_norm.rs`) instead of Burn's.
+    BatchNorm = 1024,
+}
+
+const ALL_FUSED: u16 = 2047;
+
+/// The names `VITKIT_FUSED` takes, with their bits.
+const FUSED_NAMES: [(&str, u16); 12] = [
+    ("gelu", Fused::Gelu as u16),
+    ("softmax", Fused::Softmax as u16),
+    ("layernorm", Fused::LayerNorm as u16),
+    ("linear", Fused::Linear as u16),
+    ("attention", Fused::Attention as u16),
+    ("cls", Fused::ClassTokenOnly as u16),
+    ("epilogue", Fused::Epilogue as u16),
+    ("split", Fused::SplitProducts as u16),
+    ("inplace", Fused::WeightInPlace as u16),
+    ("depthwise", Fused::Depthwise as u16),
+    ("batchnorm", Fused::BatchNorm as u16),
+    ("all", ALL_FUSED),
+];
+
+/// The mask a `VITKIT_FUSED` value names: a comma-separated list of
+/// `gelu,softmax,layernorm,linear,attention,epilogue,cls,split,inplace,depthwise,batchnorm`, `all`, or `none`.
+/// An unknown name is an error naming it (a typo must not switch every kernel off).
+pub fn parse_fused(list: &str) -> Result<u16, String> {
+    if list.trim() == "none" {
+        return Ok(0);
+    }
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|name| {
+            FUSED_NAMES
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, bit)| *bit)
+                .ok_or_else(|| {
+                    let valid: Vec<&str> = FUSED_NAMES.iter().map(|(n, _)| *n).collect();
+                    format!(
+                        "VITKIT_FUSED names an unknown kernel '{name}'; valid: {}, none",
+                        valid.join(", ")
+                    )
+                })
+        })
+        .try_fold(0, |mask, bit| bit.map(|b| mask | b))
+}
+
+/// `VITKIT_FUSED`'s mask (all kernels when unset), or the error for an invalid value.
+fn fused_mask() -> &'static Result<u16, String> {
+    static MASK: OnceLock<Result<u16, String>> = OnceLock::new();
+    MASK.get_or_init(|| match std::env::var("VITKIT_FUSED") {
+        Err(_) => Ok(ALL_FUSED),
+        Ok(list) => parse_fused(&list),
+    })
+}
+
+/// An error when `VITKIT_FUSED` is set to something [`parse_fused`] rejects; programs call
+/// it at start-up (the `vitkit` binary does).
+pub fn check_fused_env() -> Result<(), String> {
+    fused_mask().clone().map(|_| ())
+}
+
+/// Whether the fused operation `op` is in use: all are, unless the environment variable
+/// `VITKIT_FUSED` lists some (see [`parse_fused`]). For measuring what each buys. A program
+/// that did not call [`check_fused_env`] and has an invalid value runs every kernel.
+pub fn enabled(op: Fused) -> bool {
+    let mask = match fused_mask() {
+        Ok(mask) => *mask,
+        Err(_) => ALL_FUSED,
+    };
+    mask & op as u16 != 0
+}
+
+/// Whether a fused kernel applies: it is enabled and `x` is an f32 tensor on the flex CPU backend
+/// (with or without autodiff).
+pub fn applies<const D: usize>(x: &Tensor<D>, op: Fused) -> bool {
+    enabled(op) && on_flex(x) && x.dtype() == burn::tensor::DType::F32
+}
+
+/// Whether `x` lives on the flex CPU backend (with or without autodiff).
+pub fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
+    crate::device::is_cpu(&x.device())
+}
