@@ -153,23 +153,28 @@ pub fn depthwise_residual_gelu_affine(
     ))
 }
 
-fn geometry(x: &FlexTensor, w: &FlexTensor, stride: usize, padding: usize, residual: bool) -> Geometry {
-    let (xs, ws) = (shape_of(x), shape_of(w));
-    assert_eq!(xs.num_dims(), 4, "depthwise input must be [B, H, W, C]");
-    assert!(
-        ws[2] == ws[3] && stride > 0,
-        "depthwise kernel must be square, stride positive"
-    );
+/// The geometry of a `kernel`×`kernel` convolution of `x: [B, H, W, C]`.
+fn geometry(x: &FlexTensor, kernel: usize, stride: usize, padding: usize, residual: bool) -> Geometry {
+    let xs = shape_of(x);
+    assert_eq!(xs.num_dims(), 4, "convolution input must be [B, H, W, C]");
+    assert!(stride > 0, "convolution stride must be positive");
     Geometry {
         batch: xs[0],
         height: xs[1],
         width: xs[2],
         channels: xs[3],
-        kernel: ws[2],
+        kernel,
         stride,
         padding,
         residual,
     }
+}
+
+/// The kernel size of a square weight `[O, C, k, k]`.
+fn kernel_of(w: &FlexTensor) -> usize {
+    let ws = shape_of(w);
+    assert_eq!(ws[2], ws[3], "convolution kernel must be square");
+    ws[2]
 }
 
 fn flex_depthwise(
@@ -182,22 +187,6 @@ fn flex_depthwise(
     let (w, b) = (contiguous(w.clone()), contiguous(b.clone()));
     let out = depthwise::forward(slice(x), slice(&w), Some(slice(&b)), g, epilogue);
     f32_tensor(out, [g.batch, g.out_height(), g.out_width(), g.channels].into())
-}
-
-/// The geometry of a dense convolution of `x: [B, H, W, C]` by a `k×k` kernel.
-fn dense_geometry(x: &FlexTensor, kernel: usize, stride: usize, padding: usize) -> Geometry {
-    let xs = shape_of(x);
-    assert_eq!(xs.num_dims(), 4, "convolution input must be [B, H, W, C]");
-    Geometry {
-        batch: xs[0],
-        height: xs[1],
-        width: xs[2],
-        channels: xs[3],
-        kernel,
-        stride,
-        padding,
-        residual: false,
-    }
 }
 
 /// The convolution's output and the gathered windows it multiplied.
@@ -232,7 +221,7 @@ impl CnnOps for Flex {
         padding: usize,
         residual: bool,
     ) -> FlexTensor {
-        let g = geometry(&x, &weight, stride, padding, residual);
+        let g = geometry(&x, kernel_of(&weight), stride, padding, residual);
         flex_depthwise(&contiguous(x), &weight, &bias, g, Epilogue::NONE)
     }
 
@@ -243,8 +232,8 @@ impl CnnOps for Flex {
         scale: FlexTensor,
         shift: FlexTensor,
     ) -> FlexTensor {
-        let k = shape_of(&weight)[2];
-        let g = geometry(&x, &weight, 1, k / 2, true);
+        let k = kernel_of(&weight);
+        let g = geometry(&x, k, 1, k / 2, true);
         let (scale, shift) = (contiguous(scale), contiguous(shift));
         let epilogue = Epilogue {
             gelu: true,
@@ -262,7 +251,7 @@ impl CnnOps for Flex {
         padding: usize,
     ) -> FlexTensor {
         let x = contiguous(x);
-        let g = dense_geometry(&x, kernel, stride, padding);
+        let g = geometry(&x, kernel, stride, padding, false);
         flex_conv2d_cl(&x, &wmat, &bias, g).0
     }
 }
@@ -359,7 +348,7 @@ impl<C: CheckpointStrategy> CnnOps for Autodiff<Flex, C> {
     ) -> FloatTensor<Self> {
         let input = contiguous(x.primitive().clone());
         let (w, b) = (weight.primitive().clone(), bias.primitive().clone());
-        let g = geometry(&input, &w, stride, padding, residual);
+        let g = geometry(&input, kernel_of(&w), stride, padding, residual);
         let out = flex_depthwise(&input, &w, &b, g, Epilogue::NONE);
         match DepthwiseBackward
             .prepare::<C>([x.node(), weight.node(), bias.node()])
@@ -400,7 +389,7 @@ impl<C: CheckpointStrategy> CnnOps for Autodiff<Flex, C> {
     ) -> FloatTensor<Self> {
         let input = contiguous(x.primitive().clone());
         let (w, b) = (wmat.primitive().clone(), bias.primitive().clone());
-        let g = dense_geometry(&input, kernel, stride, padding);
+        let g = geometry(&input, kernel, stride, padding, false);
         let (out, cols) = flex_conv2d_cl(&input, &w, &b, g);
         match ConvDenseBackward
             .prepare::<C>([x.node(), wmat.node(), bias.node()])

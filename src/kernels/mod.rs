@@ -203,11 +203,7 @@ pub fn epilogue_applies<const D: usize>(x: &Tensor<D>, layer: &burn::nn::Linear)
 pub fn linear_gelu(x: Tensor<3>, layer: &burn::nn::Linear) -> Tensor<3> {
     assert!(epilogue_applies(&x, layer), "no fused linear + GELU here");
     let bias = layer.bias.as_ref().expect("checked").val();
-    Tensor::from_dispatch(<Dispatch as VitOps>::vit_linear_gelu(
-        x.into_dispatch(),
-        layer.weight.val().into_dispatch(),
-        bias.into_dispatch(),
-    ))
+    linear_gelu_with(x, layer.weight.val(), bias)
 }
 
 /// `gelu(x · weight + bias)` with `weight: [d_in, d_out]`: one operation where the fused
@@ -228,12 +224,7 @@ pub fn linear_gelu_with(x: Tensor<3>, weight: Tensor<2>, bias: Tensor<1>) -> Ten
 pub fn linear_residual(resid: Tensor<3>, x: Tensor<3>, layer: &burn::nn::Linear) -> Tensor<3> {
     assert!(epilogue_applies(&x, layer), "no fused residual linear here");
     let bias = layer.bias.as_ref().expect("checked").val();
-    Tensor::from_dispatch(<Dispatch as VitOps>::vit_linear_residual(
-        resid.into_dispatch(),
-        x.into_dispatch(),
-        layer.weight.val().into_dispatch(),
-        bias.into_dispatch(),
-    ))
+    linear_residual_with(resid, x, layer.weight.val(), bias)
 }
 
 /// `resid + x · weight + bias` with `weight: [d_in, d_out]`: one operation where the fused

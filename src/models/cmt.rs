@@ -15,7 +15,7 @@ use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::state::shape_of;
+use super::state::{shape_of, square_side};
 use super::{Adaptation, Architecture, Classifier, Family, Model, SpatialMap, StateDict};
 use crate::nn::{
     Attention, AttentionArgs, BatchNorm, ConvWeights, DropPath, LayerNorm, Projections, Resample, SeqLayer,
@@ -159,8 +159,7 @@ impl CmtConfig {
             }
         };
         let mut first = 0;
-        let mut stages = Vec::with_capacity(4);
-        for i in 0..4 {
+        let mut stage = |i: usize| {
             let in_dim = if i == 0 {
                 self.stem_channels
             } else {
@@ -171,18 +170,20 @@ impl CmtConfig {
                 .map(|j| CmtBlock::new(self, i, dpr(first + j), device))
                 .collect();
             first += self.depths[i];
-            stages.push((
-                PatchMerge {
-                    proj: ConvWeights::kaiming_fan_out(dim, in_dim, 2, device),
-                    norm: LayerNorm::new(dim, PATCH_NORM_EPS, device),
-                },
+            let merge = PatchMerge {
+                proj: ConvWeights::kaiming_fan_out(dim, in_dim, 2, device),
+                norm: LayerNorm::new(dim, PATCH_NORM_EPS, device),
+            };
+            (
+                merge,
                 normal_param(self.relative_pos_shape(i), 1.0, device),
                 blocks,
-            ));
-        }
-        let [(pa, ra, ba), (pb, rb, bb), (pc, rc, bc), (pd, rd, bd)]: [_; 4] = stages
-            .try_into()
-            .map_err(|_| VitError::Other("four stages".into()))?;
+            )
+        };
+        let (pa, ra, ba) = stage(0);
+        let (pb, rb, bb) = stage(1);
+        let (pc, rc, bc) = stage(2);
+        let (pd, rd, bd) = stage(3);
         let s = self.stem_channels;
         Ok(Cmt {
             stem_conv1: ConvWeights::kaiming_fan_out(s, self.in_chans, 3, device),
@@ -275,7 +276,7 @@ impl Irffn {
         drop_path: &DropPath,
     ) -> Tensor<3> {
         let (conv2, norm2) = (self.conv2[0].conv(), self.conv2[1].norm());
-        let inference = !norm2.trains(&x) && !drop_path.active(&x);
+        let inference = !norm2.is_training(&x) && !drop_path.active(&x);
         let z = self.middle(x, grid);
         if inference {
             conv2.pointwise_norm_residual(resid, z, norm2)
@@ -291,7 +292,7 @@ impl Irffn {
             .forward(self.conv1[0].conv().pointwise_gelu_norm(x, self.conv1[2].norm()));
         let [b, n, e] = z.dims();
         let map = z.reshape([b, h, w, e]);
-        let fused = (!self.proj_bn.trains(&map))
+        let fused = (!self.proj_bn.is_training(&map))
             .then(|| {
                 let (scale, shift) = self.proj_bn.affine();
                 let (weight, bias) = (self.proj.weight.val(), self.proj.bias.val());
@@ -436,26 +437,22 @@ impl Cmt {
     /// The expanded map the head pools: `[B, N, fc_dim]` tokens after `_fc`, `_bn` and Swish,
     /// and its grid.
     fn expanded(&self, x: Tensor<4>) -> (Tensor<3>, [usize; 2]) {
-        let [_, _, h, w] = x.dims();
         let mut map = self.stem(x);
-        let mut tokens = None;
-        let mut grid = [h / self.stem_stride, w / self.stem_stride];
         for (merge, relative_pos, blocks) in self.stages() {
-            if let Some(t) = tokens.take() {
-                let [b, _, c] = Tensor::<3>::dims(&t);
-                map = t.reshape([b, grid[0], grid[1], c]);
-            }
-            grid = grid.map(|s| s / 2);
-            let mut x = merge.forward(map.clone());
+            let [b, h, w, _] = map.dims();
+            let grid = [h / 2, w / 2];
+            let mut x = merge.forward(map);
             let bias: Tensor<4> = relative_pos.val().unsqueeze();
             for block in blocks {
                 x = block.forward(x, grid, bias.clone());
             }
-            tokens = Some(x);
+            let [_, _, c] = x.dims();
+            map = x.reshape([b, grid[0], grid[1], c]);
         }
-        let x = self._fc.pointwise(tokens.expect("four stages"));
+        let [b, h, w, c] = map.dims();
+        let x = self._fc.pointwise(map.reshape([b, h * w, c]));
         let x = self._bn.forward_tokens(x);
-        (x.clone() * burn::tensor::activation::sigmoid(x), grid)
+        (x.clone() * burn::tensor::activation::sigmoid(x), [h, w])
     }
 
     fn pool(&self, tokens: Tensor<3>) -> Tensor<2> {
@@ -625,9 +622,4 @@ impl Architecture for CmtConfig {
         let pick = |v: [f32; 3]| (0..self.in_chans).map(|c| v[c % 3]).collect();
         (pick(mean), pick(std))
     }
-}
-
-fn square_side(n: usize) -> Option<usize> {
-    let side = (n as f64).sqrt().round() as usize;
-    (side > 0 && side * side == n).then_some(side)
 }

@@ -20,3 +20,9 @@ pub fn shape_of<'a>(file: &'a StateDict, name: &str, rank: usize) -> Option<&'a 
         .map(|t| t.shape.as_slice())
         .filter(|s| s.len() == rank)
 }
+
+/// The side of a square grid of `n > 0` positions, when `n` is a square.
+pub fn square_side(n: usize) -> Option<usize> {
+    let side = (n as f64).sqrt().round() as usize;
+    (side > 0 && side * side == n).then_some(side)
+}

@@ -5,7 +5,7 @@ use burn::nn::{Dropout, DropoutConfig, Initializer, Linear};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::state::shape_of;
+use super::state::{shape_of, square_side};
 use super::{
     Adaptation, Architecture, Classifier, Family, GlobalAttention, Model, Pooled, SpatialMap, StateDict,
     TokenLayout,
@@ -483,10 +483,4 @@ impl Architecture for VitConfig {
     fn pretrained_mean_std(&self) -> (Vec<f32>, Vec<f32>) {
         (vec![0.5; self.in_chans], vec![0.5; self.in_chans])
     }
-}
-
-/// The side of a square grid of `n > 0` positions, when `n` is a square.
-fn square_side(n: usize) -> Option<usize> {
-    let side = (n as f64).sqrt().round() as usize;
-    (side > 0 && side * side == n).then_some(side)
 }

@@ -113,13 +113,9 @@ impl BatchNorm {
         (scale, shift)
     }
 
-    /// Whether this call normalises with batch statistics.
-    pub fn trains<const D: usize>(&self, x: &Tensor<D>) -> bool {
-        self.is_training(x)
-    }
-
-    /// Batch statistics: on an autodiff device, unless validating or frozen.
-    fn is_training<const D: usize>(&self, x: &Tensor<D>) -> bool {
+    /// Whether a call on `x` normalises with batch statistics: on an autodiff device, unless
+    /// validating or frozen.
+    pub fn is_training<const D: usize>(&self, x: &Tensor<D>) -> bool {
         self.training.is_enabled() && x.device().is_autodiff()
     }
 

@@ -70,7 +70,7 @@ impl ConvWeights {
     /// `norm(gelu(conv(x)))` for a 1×1 convolution: in inference on the CPU one pass, the
     /// BatchNorm applied as its per-channel scale and shift.
     pub fn pointwise_gelu_norm(&self, x: Tensor<3>, norm: &BatchNorm) -> Tensor<3> {
-        if !norm.trains(&x) {
+        if !norm.is_training(&x) {
             let (scale, shift) = norm.affine();
             if let Some(y) =
                 crate::kernels::linear_gelu_affine(x.clone(), self.matrix(), self.bias.val(), scale, shift)
@@ -104,10 +104,19 @@ impl ConvWeights {
     /// the norm folded into the convolution's weights (`W * scale`, `b * scale + shift`) and
     /// the residual added in the same pass.
     pub fn pointwise_norm_residual(&self, resid: Tensor<3>, x: Tensor<3>, norm: &BatchNorm) -> Tensor<3> {
+        let (weight, bias) = self.folded(norm);
+        let [out, inp, _, _] = weight.dims();
+        crate::kernels::linear_residual_with(resid, x, weight.reshape([out, inp]).transpose(), bias)
+    }
+
+    /// This convolution's weight and bias with an evaluation-mode BatchNorm after it folded in
+    /// (`w * scale` per output channel, `b * scale + shift`): exact, as long as nothing sits
+    /// between the two.
+    pub fn folded(&self, norm: &BatchNorm) -> (Tensor<4>, Tensor<1>) {
         let (scale, shift) = norm.affine();
-        let weight = self.matrix() * scale.clone().unsqueeze::<2>();
-        let bias = self.bias.val() * scale + shift;
-        crate::kernels::linear_residual_with(resid, x, weight, bias)
+        let out = self.out_channels();
+        let weight = self.weight.val() * scale.clone().reshape([out, 1, 1, 1]);
+        (weight, self.bias.val() * scale + shift)
     }
 
     /// The `[out, in, 1, 1]` weight as the `[in, out]` matrix of a linear layer.
@@ -161,10 +170,8 @@ pub fn reduce_tokens(sr: &[SeqLayer], x: Tensor<3>, grid: [usize; 2]) -> Tensor<
     let (conv, norm) = (sr[0].conv(), sr[1].norm());
     let r = conv.weight.lazy_shape()[2];
     let map = x.reshape([b, grid[0], grid[1], c]);
-    if !norm.trains(&map) {
-        let (scale, shift) = norm.affine();
-        let weight = conv.weight.val() * scale.clone().reshape([c, 1, 1, 1]);
-        let bias = conv.bias.val() * scale + shift;
+    if !norm.is_training(&map) {
+        let (weight, bias) = conv.folded(norm);
         let out = crate::kernels::depthwise_conv(map, weight, bias, r, 0);
         let [_, h, w, _] = out.dims();
         return out.reshape([b, h * w, c]);
