@@ -77,10 +77,32 @@ def build_cmt(cfg):
     return model
 
 
+def build_nest(cfg):
+    """timm's `Nest` with vitkit's configuration; the multi-query attention of the CIFAR models
+    (which timm lacks) from the fixture generator's reference module."""
+    from timm.models.nest import Nest
+
+    model = Nest(img_size=cfg["img_size"], in_chans=cfg["in_chans"], patch_size=cfg["patch_size"],
+                 num_levels=len(cfg["depths"]), embed_dims=cfg["embed_dims"], num_heads=cfg["num_heads"],
+                 depths=cfg["depths"], num_classes=cfg["num_classes"], mlp_ratio=cfg["mlp_ratio"],
+                 qkv_bias=cfg["qkv_bias"], drop_rate=cfg["drop_rate"], attn_drop_rate=cfg["attn_drop_rate"],
+                 drop_path_rate=cfg["drop_path_rate"], pad_type="same" if cfg["padding"] == "same" else "")
+    if cfg["attention"] == "multi-query":
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+        from make_nest_fixtures import MultiQueryAttention
+
+        for level, heads in zip(model.levels, cfg["num_heads"]):
+            for layer in level.transformer_encoder:
+                layer.attn = MultiQueryAttention(layer.norm1.weight.shape[0], heads)
+    return model
+
+
 def build_model(cfg, timm):
     family = cfg.get("family")
     if family == "cmt":
         return build_cmt(cfg)
+    if family == "nest":
+        return build_nest(cfg)
     if family != "vit":
         sys.exit(f"pytorch_baseline: no PyTorch counterpart for family {family!r}")
     # vitkit's config keys are timm's VisionTransformer arguments (norm_eps aside: both use 1e-6).

@@ -60,7 +60,20 @@ pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
         Some(f) => f.config_for(&base, &req.adapt)?,
         None => base.adapted(&req.adapt)?,
     };
-    let splits = load_data(&source, config.img_size(), req.skip_bad_images)?;
+    let mut splits = load_data(&source, config.img_size(), req.skip_bad_images)?;
+    req.recipe.validate()?;
+    if req.recipe.label_fraction < 1.0 {
+        let all = splits.train.len();
+        splits.train = splits
+            .train
+            .per_class_subset(req.recipe.label_fraction, req.recipe.seed);
+        println!(
+            "training on {} of the {all} training images ({}% of each class, seed {})",
+            splits.train.len(),
+            100.0 * req.recipe.label_fraction,
+            req.recipe.seed
+        );
+    }
     // Data decides the head and input channels, as timm's create_model(num_classes=, in_chans=);
     // a pretrained model keeps its channels (grey images are replicated to RGB).
     let fixed = Adaptation {

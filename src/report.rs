@@ -7,8 +7,8 @@ use burn::tensor::Device;
 
 use crate::app::{ModelSource, run_eval};
 use crate::data::DataSource;
-use crate::draw::{Series, confusion_matrix_png, overlay_png, xy_chart_png};
-use crate::explain::{Explainer, Method, explain_figures, test_images};
+use crate::draw::{Series, confusion_matrix_png, xy_chart_png};
+use crate::explain::{Explainer, ImageRequest, Method, draw, explain_figures, test_images};
 use crate::io::{Which, find_checkpoint, read_json, write_atomic};
 use crate::models::param_count;
 use crate::train::{RunConfig, TrainState, format_value, show_value};
@@ -365,37 +365,37 @@ fn write_inside(
             figure(html, f, c)?;
         }
     }
-    let (heading, what, file) = match method {
-        Method::Rollout => ("Attention rollout", "attention rollout", "rollout"),
-        Method::GradCam => ("Grad-CAM", "Grad-CAM of the predicted class", "gradcam"),
-    };
-    let _ = writeln!(html, "<h3>{heading} on test images</h3>");
-    let [h, w] = ex.img_size();
-    for i in 0..6.min(test.len()) {
-        let img = test.image(i);
-        let (map, grid) = match method {
-            Method::Rollout => (ex.rollout(img)?, ex.layout()?.grid),
-            Method::GradCam => {
-                let cam = ex.grad_cam(img, None)?;
-                (cam.map, cam.grid)
-            }
+    for method in ex.default_methods()? {
+        let (heading, what) = match method {
+            Method::Rollout => ("Attention rollout", "attention rollout"),
+            Method::GradCam => ("Grad-CAM", "Grad-CAM of the predicted class"),
+            Method::Cam => (
+                "Class activation map",
+                "the class activation map of the predicted class",
+            ),
+            Method::GradCat => (
+                "GradCAT (reconstructed)",
+                "GradCAT's path through the block tree for the predicted class (reconstructed)",
+            ),
         };
-        let label = run.data.class_name(test.labels[i] as usize);
-        let path = out.join(format!("{file}_test_{i}.png"));
-        overlay_png(
-            &path,
-            &format!("test image {i} ({label})"),
-            img,
-            test.channels,
-            [h, w],
-            &map,
-            grid,
-        )?;
-        figure(
-            html,
-            &path,
-            &format!("test image {i}, true class {label}: image and {what}"),
-        )?;
+        let _ = writeln!(html, "<h3>{heading} on test images</h3>");
+        for i in 0..6.min(test.len()) {
+            let label = run.data.class_name(test.labels[i] as usize);
+            let path = out.join(format!("{}_test_{i}.png", method.name()));
+            draw(
+                ex,
+                method,
+                test.image(i),
+                &ImageRequest::default(),
+                &path,
+                &format!("test image {i} ({label})"),
+            )?;
+            figure(
+                html,
+                &path,
+                &format!("test image {i}, true class {label}: image and {what}"),
+            )?;
+        }
     }
     Ok(())
 }

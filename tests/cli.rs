@@ -1,27 +1,13 @@
 //! The `vitkit` binary as a user runs it: clear errors and a non-zero exit on bad input, and
 //! the train → eval → predict path on the built-in data.
 
-use std::path::Path;
+mod support;
+
+use support::cli::{fails_with, vitkit};
 
 use std::process::{Command, Output};
 
-fn vitkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vitkit"))
-        .args(args)
-        .output()
-        .expect("run vitkit")
-}
-
-fn fails_with(args: &[&str], needles: &[&str]) {
-    let out = vitkit(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{args:?} should fail");
-    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    for n in needles {
-        assert!(stderr.contains(n), "{args:?}: expected '{n}' in: {stderr}");
-    }
-}
+use std::path::Path;
 
 #[test]
 fn unknown_model_and_dataset_list_the_valid_names() {

@@ -2,37 +2,13 @@
 //! bit), checkpoints under the official key names with PyTorch's BatchNorm buffers, eval,
 //! predict, Grad-CAM, the report, the checkpoint read back as an official file, and errors.
 
+mod support;
+
+use support::cli::{fails_with, ok};
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use safetensors::{Dtype, SafeTensors};
-
-fn vitkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vitkit"))
-        .args(args)
-        .output()
-        .expect("run vitkit")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = vitkit(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails_with(args: &[&str], needles: &[&str]) {
-    let out = vitkit(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    for n in needles {
-        assert!(stderr.contains(n), "{args:?}: expected '{n}' in: {stderr}");
-    }
-}
 
 fn train(run: &Path, extra: &[&str]) {
     let mut args = vec![

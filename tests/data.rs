@@ -235,3 +235,46 @@ fn synthetic_data_is_deterministic_balanced_and_varied() {
     // Two images of the same class differ (colour, size, position, rotation are random).
     assert_ne!(a.image(0), a.image(10));
 }
+
+#[test]
+fn a_label_fraction_keeps_that_share_of_every_class_the_same_way_each_time() {
+    use vitkit::data::ImageDataset;
+    // 3 classes of 100, 40 and 3 images, each image's one pixel its index.
+    let labels: Vec<u32> = (0..143u32)
+        .map(|i| {
+            if i < 100 {
+                0
+            } else if i < 140 {
+                1
+            } else {
+                2
+            }
+        })
+        .collect();
+    let data = || ImageDataset {
+        pixels: (0..143).map(|i| i as u8).collect(),
+        labels: labels.clone(),
+        channels: 1,
+        height: 1,
+        width: 1,
+    };
+    let tenth = data().per_class_subset(0.1, 7);
+    let count = |k: u32| tenth.labels.iter().filter(|&&l| l == k).count();
+    assert_eq!(
+        (count(0), count(1), count(2)),
+        (10, 4, 1),
+        "at least one of a small class"
+    );
+    // Each kept image is still paired with its label, in the original order.
+    for (p, &l) in tenth.pixels.iter().zip(&tenth.labels) {
+        assert_eq!(labels[*p as usize], l);
+    }
+    assert!(tenth.pixels.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(data().per_class_subset(0.1, 7).pixels, tenth.pixels);
+    assert_ne!(
+        data().per_class_subset(0.1, 8).pixels,
+        tenth.pixels,
+        "another seed, another draw"
+    );
+    assert_eq!(data().per_class_subset(1.0, 7).len(), 143);
+}

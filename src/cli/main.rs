@@ -175,10 +175,27 @@ struct ExplainArgs {
     /// With --layer: one head (0-based) instead of the mean over heads.
     #[arg(long)]
     head: Option<usize>,
-    /// rollout (attention rollout; models with global attention) or gradcam (models whose head
-    /// pools a feature map). Default: rollout where it applies, else gradcam.
+    /// rollout (attention rollout; models with global attention), gradcam (models whose head
+    /// pools a feature map), cam (the class activation map: heads that are mean pooling and
+    /// one linear layer) or gradcat (NesT's block tree); repeat for several. Default: cam and
+    /// gradcat for NesT, else rollout where it applies, else gradcam.
     #[arg(long)]
-    method: Option<String>,
+    method: Vec<String>,
+    /// Explain this class (its name in the data, or its index) instead of the predicted one.
+    #[arg(long = "class")]
+    class: Option<String>,
+    /// GradCAT (a reconstruction, the paper's pseudo-code being unavailable): plus scores
+    /// activation × gradient, minus activation × (−gradient) [default: plus]
+    #[arg(long)]
+    gradcat_sign: Option<String>,
+    /// GradCAT: mean (of activation × gradient over channels) or gradcam (channels weighted by
+    /// their mean gradient) [default: mean]
+    #[arg(long)]
+    gradcat_reduce: Option<String>,
+    /// GradCAT: score a child block by its own tokens (child) or by the parent's quadrant
+    /// over it (parent) [default: child]
+    #[arg(long)]
+    gradcat_score: Option<String>,
     /// Write the patch-embedding, position-embedding and attention-distance figures.
     #[arg(long)]
     figures: bool,
@@ -268,6 +285,10 @@ struct TrainArgs {
     no_augment: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Train on this share of each class's training images (e.g. 0.1), drawn with --seed; the
+    /// test set stays whole.
+    #[arg(long, default_value_t = 1.0)]
+    label_fraction: f64,
     /// Stop each epoch after this many batches (quick trials).
     #[arg(long)]
     max_steps_per_epoch: Option<usize>,
@@ -406,6 +427,7 @@ fn train(args: TrainArgs, device: &str) -> anyhow::Result<()> {
         } else {
             Trainable::All
         },
+        label_fraction: args.label_fraction,
         ..TrainConfig::default()
     };
     let req = TrainRequest {
@@ -534,17 +556,26 @@ fn explain(args: ExplainArgs, device: &str) -> anyhow::Result<()> {
         anyhow::bail!("nothing to do: give image files and/or --figures");
     }
     let ex = vitkit::explain::Explainer::load(&args.model.source()?, &device)?;
-    let method = match args.method.as_deref() {
-        None => None,
-        Some("rollout") => Some(vitkit::explain::Method::Rollout),
-        Some("gradcam" | "grad-cam") => Some(vitkit::explain::Method::GradCam),
-        Some(other) => anyhow::bail!("unknown --method '{other}'; valid: rollout, gradcam"),
+    let request = vitkit::explain::ImageRequest {
+        methods: args
+            .method
+            .iter()
+            .map(|m| vitkit::explain::Method::parse(m))
+            .collect::<Result<_, _>>()?,
+        layer: args.layer,
+        head: args.head,
+        class: args.class.as_deref().map(|c| ex.class_index(c)).transpose()?,
+        gradcat: vitkit::explain::GradCatOptions::parse(
+            args.gradcat_sign.as_deref(),
+            args.gradcat_reduce.as_deref(),
+            args.gradcat_score.as_deref(),
+        )?,
     };
     ex.check_layer_head(args.layer, args.head)?;
     let mut written = if args.images.is_empty() {
         Vec::new()
     } else {
-        vitkit::explain::explain_images(&ex, &args.images, &args.out, method, args.layer, args.head)?
+        vitkit::explain::explain_images(&ex, &args.images, &args.out, &request)?
     };
     if args.figures {
         let data = args.data.clone().unwrap_or_else(|| ex.run.data.name.clone());

@@ -85,6 +85,44 @@ impl ImageDataset {
         (mean.into_iter().map(|m| m as f32).collect(), std)
     }
 
+    /// `fraction` of each class's images (at least one per class present), chosen by `seed`
+    /// and kept in their original order: the same subset for the same arguments.
+    pub fn per_class_subset(self, fraction: f64, seed: u64) -> Self {
+        if fraction >= 1.0 {
+            return self;
+        }
+        // SplitMix64 of (seed, index): a fixed pseudo-random rank per image.
+        let rank = |i: usize| {
+            let mut z = seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        let mut by_class: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+        for (i, &l) in self.labels.iter().enumerate() {
+            by_class.entry(l).or_default().push(i);
+        }
+        let mut keep: Vec<usize> = by_class
+            .into_values()
+            .flat_map(|mut idx| {
+                let n = ((idx.len() as f64 * fraction).round() as usize).max(1);
+                idx.sort_by_key(|&i| rank(i));
+                idx.truncate(n);
+                idx
+            })
+            .collect();
+        keep.sort_unstable();
+        let mut pixels = Vec::with_capacity(keep.len() * self.image_len());
+        for &i in &keep {
+            pixels.extend_from_slice(self.image(i));
+        }
+        Self {
+            labels: keep.iter().map(|&i| self.labels[i]).collect(),
+            pixels,
+            ..self
+        }
+    }
+
     /// The same images resized (bilinear) to `height` x `width`; a no-op when they already are.
     pub fn resized(self, height: usize, width: usize) -> Self {
         if self.height == height && self.width == width {

@@ -10,7 +10,9 @@ use plotters::style::FontStyle;
 use crate::{Result, VitError};
 
 mod plots;
-pub use plots::{Series, TileGrid, overlay_png, tile_grid_png, upsample, viridis, xy_chart_png};
+pub use plots::{
+    LabelledBox, Series, TileGrid, boxes_png, overlay_png, tile_grid_png, upsample, viridis, xy_chart_png,
+};
 
 static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 static REGISTER: Once = Once::new();

@@ -309,3 +309,70 @@ pub fn overlay_png(
     root.present().map_err(|e| plot_err(path, e))?;
     Ok(())
 }
+
+/// A box on an image: `[top, left, bottom, right)` in the image's pixels, with its label.
+pub struct LabelledBox {
+    pub pixels: [usize; 4],
+    pub label: String,
+}
+
+/// The image beside the image with nested boxes (outermost first, each in its own colour and
+/// labelled at its top-left corner), shown enlarged, with a title.
+pub fn boxes_png(
+    path: &Path,
+    title: &str,
+    image: &[u8],
+    channels: usize,
+    size: [usize; 2],
+    boxes: &[LabelledBox],
+) -> Result<()> {
+    register_fonts();
+    let [h, w] = size;
+    let zoom = (256 / h.max(w)).max(1);
+    let (pw, ph) = (w * zoom, h * zoom);
+    let root = BitMapBackend::new(path, ((2 * pw + 30) as u32, (ph + 50) as u32)).into_drawing_area();
+    let err = |e| plot_err(path, e);
+    root.fill(&WHITE).map_err(err)?;
+    root.draw(&Text::new(
+        title.to_string(),
+        (10, 8),
+        ("sans-serif", 15).into_font().color(&BLACK),
+    ))
+    .map_err(err)?;
+    let plane = h * w;
+    for panel in 0..2 {
+        for y in 0..h {
+            for x in 0..w {
+                let x0 = (10 + panel * (pw + 10) + x * zoom) as i32;
+                let y0 = (40 + y * zoom) as i32;
+                root.draw(&Rectangle::new(
+                    [(x0, y0), (x0 + zoom as i32, y0 + zoom as i32)],
+                    pixel_rgb(image, channels, plane, y * w + x).filled(),
+                ))
+                .map_err(err)?;
+            }
+        }
+    }
+    let colours = [RED, RGBColor(255, 140, 0), RGBColor(0, 200, 255), GREEN, MAGENTA];
+    let x_off = (20 + pw) as i32;
+    for (i, b) in boxes.iter().enumerate() {
+        let colour = colours[i % colours.len()];
+        let [top, left, bottom, right] = b.pixels.map(|v| (v * zoom) as i32);
+        // Inner boxes drawn 1 px inside, so nested edges that coincide stay visible.
+        let inset = i as i32;
+        let corners = [
+            (x_off + left + inset, 40 + top + inset),
+            (x_off + right - 1 - inset, 40 + bottom - 1 - inset),
+        ];
+        root.draw(&Rectangle::new(corners, colour.stroke_width(2)))
+            .map_err(err)?;
+        root.draw(&Text::new(
+            b.label.clone(),
+            (corners[0].0 + 3, corners[0].1 + 2),
+            ("sans-serif", 12).into_font().color(&colour),
+        ))
+        .map_err(err)?;
+    }
+    root.present().map_err(err)?;
+    Ok(())
+}

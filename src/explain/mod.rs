@@ -1,21 +1,26 @@
 //! Looking inside a model: for transformers with global attention, attention rollout, mean
 //! attention distance, position-embedding similarity and the principal components of the
 //! patch-embedding filters (the ViT paper's Figures 6, 7 and 11); for models whose head pools
-//! a spatial feature map, Grad-CAM.
+//! a spatial feature map, Grad-CAM and the class activation map; for NesT's tree of blocks,
+//! GradCAT (a reconstruction).
 //!
 //! All of it is host-side arithmetic on small matrices (`T ≤ 577` tokens), in f64.
 
 mod cam;
 mod distance;
 mod filters;
+mod gradcat;
+mod images;
 mod rollout;
 mod run;
 
-pub use cam::{GradCam, grad_cam};
+pub use cam::{Cam, GradCam, class_activation_map, grad_cam};
 pub use distance::{grid_distances, mean_attention_distance};
 pub use filters::{patch_embedding_components, position_similarity};
+pub use gradcat::{ChannelReduce, GradCat, GradCatOptions, GradSign, ScoreFrom, TreeStep, grad_cat};
+pub use images::{ImageRequest, draw, explain_images};
 pub use rollout::{attention_rollout, class_token_map, head_mean, residual_mix};
-pub use run::{Explainer, Method, PositionSimilaritySummary, explain_figures, explain_images, test_images};
+pub use run::{Explainer, Method, PositionSimilaritySummary, explain_figures, test_images};
 
 /// A row-major square matrix.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,12 +7,13 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
 
 use super::{
-    GradCam, Matrix, attention_rollout, class_token_map, grad_cam, grid_distances, head_mean,
-    mean_attention_distance, patch_embedding_components, position_similarity,
+    Cam, GradCam, GradCat, GradCatOptions, Matrix, attention_rollout, class_activation_map, class_token_map,
+    grad_cam, grad_cat, grid_distances, head_mean, mean_attention_distance, patch_embedding_components,
+    position_similarity,
 };
 use crate::app::{Loaded, ModelSource, load_data, load_model};
-use crate::data::{DataSource, ImageDataset, Normalize, load_image_file};
-use crate::draw::{Series, TileGrid, overlay_png, tile_grid_png, viridis, xy_chart_png};
+use crate::data::{DataSource, ImageDataset, Normalize};
+use crate::draw::{Series, TileGrid, tile_grid_png, viridis, xy_chart_png};
 use crate::io::{write_atomic, write_json_atomic};
 use crate::models::{GlobalAttention, Model, Pooled, TokenLayout};
 use crate::nn::host_values;
@@ -26,6 +27,35 @@ pub enum Method {
     Rollout,
     /// Grad-CAM on the feature map the head pools.
     GradCam,
+    /// The class activation map: the head on each position of the map it pools (heads that
+    /// are mean pooling and one linear layer).
+    Cam,
+    /// GradCAT: the greedy descent through NesT's block tree (a reconstruction).
+    GradCat,
+}
+
+impl Method {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "rollout" => Ok(Method::Rollout),
+            "gradcam" | "grad-cam" => Ok(Method::GradCam),
+            "cam" => Ok(Method::Cam),
+            "gradcat" => Ok(Method::GradCat),
+            other => Err(VitError::Config(format!(
+                "unknown explain method '{other}'; valid: rollout, gradcam, cam, gradcat"
+            ))),
+        }
+    }
+
+    /// The name in file names and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Rollout => "rollout",
+            Method::GradCam => "gradcam",
+            Method::Cam => "cam",
+            Method::GradCat => "gradcat",
+        }
+    }
 }
 
 /// A loaded model with what is needed to feed it.
@@ -53,10 +83,59 @@ impl Explainer {
         if self.model.global_attention().is_some() {
             m.push(Method::Rollout);
         }
-        if self.model.spatial_map().is_some() {
+        if let Some(spatial) = self.model.spatial_map() {
             m.push(Method::GradCam);
+            if spatial.pooled_linear_head() {
+                m.push(Method::Cam);
+            }
+        }
+        if self.model.block_tree().is_some() {
+            m.push(Method::GradCat);
         }
         m
+    }
+
+    /// What `explain` draws per image unless told: CAM and GradCAT for a block tree (NesT),
+    /// else rollout where the model has global attention, else Grad-CAM.
+    pub fn default_methods(&self) -> Result<Vec<Method>> {
+        if self.model.block_tree().is_some() {
+            return Ok(vec![Method::Cam, Method::GradCat]);
+        }
+        Ok(vec![self.default_method()?])
+    }
+
+    /// A class by name (as the data names it) or index, or an error listing the classes.
+    pub fn class_index(&self, name: &str) -> Result<usize> {
+        let names = &self.run.data.class_names;
+        let classes = self.run.model.num_classes().unwrap_or(names.len());
+        if let Some(k) = names.iter().position(|n| n == name) {
+            return Ok(k);
+        }
+        if let Ok(k) = name.parse::<usize>()
+            && k < classes
+        {
+            return Ok(k);
+        }
+        let listed = if names.is_empty() {
+            format!("0 to {}", classes.saturating_sub(1))
+        } else {
+            names.join(", ")
+        };
+        Err(VitError::Config(format!(
+            "class '{name}' is not one of this model's {classes} classes: {listed}"
+        )))
+    }
+
+    /// The class activation map of the predicted class (or `class`), for one image.
+    pub fn cam(&self, image: &[u8], class: Option<usize>) -> Result<Cam> {
+        self.check_method(Method::Cam)?;
+        class_activation_map(&self.model, self.input(&[image]), class)
+    }
+
+    /// GradCAT of the predicted class (or `class`), for one image.
+    pub fn grad_cat(&self, image: &[u8], class: Option<usize>, options: GradCatOptions) -> Result<GradCat> {
+        self.check_method(Method::GradCat)?;
+        grad_cat(&self.model, self.input(&[image]), class, options)
     }
 
     fn what_it_can_do(&self) -> String {
@@ -69,6 +148,8 @@ impl Explainer {
             .map(|m| match m {
                 Method::Rollout => "attention rollout and the figures (--figures)",
                 Method::GradCam => "Grad-CAM (--method gradcam)",
+                Method::Cam => "the class activation map (--method cam)",
+                Method::GradCat => "GradCAT (--method gradcat)",
             })
             .collect();
         format!(
@@ -107,6 +188,17 @@ impl Explainer {
                  --global-pool avg, CMT, NesT); {}",
                 self.what_it_can_do()
             ),
+            Method::Cam => format!(
+                "a class activation map needs a head that is mean pooling and one linear layer \
+                 (CMT, NesT); {}",
+                self.what_it_can_do()
+            ),
+            Method::GradCat => format!(
+                "GradCAT traverses a tree of image blocks, which a {} model does not have (NesT \
+                 has one); {}",
+                self.model.family(),
+                self.what_it_can_do()
+            ),
         })
     }
 
@@ -127,7 +219,7 @@ impl Explainer {
     }
 
     /// A batch of byte images (the data's channels) as the model's input.
-    fn input(&self, images: &[&[u8]]) -> Tensor<4> {
+    pub(super) fn input(&self, images: &[&[u8]]) -> Tensor<4> {
         let [h, w] = self.img_size();
         let channels = self.run.data.channels;
         let out = self.norm.out_channels;
@@ -280,87 +372,6 @@ fn pooled_row(m: &Matrix, layout: &TokenLayout) -> Vec<f64> {
                 .collect()
         }
     }
-}
-
-fn stem(path: &Path) -> String {
-    path.file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("image")
-        .to_string()
-}
-
-/// Writes, per image file, the overlay of `method` (rollout by default where the model has
-/// global attention, Grad-CAM otherwise) with its numbers as JSON, and with `layer` the raw
-/// attention of that block.
-pub fn explain_images(
-    ex: &Explainer,
-    images: &[PathBuf],
-    out: &Path,
-    method: Option<Method>,
-    layer: Option<usize>,
-    head: Option<usize>,
-) -> Result<Vec<PathBuf>> {
-    let method = match method {
-        Some(m) => m,
-        None => ex.default_method()?,
-    };
-    ex.check_method(method)?;
-    ex.check_layer_head(layer, head)?;
-    if head.is_some() && layer.is_none() {
-        return Err(VitError::Config("--head needs --layer".into()));
-    }
-    std::fs::create_dir_all(out).map_err(|e| VitError::io(out, e))?;
-    let [h, w] = ex.img_size();
-    let channels = ex.run.data.channels;
-    let mut written = Vec::new();
-    for path in images {
-        let img = load_image_file(path, channels, [h, w])?;
-        let name = stem(path);
-        let (kind, title, map, grid) = match method {
-            Method::Rollout => (
-                "rollout",
-                "attention rollout".to_string(),
-                ex.rollout(&img)?,
-                ex.layout()?.grid,
-            ),
-            Method::GradCam => {
-                let cam = ex.grad_cam(&img, None)?;
-                let title = format!(
-                    "Grad-CAM of the predicted class, {}",
-                    ex.run.data.class_name(cam.class)
-                );
-                ("gradcam", title, cam.map, cam.grid)
-            }
-        };
-        let png = out.join(format!("{name}_{kind}.png"));
-        overlay_png(
-            &png,
-            &format!("{}: {title}", path.display()),
-            &img,
-            channels,
-            [h, w],
-            &map,
-            grid,
-        )?;
-        let json = serde_json::json!({"image": path, "grid": grid, kind: map});
-        write_atomic(
-            &out.join(format!("{name}_{kind}.json")),
-            json.to_string().as_bytes(),
-        )?;
-        written.push(png);
-        if let Some(l) = layer {
-            let raw = ex.raw_attention(&img, l, head)?;
-            let which = head.map_or("mean".to_string(), |h| h.to_string());
-            let png = out.join(format!("{name}_attn_layer{l}_head{which}.png"));
-            let title = format!(
-                "{}: attention of the pooled tokens, block {l}, head {which}",
-                path.display()
-            );
-            overlay_png(&png, &title, &img, channels, [h, w], &raw, ex.layout()?.grid)?;
-            written.push(png);
-        }
-    }
-    Ok(written)
 }
 
 /// Numbers behind the position-embedding figure.

@@ -196,7 +196,12 @@ pub fn linear_rows<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Option
 /// Whether [`linear_gelu`] and [`linear_residual`] have fused kernels for this input and layer
 /// (they need a bias).
 pub fn epilogue_applies<const D: usize>(x: &Tensor<D>, layer: &burn::nn::Linear) -> bool {
-    enabled(Fused::Epilogue) && applies(x, Fused::Linear) && layer.bias.is_some()
+    epilogue_applies_to(x) && layer.bias.is_some()
+}
+
+/// Whether the fused linear epilogues (`*_with`, which take a bias) run for this input.
+pub fn epilogue_applies_to<const D: usize>(x: &Tensor<D>) -> bool {
+    enabled(Fused::Epilogue) && applies(x, Fused::Linear)
 }
 
 /// `gelu(x · W + b)` in one operation. Only where [`epilogue_applies`].

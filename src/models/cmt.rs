@@ -503,6 +503,9 @@ impl SpatialMap for Cmt {
         let tokens = map.permute([0, 2, 3, 1]).reshape([b, h * w, d]);
         self.head(self.pool(tokens))
     }
+    fn pooled_linear_head(&self) -> bool {
+        true
+    }
 }
 
 impl Architecture for CmtConfig {

@@ -7,6 +7,7 @@
 //! `presets.rs`. Nothing outside this folder names a family.
 
 pub mod cmt;
+pub mod nest;
 pub mod presets;
 pub mod state;
 pub mod vit;
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::nn::Resample;
 pub use cmt::{Cmt, CmtConfig};
+pub use nest::{Nest, NestConfig};
 pub use presets::{PRESETS, Preset, preset, preset_names};
 pub use state::{HostTensor, StateDict};
 pub use vit::{Vit, VitConfig};
@@ -30,6 +32,7 @@ macro_rules! each_family {
         match $value {
             $enum::Vit($x) => $body,
             $enum::Cmt($x) => $body,
+            $enum::Nest($x) => $body,
         }
     };
 }
@@ -41,6 +44,7 @@ macro_rules! each_family {
 pub enum ModelConfig {
     Vit(VitConfig),
     Cmt(CmtConfig),
+    Nest(NestConfig),
 }
 
 /// A built model of any family. Its parameter paths are the family's own (the variant adds no
@@ -52,6 +56,7 @@ pub enum ModelConfig {
 pub enum Model {
     Vit(Vit),
     Cmt(Cmt),
+    Nest(Nest),
 }
 
 /// How the token sequence or feature map becomes one feature vector.
@@ -183,6 +188,31 @@ pub trait SpatialMap {
     fn feature_map(&self, x: Tensor<4>) -> Tensor<4>;
     /// The logits from that map (pooling and head).
     fn classify_map(&self, map: Tensor<4>) -> Tensor<2>;
+    /// Whether the head is mean pooling followed by one linear layer, so that the head applied
+    /// to each position alone (a class activation map) averages to the logits.
+    fn pooled_linear_head(&self) -> bool {
+        false
+    }
+}
+
+/// How a model nests its image blocks (NesT): level 0 has 4^(levels−1) blocks of
+/// `block_size`² tokens, each level above has 4× fewer, the top one block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TreeLayout {
+    pub levels: usize,
+    pub block_size: usize,
+    /// Pixels per token side at level 0; a token at level l covers `patch_size · 2^l` pixels.
+    pub patch_size: usize,
+}
+
+/// A model whose blocks form a tree (4 children per node): what GradCAT traverses.
+pub trait BlockTree {
+    fn tree(&self) -> TreeLayout;
+    /// Every level's output, channels-last `[B, h_l, w_l, C_l]`, bottom level first.
+    fn level_outputs(&self, x: Tensor<4>) -> Vec<Tensor<4>>;
+    /// The logits from level `level`'s output (the levels above, the final norm, pooling and
+    /// head).
+    fn logits_from(&self, level: usize, map: Tensor<4>) -> Tensor<2>;
 }
 
 /// What each family's module says it can do; everything defaults to "cannot".
@@ -196,6 +226,9 @@ pub trait Family {
         None
     }
     fn spatial_map(&self) -> Option<&dyn SpatialMap> {
+        None
+    }
+    fn block_tree(&self) -> Option<&dyn BlockTree> {
         None
     }
 }
@@ -218,6 +251,9 @@ impl Model {
     }
     pub fn spatial_map(&self) -> Option<&dyn SpatialMap> {
         self.capabilities().spatial_map()
+    }
+    pub fn block_tree(&self) -> Option<&dyn BlockTree> {
+        self.capabilities().block_tree()
     }
 }
 

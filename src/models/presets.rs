@@ -1,7 +1,8 @@
 //! The preset registry: named architectures, like timm's model names. Each family adds its
 //! entries here.
 
-use super::{CmtConfig, ModelConfig, VitConfig};
+use super::nest::{NestAttention, PoolPadding};
+use super::{CmtConfig, ModelConfig, NestConfig, VitConfig};
 use crate::{Result, VitError};
 
 /// A named architecture.
@@ -50,6 +51,45 @@ fn cmt_small_image(dims: [usize; 4], depths: [usize; 4], fc_dim: usize) -> Model
         sr_ratios: [4, 2, 1, 1],
         num_classes: 10,
         ..CmtConfig::tiny(32)
+    })
+}
+
+/// timm's ImageNet NesT: 224x224, 4x4 patches, three levels of 14x14-token blocks.
+fn nest_imagenet(
+    dims: [usize; 3],
+    heads: [usize; 3],
+    depths: [usize; 3],
+    padding: PoolPadding,
+    drop_path: f64,
+) -> ModelConfig {
+    ModelConfig::Nest(NestConfig {
+        padding,
+        drop_path_rate: drop_path,
+        ..NestConfig::new(224, 4, &dims, &heads, &depths)
+    })
+}
+
+/// The official CIFAR NesT: one pixel per token, four levels of 4x4-token blocks, constant
+/// width, multi-query attention, SAME pooling as the JAX code, stochastic depth 0.1.
+fn nest_cifar(dim: usize, heads: usize) -> ModelConfig {
+    ModelConfig::Nest(NestConfig {
+        num_classes: 10,
+        attention: NestAttention::MultiQuery,
+        padding: PoolPadding::Same,
+        drop_path_rate: 0.1,
+        ..NestConfig::new(32, 1, &[dim; 4], &[heads; 4], &[3; 4])
+    })
+}
+
+/// The Fashion-MNIST preset: 32x32 (28 resized), 2x2 patches, so a 16x16 token grid in three
+/// levels of 4x4-token blocks (16, 4, 1 blocks); widths doubling per level as the ImageNet
+/// models; SAME pooling.
+fn nest_mini_32() -> ModelConfig {
+    ModelConfig::Nest(NestConfig {
+        num_classes: 10,
+        padding: PoolPadding::Same,
+        drop_path_rate: 0.1,
+        ..NestConfig::new(32, 2, &[64, 128, 256], &[2, 4, 8], &[2, 2, 2])
     })
 }
 
@@ -133,6 +173,72 @@ pub const PRESETS: &[Preset] = &[
         name: "cmt_ti_32",
         description: "CMT-Ti's widths and depths for 32x32 (stem stride 1), 10 classes",
         config: || cmt_small_image([46, 92, 184, 368], [2, 2, 10, 2], 1280),
+    },
+    Preset {
+        name: "nest_tiny",
+        description: "NesT-T (timm), 224x224, 1000 classes, symmetric max-pool padding",
+        config: || nest_imagenet([96, 192, 384], [3, 6, 12], [2, 2, 8], PoolPadding::Symmetric, 0.2),
+    },
+    Preset {
+        name: "nest_small",
+        description: "NesT-S (timm), 224x224, 1000 classes",
+        config: || {
+            nest_imagenet(
+                [96, 192, 384],
+                [3, 6, 12],
+                [2, 2, 20],
+                PoolPadding::Symmetric,
+                0.3,
+            )
+        },
+    },
+    Preset {
+        name: "nest_base",
+        description: "NesT-B (timm), 224x224, 1000 classes",
+        config: || {
+            nest_imagenet(
+                [128, 256, 512],
+                [4, 8, 16],
+                [2, 2, 20],
+                PoolPadding::Symmetric,
+                0.5,
+            )
+        },
+    },
+    Preset {
+        name: "nest_tiny_jx",
+        description: "NesT-T with TF-SAME pooling (timm's port of the official JAX weights)",
+        config: || nest_imagenet([96, 192, 384], [3, 6, 12], [2, 2, 8], PoolPadding::Same, 0.2),
+    },
+    Preset {
+        name: "nest_small_jx",
+        description: "NesT-S with TF-SAME pooling (official JAX weights)",
+        config: || nest_imagenet([96, 192, 384], [3, 6, 12], [2, 2, 20], PoolPadding::Same, 0.3),
+    },
+    Preset {
+        name: "nest_base_jx",
+        description: "NesT-B with TF-SAME pooling (official JAX weights)",
+        config: || nest_imagenet([128, 256, 512], [4, 8, 16], [2, 2, 20], PoolPadding::Same, 0.5),
+    },
+    Preset {
+        name: "nest_tiny_s16_32",
+        description: "official CIFAR NesT-T: 1x1 patches, 4 levels of 4x4 blocks, width 192, multi-query",
+        config: || nest_cifar(192, 3),
+    },
+    Preset {
+        name: "nest_small_s16_32",
+        description: "official CIFAR NesT-S: width 384, 6 heads, multi-query",
+        config: || nest_cifar(384, 6),
+    },
+    Preset {
+        name: "nest_base_s16_32",
+        description: "official CIFAR NesT-B: width 768, 12 heads, multi-query",
+        config: || nest_cifar(768, 12),
+    },
+    Preset {
+        name: "nest_mini_32",
+        description: "NesT for 32x32: 2x2 patches, 3 levels of 4x4-token blocks, widths 64-128-256: the Fashion-MNIST preset",
+        config: nest_mini_32,
     },
     Preset {
         name: "vit_nano_patch8_32",

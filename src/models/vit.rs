@@ -11,7 +11,10 @@ use super::{
     TokenLayout,
 };
 pub use crate::nn::ConvWeights;
-use crate::nn::{AttentionArgs, Block, BlockConfig, LayerNorm, Queries, Resample, normal_param, timm_linear};
+use crate::nn::{
+    AttentionArgs, Block, BlockConfig, HeadOrder, LayerNorm, Projections, Queries, Resample, normal_param,
+    timm_linear,
+};
 use crate::{Result, VitError};
 
 pub use super::GlobalPool;
@@ -123,6 +126,8 @@ impl VitConfig {
                         attn_drop: self.attn_drop_rate,
                         drop_path: dpr,
                         norm_eps: self.norm_eps,
+                        projections: Projections::Fused,
+                        merge: HeadOrder::HeadMajor,
                     },
                     device,
                 )

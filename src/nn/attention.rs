@@ -22,6 +22,9 @@ use super::timm_linear;
 pub enum Projections {
     Fused,
     Separate,
+    /// Multi-query attention (Shazeer 2019; NesT's CIFAR models): `q` per head, one key and
+    /// one value of `head_dim` channels (`k`, `v`) shared by all heads.
+    MultiQuery,
 }
 
 /// A mask over `[queries, keys]`, broadcast over batch and heads.
@@ -108,6 +111,21 @@ pub struct Attention {
     /// only it knows the map's shape.
     pub sr: Option<super::SpatialReduction>,
     pub num_heads: usize,
+    /// The order of the merged heads' channels that `proj` reads.
+    #[module(skip)]
+    pub merge: HeadOrder,
+}
+
+/// The channel order of the heads' merged output, which `proj`'s input columns follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeadOrder {
+    /// Channel `h * head_dim + d` (timm's ViT, CMT, CLIP).
+    #[default]
+    HeadMajor,
+    /// Channel `d * heads + h`: timm's NesT merges its heads this way (a permute before the
+    /// reshape), so its `proj` weights only fit this order. vitkit keeps the attention
+    /// head-major and reorders `proj`'s input rows instead (C² values, not B·N·C).
+    HeadMinor,
 }
 
 impl Attention {
@@ -125,6 +143,10 @@ impl Attention {
         let (qkv, q, k, v) = match projections {
             Projections::Fused => (one(3 * dim), None, None, None),
             Projections::Separate => (None, one(dim), one(dim), one(dim)),
+            Projections::MultiQuery => {
+                let head_dim = dim / num_heads.max(1);
+                (None, one(dim), one(head_dim), one(head_dim))
+            }
         };
         Self {
             qkv,
@@ -136,6 +158,32 @@ impl Attention {
             proj_drop: DropoutConfig::new(proj_drop).init(),
             sr: None,
             num_heads,
+            merge: HeadOrder::HeadMajor,
+        }
+    }
+
+    /// With the merged heads' channels in `order` for `proj`.
+    pub fn with_merge(mut self, order: HeadOrder) -> Self {
+        self.merge = order;
+        self
+    }
+
+    /// `proj`'s weight `[D, D]` (input rows first) in the head-major order the attention
+    /// produces, and its bias.
+    pub fn proj_weights(&self) -> (Tensor<2>, Option<Tensor<1>>) {
+        let weight = self.proj.weight.val();
+        let bias = self.proj.bias.as_ref().map(|b| b.val());
+        match self.merge {
+            HeadOrder::HeadMajor => (weight, bias),
+            HeadOrder::HeadMinor => {
+                let [d_in, d_out] = weight.dims();
+                let h = self.num_heads;
+                let reordered = weight
+                    .reshape([d_in / h, h, d_out])
+                    .swap_dims(0, 1)
+                    .reshape([d_in, d_out]);
+                (reordered, bias)
+            }
         }
     }
 
@@ -149,8 +197,10 @@ impl Attention {
     /// when asked for.
     pub fn forward(&self, x: Tensor<3>, args: &AttentionArgs) -> (Tensor<3>, Option<Tensor<4>>) {
         let (heads, weights) = self.heads(x, args);
+        let (weight, bias) = self.proj_weights();
         (
-            self.proj_drop.forward(crate::kernels::linear(heads, &self.proj)),
+            self.proj_drop
+                .forward(crate::kernels::linear_with(heads, weight, bias)),
             weights,
         )
     }
@@ -202,10 +252,28 @@ impl Attention {
         let (q, k, v) = self.separate_parts();
         let source = args.kv.clone().unwrap_or_else(|| x.clone());
         let h = self.num_heads;
+        let query = split(crate::kernels::linear(args.queries.select(x, 1), q), h);
+        let [_, _, _, head_dim] = query.dims();
+        // Keys and values with fewer heads than the queries (one for multi-query attention)
+        // are shared: broadcast to every query head.
+        let shared = |t: Tensor<3>| {
+            let kv_heads = t.dims()[2] / head_dim;
+            let t = split(t, kv_heads);
+            if kv_heads == h {
+                t
+            } else {
+                // Query head i reads key/value head i / (h / kv_heads), as grouped-query
+                // attention does.
+                let [b, _, n, _] = t.dims();
+                t.unsqueeze_dim::<5>(2)
+                    .expand([b, kv_heads, h / kv_heads, n, head_dim])
+                    .reshape([b, h, n, head_dim])
+            }
+        };
         let parts = [
-            split(crate::kernels::linear(args.queries.select(x, 1), q), h),
-            split(crate::kernels::linear(source.clone(), k), h),
-            split(crate::kernels::linear(source, v), h),
+            query,
+            shared(crate::kernels::linear(source.clone(), k)),
+            shared(crate::kernels::linear(source, v)),
         ];
         let (out, w) = self.composed(parts, args);
         (out, args.keep_weights.then_some(w))

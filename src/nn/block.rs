@@ -2,7 +2,7 @@ use burn::module::{Flag, Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::{Device, Distribution, Tensor};
 
-use super::{Attention, AttentionArgs, LayerNorm, Projections, timm_linear};
+use super::{Attention, AttentionArgs, HeadOrder, LayerNorm, Projections, timm_linear};
 
 /// Stochastic depth: drops the whole residual branch of a sample with probability `prob`
 /// while training, and rescales the kept ones.
@@ -80,6 +80,9 @@ pub struct BlockConfig {
     pub attn_drop: f64,
     pub drop_path: f64,
     pub norm_eps: f64,
+    /// `Fused` (timm's `qkv`) or `MultiQuery`.
+    pub projections: Projections,
+    pub merge: HeadOrder,
 }
 
 /// Pre-LN transformer block: `x + DropPath(Attn(LN(x)))`, then `x + DropPath(MLP(LN(x)))`.
@@ -100,12 +103,13 @@ impl Block {
             attn: Attention::new(
                 c.dim,
                 c.num_heads,
-                Projections::Fused,
+                c.projections,
                 c.qkv_bias,
                 c.attn_drop,
                 c.drop,
                 device,
-            ),
+            )
+            .with_merge(c.merge),
             norm2: LayerNorm::new(c.dim, c.norm_eps, device),
             mlp: Mlp::new(c.dim, hidden, c.drop, device),
             drop_path: DropPath::new(c.drop_path),
@@ -117,25 +121,39 @@ impl Block {
     /// prefix tokens reads from the last block; equal to the same rows of the full output).
     pub fn forward(&self, x: Tensor<3>, args: &AttentionArgs) -> (Tensor<3>, Option<Tensor<4>>) {
         let (heads, attn) = self.attn.heads(self.norm1.forward(x.clone()), args);
-        let x = self.residual(
-            args.queries.select(x, 1),
-            heads,
-            &self.attn.proj,
-            &self.attn.proj_drop,
-        );
+        let proj = self.attn.proj_weights();
+        let x = self.residual(args.queries.select(x, 1), heads, proj, &self.attn.proj_drop);
         let hidden = self.mlp.hidden(self.norm2.forward(x.clone()));
-        (self.residual(x, hidden, &self.mlp.fc2, &self.mlp.drop), attn)
+        let fc2 = (
+            self.mlp.fc2.weight.val(),
+            self.mlp.fc2.bias.as_ref().map(|b| b.val()),
+        );
+        (self.residual(x, hidden, fc2, &self.mlp.drop), attn)
     }
 
-    /// `x + DropPath(Dropout(layer(h)))`; one fused operation when nothing can be dropped.
-    fn residual(&self, x: Tensor<3>, h: Tensor<3>, layer: &Linear, drop: &Dropout) -> Tensor<3> {
+    /// `x + DropPath(Dropout(h · weight + bias))`; one fused operation when nothing can be
+    /// dropped.
+    fn residual(
+        &self,
+        x: Tensor<3>,
+        h: Tensor<3>,
+        (weight, bias): (Tensor<2>, Option<Tensor<1>>),
+        drop: &Dropout,
+    ) -> Tensor<3> {
         let dropout_active = drop.prob > 0.0 && x.device().is_autodiff();
-        if !self.drop_path.active(&x) && !dropout_active && crate::kernels::epilogue_applies(&h, layer) {
-            crate::kernels::linear_residual(x, h, layer)
-        } else {
-            x + self
-                .drop_path
-                .forward(drop.forward(crate::kernels::linear(h, layer)))
+        match bias {
+            Some(bias)
+                if !self.drop_path.active(&x)
+                    && !dropout_active
+                    && crate::kernels::epilogue_applies_to(&h) =>
+            {
+                crate::kernels::linear_residual_with(x, h, weight, bias)
+            }
+            bias => {
+                x + self
+                    .drop_path
+                    .forward(drop.forward(crate::kernels::linear_with(h, weight, bias)))
+            }
         }
     }
 }

@@ -12,7 +12,7 @@ mod conv;
 mod norm;
 mod resample;
 
-pub use attention::{Attention, AttentionArgs, Mask, Projections, Queries};
+pub use attention::{Attention, AttentionArgs, HeadOrder, Mask, Projections, Queries};
 pub use batch_norm::{BUFFER_NAMES, BatchNorm, is_buffer, is_counter};
 pub use block::{Block, BlockConfig, DropPath, Mlp};
 pub use conv::{ConvWeights, SeqLayer, SpatialReduction, reduce_tokens, spatial_reduction};

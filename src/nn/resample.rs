@@ -9,6 +9,22 @@ pub enum Resample {
     BicubicAntialias,
     /// Bilinear without antialiasing (align_corners=False), as timm's loader for Google .npz files.
     Bilinear,
+    /// Plain bicubic (`F.interpolate(mode='bicubic', align_corners=False)`: a = −0.75, edge
+    /// indices clamped), as timm's NesT `resize_pos_embed`.
+    Bicubic,
+}
+
+/// PyTorch's plain bicubic kernel (a = −0.75).
+fn cubic(x: f64) -> f64 {
+    let a = -0.75;
+    let x = x.abs();
+    if x <= 1.0 {
+        ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * a
+    } else {
+        0.0
+    }
 }
 
 /// PyTorch's antialiased bicubic kernel (a = -0.5, as PIL).
@@ -43,6 +59,23 @@ fn axis_weights(input: usize, output: usize, mode: Resample) -> Vec<(usize, Vec<
                 let total: f64 = w.iter().sum();
                 if total != 0.0 {
                     w.iter_mut().for_each(|v| *v /= total);
+                }
+                (lo, w)
+            }
+            Resample::Bicubic => {
+                let src = (i as f64 + 0.5) * scale - 0.5;
+                let floor = src.floor();
+                let t = src - floor;
+                // Four taps at floor−1 … floor+2, clamped to the edge (repeated edge values).
+                let taps = [-1.0, 0.0, 1.0, 2.0].map(|k| {
+                    let index = (floor + k).clamp(0.0, (input - 1) as f64) as usize;
+                    (index, cubic(t - k))
+                });
+                let lo = taps.iter().map(|&(j, _)| j).min().unwrap_or(0);
+                let hi = taps.iter().map(|&(j, _)| j).max().unwrap_or(0);
+                let mut w = vec![0.0; hi - lo + 1];
+                for (j, weight) in taps {
+                    w[j - lo] += weight;
                 }
                 (lo, w)
             }

@@ -35,10 +35,17 @@ pub struct TrainConfig {
     /// Which parameters train.
     #[serde(default)]
     pub trainable: Trainable,
+    /// The share of each class's training images used (1: all), drawn with `seed`.
+    #[serde(default = "all")]
+    pub label_fraction: f64,
 }
 
 fn one() -> usize {
     1
+}
+
+fn all() -> f64 {
+    1.0
 }
 
 /// The training tasks.
@@ -80,6 +87,7 @@ impl Default for TrainConfig {
             task: TaskKind::Classify,
             accum_steps: 1,
             trainable: Trainable::All,
+            label_fraction: 1.0,
         }
     }
 }
@@ -98,6 +106,9 @@ impl TrainConfig {
         }
         if self.warmup_epochs < 0.0 || self.weight_decay < 0.0 {
             return bad("warmup and weight decay must not be negative");
+        }
+        if !(self.label_fraction > 0.0 && self.label_fraction <= 1.0) {
+            return bad("the label fraction must be in (0, 1]");
         }
         Ok(())
     }

@@ -1,6 +1,9 @@
 //! Helpers shared by the kernel test files (`kernels.rs` on the CPU, `gpu.rs` on CUDA).
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod cli;
+pub mod parity;
+
 use burn::tensor::{Device, Distribution, Tensor};
 
 pub fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
