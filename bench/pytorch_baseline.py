@@ -82,7 +82,7 @@ def build_nest(cfg):
     (which timm lacks) from the fixture generator's reference module."""
     from timm.models.nest import Nest
 
-    model = Nest(img_size=cfg["img_size"], in_chans=cfg["in_chans"], patch_size=cfg["patch_size"],
+    model = Nest(img_size=cfg["img_size"][0], in_chans=cfg["in_chans"], patch_size=cfg["patch_size"],
                  num_levels=len(cfg["depths"]), embed_dims=cfg["embed_dims"], num_heads=cfg["num_heads"],
                  depths=cfg["depths"], num_classes=cfg["num_classes"], mlp_ratio=cfg["mlp_ratio"],
                  qkv_bias=cfg["qkv_bias"], drop_rate=cfg["drop_rate"], attn_drop_rate=cfg["attn_drop_rate"],
@@ -150,6 +150,8 @@ def main():
     if args.model not in presets:
         sys.exit(f"pytorch_baseline: unknown model {args.model!r}; valid: {', '.join(presets)}")
     cfg = dict(presets[args.model])
+    if isinstance(cfg["img_size"], int):  # NesT's configuration holds one side
+        cfg["img_size"] = [cfg["img_size"]] * 2
     for key in ("in_chans", "num_classes", "global_pool"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)

@@ -6,9 +6,8 @@
 
 mod support;
 
-use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Int, Tensor, TensorData};
-use support::parity::{check_gradients, fixture, max_abs_diff, tensor};
+use burn::tensor::{Device, Tensor};
+use support::parity::{check_gradients, fixture, max_abs_diff, reference_loss, tensor};
 use vitkit::io::{ImportOptions, Strictness, WeightSource, import_weights, named_tensors, read_safetensors};
 use vitkit::models::nest::{NestAttention, PoolPadding};
 use vitkit::models::{Adaptation, Model, ModelConfig, NestConfig, param_count, preset};
@@ -16,20 +15,8 @@ use vitkit::models::{Adaptation, Model, ModelConfig, NestConfig, param_count, pr
 /// The fixture cases' configurations (see tools/make_nest_fixtures.py).
 fn case(name: &str) -> NestConfig {
     let three_levels = NestConfig {
-        img_size: 16,
-        patch_size: 2,
-        in_chans: 3,
         num_classes: 5,
-        embed_dims: vec![8, 16, 24],
-        num_heads: vec![2, 2, 4],
-        depths: vec![1, 1, 2],
-        mlp_ratio: 4.0,
-        qkv_bias: true,
-        attention: NestAttention::MultiHead,
-        padding: PoolPadding::Symmetric,
-        drop_rate: 0.0,
-        attn_drop_rate: 0.0,
-        drop_path_rate: 0.0,
+        ..NestConfig::new(16, 2, &[8, 16, 24], &[2, 2, 4], &[1, 1, 2])
     };
     match name {
         "nest_small3" => three_levels,
@@ -92,24 +79,11 @@ fn training_matches(name: &str) {
     let model = load(name, case(name), &device);
     let (io, _) = read_safetensors(&fixture(&format!("{name}.io.safetensors"))).unwrap();
     let (want, _) = read_safetensors(&fixture(&format!("{name}.grads.safetensors"))).unwrap();
-    let labels: Vec<i64> = io["labels"].values.iter().map(|&v| v as i64).collect();
-    let batch = labels.len();
-    let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch]), &device);
     let logits = model
         .classifier()
         .unwrap()
         .logits(tensor(&io["pixel_values"], &device));
-    let loss = (log_softmax(logits, 1) * labels.one_hot(5).float())
-        .sum_dim(1)
-        .mean()
-        .neg();
-    let loss_value = loss.clone().into_scalar::<f32>();
-    let want_loss = io["train_loss"].values[0];
-    assert!(
-        (loss_value - want_loss).abs() < 1e-5,
-        "train loss {loss_value} vs {want_loss}"
-    );
-    let grads = loss.backward();
+    let grads = reference_loss(logits, &io).backward();
     check_gradients(name, &model, &grads, &want, &io);
 }
 

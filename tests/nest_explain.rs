@@ -5,7 +5,6 @@
 use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
 use vitkit::explain::{ChannelReduce, GradCatOptions, GradSign, ScoreFrom, class_activation_map, grad_cat};
-use vitkit::models::nest::{NestAttention, PoolPadding};
 use vitkit::models::{Model, ModelConfig, NestConfig, VitConfig};
 
 /// A 16x16 one-channel NesT with 2x2 patches (an 8x8 token grid), three levels of 2x2-token
@@ -16,20 +15,9 @@ use vitkit::models::{Model, ModelConfig, NestConfig, VitConfig};
 /// 0. A bright patch is then the only evidence for class 0.
 fn constructed(device: &Device) -> Model {
     let config = NestConfig {
-        img_size: 16,
-        patch_size: 2,
         in_chans: 1,
         num_classes: 2,
-        embed_dims: vec![4; 3],
-        num_heads: vec![1; 3],
-        depths: vec![0; 3],
-        mlp_ratio: 4.0,
-        qkv_bias: true,
-        attention: NestAttention::MultiHead,
-        padding: PoolPadding::Symmetric,
-        drop_rate: 0.0,
-        attn_drop_rate: 0.0,
-        drop_path_rate: 0.0,
+        ..NestConfig::new(16, 2, &[4; 3], &[1; 3], &[0; 3])
     };
     let Model::Nest(mut m) = ModelConfig::Nest(config).build(device).unwrap() else {
         unreachable!()

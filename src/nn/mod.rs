@@ -8,6 +8,7 @@
 mod attention;
 mod batch_norm;
 mod block;
+mod block_grid;
 mod conv;
 mod norm;
 mod resample;
@@ -15,6 +16,7 @@ mod resample;
 pub use attention::{Attention, AttentionArgs, HeadOrder, Mask, Projections, Queries};
 pub use batch_norm::{BUFFER_NAMES, BatchNorm, is_buffer, is_counter};
 pub use block::{Block, BlockConfig, DropPath, Mlp};
+pub use block_grid::{PoolPadding, blockify, deblockify, host_blockify, host_deblockify, max_pool_3x3_s2};
 pub use conv::{ConvWeights, SeqLayer, SpatialReduction, reduce_tokens, spatial_reduction};
 pub use norm::LayerNorm;
 pub use resample::{Resample, resample_pos_embed};

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use vitkit::io::FileTensor;
 
 pub fn fixture(name: &str) -> PathBuf {
@@ -22,6 +23,23 @@ pub fn tensor<const D: usize>(t: &FileTensor, device: &Device) -> Tensor<D> {
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// The mean cross-entropy of `logits` against the fixture's `labels`, checked against its
+/// `train_loss` (to 1e-5), for the backward pass.
+pub fn reference_loss(logits: Tensor<2>, io: &BTreeMap<String, FileTensor>) -> Tensor<1> {
+    let device = logits.device();
+    let [batch, classes] = logits.dims();
+    let labels: Vec<i64> = io["labels"].values.iter().map(|&v| v as i64).collect();
+    let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch]), &device);
+    let loss = (log_softmax(logits, 1) * labels.one_hot(classes).float())
+        .sum_dim(1)
+        .mean()
+        .neg();
+    let got = loss.clone().into_scalar::<f32>();
+    let want = io["train_loss"].values[0];
+    assert!((got - want).abs() < 1e-5, "train loss {got} vs {want}");
+    loss
 }
 
 /// Compares every parameter of `model` with its reference gradient in `want` (PyTorch's
