@@ -121,7 +121,7 @@ fn nest_trains_resumes_explains_and_runs_as_a_user_would() {
         "--method",
         "gradcat",
         "--gradcat-sign",
-        "minus",
+        "plus",
         "--gradcat-reduce",
         "gradcam",
         "--gradcat-score",
@@ -130,7 +130,8 @@ fn nest_trains_resumes_explains_and_runs_as_a_user_would() {
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ex.join("x_gradcat.json")).unwrap()).unwrap();
     assert_eq!(json["gradcat"]["class"], "ring");
-    assert_eq!(json["gradcat"]["options"]["sign"], "minus");
+    assert_eq!(json["gradcat"]["options"]["sign"], "plus");
+    assert_eq!(json["gradcat"]["options"]["score_from"], "parent");
     fails_with(
         &["explain", "--checkpoint", run, img, "--class", "dragon"],
         &["'dragon'", "disc", "ring", "half disc"],

@@ -184,8 +184,8 @@ struct ExplainArgs {
     /// Explain this class (its name in the data, or its index) instead of the predicted one.
     #[arg(long = "class")]
     class: Option<String>,
-    /// GradCAT (a reconstruction, the paper's pseudo-code being unavailable): plus scores
-    /// activation × gradient, minus activation × (−gradient) [default: plus]
+    /// GradCAT (a reconstruction, the paper's pseudo-code being unavailable): minus scores
+    /// activation × (−gradient), plus activation × gradient [default: minus]
     #[arg(long)]
     gradcat_sign: Option<String>,
     /// GradCAT: mean (of activation × gradient over channels) or gradcam (channels weighted by

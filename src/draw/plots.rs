@@ -317,10 +317,10 @@ pub struct LabelledBox {
 }
 
 /// The image beside the image with nested boxes (outermost first, each in its own colour and
-/// labelled at its top-left corner), shown enlarged, with a title.
+/// labelled at its top-left corner), shown enlarged, under a title of one or more lines.
 pub fn boxes_png(
     path: &Path,
-    title: &str,
+    title: &[String],
     image: &[u8],
     channels: usize,
     size: [usize; 2],
@@ -330,21 +330,24 @@ pub fn boxes_png(
     let [h, w] = size;
     let zoom = (256 / h.max(w)).max(1);
     let (pw, ph) = (w * zoom, h * zoom);
-    let root = BitMapBackend::new(path, ((2 * pw + 30) as u32, (ph + 50) as u32)).into_drawing_area();
+    let top = 22 + 18 * title.len();
+    let root = BitMapBackend::new(path, ((2 * pw + 30) as u32, (ph + top + 10) as u32)).into_drawing_area();
     let err = |e| plot_err(path, e);
     root.fill(&WHITE).map_err(err)?;
-    root.draw(&Text::new(
-        title.to_string(),
-        (10, 8),
-        ("sans-serif", 15).into_font().color(&BLACK),
-    ))
-    .map_err(err)?;
+    for (i, line) in title.iter().enumerate() {
+        root.draw(&Text::new(
+            line.clone(),
+            (10, 8 + 18 * i as i32),
+            ("sans-serif", 15).into_font().color(&BLACK),
+        ))
+        .map_err(err)?;
+    }
     let plane = h * w;
     for panel in 0..2 {
         for y in 0..h {
             for x in 0..w {
                 let x0 = (10 + panel * (pw + 10) + x * zoom) as i32;
-                let y0 = (40 + y * zoom) as i32;
+                let y0 = (top + y * zoom) as i32;
                 root.draw(&Rectangle::new(
                     [(x0, y0), (x0 + zoom as i32, y0 + zoom as i32)],
                     pixel_rgb(image, channels, plane, y * w + x).filled(),
@@ -354,21 +357,26 @@ pub fn boxes_png(
         }
     }
     let colours = [RED, RGBColor(255, 140, 0), RGBColor(0, 200, 255), GREEN, MAGENTA];
-    let x_off = (20 + pw) as i32;
+    let (x_off, y_off) = ((20 + pw) as i32, top as i32);
     for (i, b) in boxes.iter().enumerate() {
         let colour = colours[i % colours.len()];
-        let [top, left, bottom, right] = b.pixels.map(|v| (v * zoom) as i32);
+        let [top_px, left, bottom, right] = b.pixels.map(|v| (v * zoom) as i32);
         // Inner boxes drawn 1 px inside, so nested edges that coincide stay visible.
         let inset = i as i32;
         let corners = [
-            (x_off + left + inset, 40 + top + inset),
-            (x_off + right - 1 - inset, 40 + bottom - 1 - inset),
+            (x_off + left + inset, y_off + top_px + inset),
+            (x_off + right - 1 - inset, y_off + bottom - 1 - inset),
         ];
         root.draw(&Rectangle::new(corners, colour.stroke_width(2)))
             .map_err(err)?;
+        // On a white tag, so the label reads over any image.
+        let (tx, ty) = (corners[0].0 + 2, corners[0].1 + 2);
+        let width = 7 * b.label.chars().count() as i32 + 4;
+        root.draw(&Rectangle::new([(tx, ty), (tx + width, ty + 15)], WHITE.filled()))
+            .map_err(err)?;
         root.draw(&Text::new(
             b.label.clone(),
-            (corners[0].0 + 3, corners[0].1 + 2),
+            (tx + 2, ty + 1),
             ("sans-serif", 12).into_font().color(&colour),
         ))
         .map_err(err)?;

@@ -120,18 +120,20 @@ pub fn draw(
                 .iter()
                 .map(|s| LabelledBox {
                     pixels: s.pixels,
-                    label: format!("level {} {:.2e}", s.level, s.score),
+                    label: format!("L{} {:.1e}", s.level, s.score),
                 })
                 .collect();
             let o = cat.options;
-            let title = format!(
-                "GradCAT, reconstructed ({}, {}, {}), {}",
-                o.sign.name(),
-                o.reduce.name(),
-                o.score_from.name(),
-                which(cat.class)
-            );
-            boxes_png(png, &format!("{what}: {title}"), img, channels, size, &boxes)?;
+            let title = [
+                format!("{what}: GradCAT of {}", which(cat.class)),
+                format!(
+                    "reconstructed: {}, {}, scored at the {}",
+                    o.sign.name(),
+                    o.reduce.name(),
+                    o.score_from.name()
+                ),
+            ];
+            boxes_png(png, &title, img, channels, size, &boxes)?;
             serde_json::json!({
                 "class": class_of(cat.class),
                 "reconstruction": "GradCAT as reconstructed by vitkit; the paper's pseudo-code was not available",
