@@ -5,8 +5,8 @@
 mod support;
 
 use burn::tensor::Device;
-use support::parity::{check_gradients, fixture, max_abs_diff, reference_loss, tensor};
-use vitkit::io::{ImportOptions, Strictness, WeightSource, import_weights, named_tensors, read_safetensors};
+use support::parity::{check_gradients, fixture, load_exact, max_abs_diff, reference_loss, tensor};
+use vitkit::io::{ImportOptions, WeightSource, import_weights, named_tensors, read_safetensors};
 use vitkit::models::{Adaptation, CmtConfig, Model, ModelConfig, param_count, preset};
 
 /// The fixture cases' configurations (see tools/make_cmt_fixtures.py).
@@ -39,21 +39,13 @@ fn load(name: &str, device: &Device) -> Model {
         img_size: Some(config.img_size),
         ..Default::default()
     };
-    let opts = ImportOptions {
-        strictness: Strictness::Exact,
-        ..Default::default()
-    };
-    let path = fixture(&format!("{name}.weights.safetensors"));
-    import_weights(
-        &path,
+    load_exact(
+        name,
         WeightSource::Official,
-        &ModelConfig::Cmt(config),
+        ModelConfig::Cmt(config),
         &fixed,
-        &opts,
         device,
     )
-    .expect("official weights load exactly")
-    .model
 }
 
 fn eval_logits_match(name: &str) {

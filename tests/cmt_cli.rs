@@ -4,60 +4,22 @@
 
 mod support;
 
-use support::cli::{fails_with, ok};
+use support::cli::{differing_tensors, fails_with, last_weights, ok, train_briefly};
 
 use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
-
-fn train(run: &Path, extra: &[&str]) {
-    let mut args = vec![
-        "train",
-        "--model",
-        "cmt_mini_32",
-        "--out",
-        run.to_str().unwrap(),
-        "--epochs",
-        "2",
-        "--max-steps-per-epoch",
-        "2",
-        "--batch-size",
-        "8",
-        "--drop-path",
-        "0.1",
-    ];
-    args.extend_from_slice(extra);
-    ok(&args);
-}
-
-fn last_weights(run: &Path) -> Vec<u8> {
-    std::fs::read(run.join("checkpoints/epoch-0002/model.safetensors")).unwrap()
-}
 
 #[test]
 fn cmt_trains_resumes_and_runs_as_a_user_would() {
     let dir = tempfile::tempdir().unwrap();
     let straight = dir.path().join("straight");
     let resumed = dir.path().join("resumed");
-    train(&straight, &[]);
-    train(&resumed, &["--stop-after-epoch", "1"]);
-    train(&resumed, &["--resume"]);
+    train_briefly("cmt_mini_32", &straight, &[]);
+    train_briefly("cmt_mini_32", &resumed, &["--stop-after-epoch", "1"]);
+    train_briefly("cmt_mini_32", &resumed, &["--resume"]);
     // Weights, BatchNorm running statistics and batch counters: all bit-identical.
-    let (a, b) = (last_weights(&straight), last_weights(&resumed));
-    let (a, b) = (
-        SafeTensors::deserialize(&a).unwrap(),
-        SafeTensors::deserialize(&b).unwrap(),
-    );
-    let differ: Vec<String> = a
-        .names()
-        .into_iter()
-        .filter(|k| {
-            b.tensor(k)
-                .map(|t| t.data() != a.tensor(k).unwrap().data())
-                .unwrap_or(true)
-        })
-        .map(String::from)
-        .collect();
+    let differ = differing_tensors(&straight, &resumed);
     assert!(
         differ.is_empty(),
         "a resumed CMT run differs from the straight one in {differ:?}"

@@ -7,8 +7,8 @@
 mod support;
 
 use burn::tensor::{Device, Tensor};
-use support::parity::{check_gradients, fixture, max_abs_diff, reference_loss, tensor};
-use vitkit::io::{ImportOptions, Strictness, WeightSource, import_weights, named_tensors, read_safetensors};
+use support::parity::{check_gradients, fixture, load_exact, max_abs_diff, reference_loss, tensor};
+use vitkit::io::{WeightSource, named_tensors, read_safetensors};
 use vitkit::models::nest::{NestAttention, PoolPadding};
 use vitkit::models::{Adaptation, Model, ModelConfig, NestConfig, param_count, preset};
 
@@ -43,21 +43,13 @@ fn load(name: &str, config: NestConfig, device: &Device) -> Model {
         img_size: Some([config.img_size; 2]),
         ..Default::default()
     };
-    let opts = ImportOptions {
-        strictness: Strictness::Exact,
-        ..Default::default()
-    };
-    let path = fixture(&format!("{name}.weights.safetensors"));
-    import_weights(
-        &path,
+    load_exact(
+        name,
         WeightSource::Timm,
-        &ModelConfig::Nest(config),
+        ModelConfig::Nest(config),
         &fixed,
-        &opts,
         device,
     )
-    .expect("timm weights load exactly")
-    .model
 }
 
 fn eval_logits_match(name: &str) {

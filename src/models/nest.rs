@@ -208,7 +208,7 @@ impl NestConfig {
                 }
             })
             .collect();
-        let last = *self.embed_dims.last().expect("validated");
+        let last = self.embed_dims[self.levels() - 1]; // validate: one width per level, ≥ 1 level
         Ok(Nest {
             patch_embed: PatchEmbed {
                 proj: trunc_normal_conv(self.in_chans, self.embed_dims[0], self.patch_size, device),

@@ -8,12 +8,32 @@ use std::path::{Path, PathBuf};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use vitkit::io::FileTensor;
+use vitkit::io::{FileTensor, ImportOptions, Strictness, WeightSource, import_weights};
+use vitkit::models::{Adaptation, Model, ModelConfig};
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
+}
+
+/// The fixture `<name>.weights.safetensors` read from `source` into `config`, every key
+/// matching exactly (the shape fields `fixed` names are not read from the file).
+pub fn load_exact(
+    name: &str,
+    source: WeightSource,
+    config: ModelConfig,
+    fixed: &Adaptation,
+    device: &Device,
+) -> Model {
+    let opts = ImportOptions {
+        strictness: Strictness::Exact,
+        ..Default::default()
+    };
+    let path = fixture(&format!("{name}.weights.safetensors"));
+    import_weights(&path, source, &config, fixed, &opts, device)
+        .unwrap_or_else(|e| panic!("{name}: the fixture's weights do not load exactly: {e}"))
+        .model
 }
 
 pub fn tensor<const D: usize>(t: &FileTensor, device: &Device) -> Tensor<D> {
