@@ -13,6 +13,7 @@ use crate::io::{
     load_weights, read_json,
 };
 use crate::models::{Adaptation, Model, preset};
+use crate::train::TaskKind;
 use crate::train::{
     EvalResult, RunConfig, Session, TrainConfig, TrainOutcome, evaluate, predict_batch, train,
 };
@@ -30,6 +31,9 @@ pub struct TrainRequest {
     pub session: Session,
     /// Start from these weights (fine-tuning) instead of a random initialisation.
     pub init_weights: Option<(PathBuf, WeightSource)>,
+    /// Start from the best checkpoint of this vitkit run (e.g. a SiT pretraining run) of the
+    /// same family; every parameter but the heads must fit.
+    pub init_run: Option<PathBuf>,
     pub skip_bad_images: bool,
     pub recipe: TrainConfig,
 }
@@ -51,9 +55,15 @@ pub fn load_data(source: &DataSource, size: [usize; 2], skip_bad_images: bool) -
 pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
     let source = DataSource::parse(&req.data)?;
     let base = preset(&req.model)?;
-    let foreign = match &req.init_weights {
-        Some((file, src)) => Some(ForeignWeights::read(file, *src)?),
-        None => None,
+    let foreign = match (&req.init_weights, &req.init_run) {
+        (Some(_), Some(_)) => {
+            return Err(VitError::Config(
+                "give --weights FILE or --init RUN, not both".into(),
+            ));
+        }
+        (Some((file, src)), None) => Some(ForeignWeights::read(file, *src)?),
+        (None, Some(dir)) => Some(run_weights(dir, &base)?),
+        (None, None) => None,
     };
     // A pretrained model's image size is the file's unless --img-size says otherwise.
     let config = match &foreign {
@@ -62,6 +72,14 @@ pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
     };
     let mut splits = load_data(&source, config.img_size(), req.skip_bad_images)?;
     req.recipe.validate()?;
+    let pretraining = req.recipe.task != TaskKind::Classify;
+    if pretraining && req.recipe.label_fraction < 1.0 {
+        return Err(VitError::Config(
+            "self-supervised pretraining reads no labels; --label-fraction applies to training \
+             on labels (probe or fine-tune)"
+                .into(),
+        ));
+    }
     if req.recipe.label_fraction < 1.0 {
         let all = splits.train.len();
         splits.train = splits
@@ -79,6 +97,8 @@ pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
     let fixed = Adaptation {
         num_classes: Some(splits.info.class_names.len()),
         in_chans: foreign.is_none().then_some(splits.info.channels),
+        // Pretext heads for pretraining, a classifier otherwise (what a file holds aside).
+        pretext: Some(pretraining),
         ..req.adapt.clone()
     };
     let train_device = device.clone().autodiff();
@@ -90,7 +110,16 @@ pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
         Some(f) => {
             // Fine-tuning: everything but a head of another size comes from the file.
             let file = f.path.clone();
-            let imported = f.load(&base, &fixed, &ImportOptions::default(), &train_device)?;
+            // From a vitkit run everything but the heads must fit; a foreign file is lenient.
+            let opts = ImportOptions {
+                strictness: if req.init_run.is_some() {
+                    Strictness::FreshHead
+                } else {
+                    Strictness::Lenient
+                },
+                ..Default::default()
+            };
+            let imported = f.load(&base, &fixed, &opts, &train_device)?;
             if !imported.report.is_exact() {
                 eprintln!("note: {}: {}", file.display(), imported.report.describe());
             }
@@ -113,6 +142,62 @@ pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
         &req.session,
         &train_device,
     )
+}
+
+/// The best checkpoint's weights of the vitkit run `dir`, whose model must be of `base`'s family.
+fn run_weights(dir: &Path, base: &crate::models::ModelConfig) -> Result<ForeignWeights> {
+    let ck = find_checkpoint(dir, Which::Best)?;
+    let run: RunConfig = read_json(&ck.config())?;
+    if run.model.family() != base.family() {
+        return Err(VitError::Config(format!(
+            "{} holds a {} model ({}), not a {} model like the --model asked for",
+            dir.display(),
+            run.model.family(),
+            run.model_name,
+            base.family()
+        )));
+    }
+    ForeignWeights::read(&ck.model(), WeightSource::Timm)
+}
+
+/// What a run directory holds, in words: "a SiT pretraining run of sit_mini_patch4_28".
+pub fn describe_run(run: &RunConfig) -> String {
+    match run.train.as_ref().map(|t| t.task) {
+        Some(TaskKind::Sit(_)) => format!("a SiT pretraining run of {}", run.model_name),
+        Some(TaskKind::Classify) => format!(
+            "a supervised training run of {} ({} model)",
+            run.model_name,
+            run.model.family()
+        ),
+        None => format!(
+            "an imported {} checkpoint ({})",
+            run.model.family(),
+            run.model_name
+        ),
+    }
+}
+
+/// `vitkit probe`: a linear evaluation of a SiT pretraining run's backbone (frozen, both
+/// token heads trained), or with `checkpoint` absent of `model` at random initialisation.
+pub fn run_probe(checkpoint: Option<&Path>, mut req: TrainRequest, device: &Device) -> Result<TrainOutcome> {
+    if let Some(dir) = checkpoint {
+        let ck = find_checkpoint(dir, Which::Best)?;
+        let run: RunConfig = read_json(&ck.config())?;
+        if !matches!(run.train.as_ref().map(|t| t.task), Some(TaskKind::Sit(_))) {
+            return Err(VitError::Config(format!(
+                "{} is {}, not a SiT pretraining run: probe a run of `vitkit pretrain --method sit`",
+                dir.display(),
+                describe_run(&run)
+            )));
+        }
+        req.model = run.model_name.clone();
+        // The pretrained image size, whatever the preset's.
+        req.adapt.img_size = req.adapt.img_size.or(Some(run.model.img_size()));
+        req.init_run = Some(dir.to_path_buf());
+    }
+    req.recipe.trainable = crate::train::Trainable::Head;
+    req.recipe.task = TaskKind::Classify;
+    run_train(&req, device)
 }
 
 /// A weights file from another library, read into a preset's architecture.

@@ -41,6 +41,7 @@ fn import(
         global_pool: Some(config.global_pool),
         norm_eps: Some(config.norm_eps),
         drop_path: None,
+        pretext: None,
     };
     let opts = ImportOptions {
         strictness,

@@ -1,5 +1,7 @@
 //! `vitkit`: the command-line face of the library. Parsing and printing only.
 
+mod pretext;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,6 +37,11 @@ enum Command {
     Models(ModelsArgs),
     /// Train a model on a dataset, writing checkpoints and logs to --out.
     Train(TrainArgs),
+    /// Self-supervised pretraining without labels (`--method sit`), with train's options.
+    Pretrain(pretext::PretrainArgs),
+    /// Linear evaluation of a SiT pretraining run: frozen backbone, a linear head on each of its
+    /// two tokens (or --model at random initialisation without --checkpoint).
+    Probe(pretext::ProbeArgs),
     /// Evaluate a checkpoint on a dataset's test split.
     Eval(EvalArgs),
     /// Classify image files with a checkpoint.
@@ -226,8 +233,15 @@ struct ReportArgs {
     compare: Vec<PathBuf>,
 }
 
+/// Where `train` writes unless told.
+const DEFAULT_OUT: &str = "runs/synthetic";
+
 #[derive(Args)]
 struct ShowDataArgs {
+    /// Draw a pretraining pipeline's views instead (`sit`: rotated clean targets and corrupted
+    /// inputs).
+    #[arg(long)]
+    method: Option<String>,
     #[arg(long, default_value = "synthetic")]
     data: String,
     #[arg(long, default_value_t = 40)]
@@ -245,7 +259,7 @@ struct TrainArgs {
     #[arg(long, default_value = "synthetic")]
     data: String,
     /// Run directory for checkpoints and logs.
-    #[arg(long, default_value = "runs/synthetic")]
+    #[arg(long, default_value = DEFAULT_OUT)]
     out: PathBuf,
     #[arg(long, default_value_t = 12)]
     epochs: usize,
@@ -308,6 +322,10 @@ struct TrainArgs {
     /// Who wrote --weights: timm, hf, or official (a family's reference code, e.g. CMT's cmt.py).
     #[arg(long, default_value = "timm")]
     source: String,
+    /// Fine-tune from the best checkpoint of this vitkit run (e.g. `vitkit pretrain --method
+    /// sit`) of --model's family; the heads are made new for the dataset's classes.
+    #[arg(long, conflicts_with = "weights")]
+    init: Option<PathBuf>,
     /// Sum the gradients of this many batches before each optimizer step (effective batch:
     /// --batch-size times this).
     #[arg(long, default_value_t = 1)]
@@ -396,6 +414,14 @@ struct PredictArgs {
 
 fn train(args: TrainArgs, device: &str) -> anyhow::Result<()> {
     let device = open_device(device)?;
+    let out = args.out.clone();
+    let req = train_request(args)?;
+    report_outcome(&run_train(&req, &device)?, &out);
+    Ok(())
+}
+
+/// The request `vitkit train` (and `pretrain`, `probe`) makes of its arguments.
+fn train_request(args: TrainArgs) -> anyhow::Result<TrainRequest> {
     let augment = if args.no_augment {
         None
     } else {
@@ -430,7 +456,7 @@ fn train(args: TrainArgs, device: &str) -> anyhow::Result<()> {
         label_fraction: args.label_fraction,
         ..TrainConfig::default()
     };
-    let req = TrainRequest {
+    Ok(TrainRequest {
         model: args.model,
         data: args.data,
         out: args.out.clone(),
@@ -449,9 +475,12 @@ fn train(args: TrainArgs, device: &str) -> anyhow::Result<()> {
             Some(w) => Some((w, args.source.parse()?)),
             None => None,
         },
+        init_run: args.init,
         recipe,
-    };
-    let outcome = run_train(&req, &device)?;
+    })
+}
+
+fn report_outcome(outcome: &vitkit::train::TrainOutcome, out: &std::path::Path) {
     let s = &outcome.state;
     println!(
         "trained {} epochs ({} steps) in {:.0}s; best {} {} at epoch {}; checkpoints in {}",
@@ -461,9 +490,8 @@ fn train(args: TrainArgs, device: &str) -> anyhow::Result<()> {
         s.best_metric,
         format_value(&s.best_metric, s.best_value),
         s.best_epoch,
-        args.out.display()
+        out.display()
     );
-    Ok(())
 }
 
 fn eval(args: EvalArgs, device: &str) -> anyhow::Result<()> {
@@ -522,6 +550,11 @@ fn predict(args: PredictArgs, device: &str) -> anyhow::Result<()> {
 }
 
 fn show_data(args: ShowDataArgs) -> anyhow::Result<()> {
+    match args.method.as_deref() {
+        Some("sit") => return pretext::show_sit_data(&args.data, args.count, &args.out),
+        Some(other) => anyhow::bail!("unknown method '{other}'; valid: sit"),
+        None => {}
+    }
     let source = vitkit::data::DataSource::parse(&args.data)?;
     let splits = source.load(
         [32, 32],
@@ -552,10 +585,12 @@ fn show_data(args: ShowDataArgs) -> anyhow::Result<()> {
 
 fn explain(args: ExplainArgs, device: &str) -> anyhow::Result<()> {
     let device = open_device(device)?;
-    if args.images.is_empty() && !args.figures {
+    let ex = vitkit::explain::Explainer::load(&args.model.source()?, &device)?;
+    // A SiT pretraining run shows what it reconstructs from corrupted test images.
+    let pretext = ex.has_pretext();
+    if args.images.is_empty() && !args.figures && !pretext {
         anyhow::bail!("nothing to do: give image files and/or --figures");
     }
-    let ex = vitkit::explain::Explainer::load(&args.model.source()?, &device)?;
     let request = vitkit::explain::ImageRequest {
         methods: args
             .method
@@ -574,9 +609,19 @@ fn explain(args: ExplainArgs, device: &str) -> anyhow::Result<()> {
     ex.check_layer_head(args.layer, args.head)?;
     let mut written = if args.images.is_empty() {
         Vec::new()
+    } else if pretext {
+        anyhow::bail!(
+            "a SiT pretraining run has no classifier to explain images with; run explain without \
+             images for its reconstructions (and --figures), or probe/fine-tune it first"
+        );
     } else {
         vitkit::explain::explain_images(&ex, &args.images, &args.out, &request)?
     };
+    if pretext {
+        let data = args.data.clone().unwrap_or_else(|| ex.run.data.name.clone());
+        let test = vitkit::explain::test_images(&ex, &data)?;
+        written.push(vitkit::explain::reconstructions(&ex, &test, 8, &args.out)?);
+    }
     if args.figures {
         let data = args.data.clone().unwrap_or_else(|| ex.run.data.name.clone());
         let test = vitkit::explain::test_images(&ex, &data)?;
@@ -787,6 +832,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Models(a) => models(a),
         Command::Train(a) => train(a, &cli.device),
+        Command::Pretrain(a) => pretext::pretrain(a, &cli.device),
+        Command::Probe(a) => pretext::probe(a, &cli.device),
         Command::Eval(a) => eval(a, &cli.device),
         Command::Predict(a) => predict(a, &cli.device),
         Command::ShowData(a) => show_data(a),

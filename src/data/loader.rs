@@ -135,13 +135,21 @@ impl Normalize {
     }
 }
 
+/// Turns a batch's drawn views into what a task trains on, given the input normalisation and
+/// a generator seeded per batch.
+pub type Prepare = Arc<dyn Fn(&mut Batch, &Normalize, &mut StdRng) + Send + Sync>;
+
 /// What a training task draws per image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct BatchSpec {
     /// Independently augmented views of each image (1, or 2 for contrastive tasks).
     pub views: usize,
     /// Whether the labels are handed out (a self-supervised task must not see them).
     pub labels: bool,
+    /// Turns the drawn views into what the task trains on (e.g. SiT's rotations and
+    /// corruptions), on the loader's thread with the input normalisation and a generator
+    /// seeded per batch.
+    pub prepare: Option<Prepare>,
 }
 
 impl BatchSpec {
@@ -149,6 +157,7 @@ impl BatchSpec {
     pub const LABELLED: BatchSpec = BatchSpec {
         views: 1,
         labels: true,
+        prepare: None,
     };
 }
 
@@ -157,6 +166,8 @@ pub struct Batch {
     pub views: Vec<Vec<f32>>,
     /// The images' labels, when the spec asked for them.
     pub labels: Option<Vec<u32>>,
+    /// Targets the pipeline made (SiT: each view's rotation), view after view.
+    pub targets: Option<Vec<u32>>,
     /// The images' indices in the dataset (for whatever else a task pairs with an image).
     pub indices: Vec<usize>,
     pub shape: [usize; 4],
@@ -199,13 +210,14 @@ pub fn shuffled_indices(n: usize, seed: u64) -> Vec<usize> {
 }
 
 impl BatchLoader {
-    /// `augment` is `(augmentation, seed)`; batches are reproducible from the seed. Each view
-    /// of an image draws its own crop and flip.
+    /// Batches are reproducible from `seed`. Each view of an image draws its own crop and flip.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         data: Arc<ImageDataset>,
         order: Vec<usize>,
         batch_size: usize,
-        augment: Option<(Augment, u64)>,
+        augment: Option<Augment>,
+        seed: u64,
         norm: Normalize,
         drop_last: bool,
         spec: BatchSpec,
@@ -226,16 +238,15 @@ impl BatchLoader {
             let (c, h, w) = (data.channels, data.height, data.width);
             let out_len = norm.out_channels * h * w;
             for (bi, idx) in order.chunks(batch_size).take(num_batches).enumerate() {
-                let mut rng = augment.map(|(_, seed)| {
-                    StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(bi as u64))
-                });
+                let mut rng =
+                    StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(bi as u64));
                 let mut images = vec![vec![0f32; idx.len() * out_len]; views];
                 for (k, &i) in idx.iter().enumerate() {
                     let img = data.image(i);
                     for view in images.iter_mut() {
                         let out = &mut view[k * out_len..(k + 1) * out_len];
-                        match (augment, rng.as_mut()) {
-                            (Some((aug, _)), Some(rng)) => {
+                        match augment {
+                            Some(aug) => {
                                 let p = aug.crop_padding as i64;
                                 let dy = if p > 0 { rng.random_range(0..=2 * p) - p } else { 0 };
                                 let dx = if p > 0 { rng.random_range(0..=2 * p) - p } else { 0 };
@@ -253,16 +264,20 @@ impl BatchLoader {
                                     out,
                                 );
                             }
-                            _ => norm.write(c, h, w, |ch, y, x| Some(img[ch * h * w + y * w + x]), out),
+                            None => norm.write(c, h, w, |ch, y, x| Some(img[ch * h * w + y * w + x]), out),
                         }
                     }
                 }
-                let batch = Batch {
+                let mut batch = Batch {
                     views: images,
                     labels: spec.labels.then(|| idx.iter().map(|&i| data.labels[i]).collect()),
+                    targets: None,
                     indices: idx.to_vec(),
                     shape: [idx.len(), norm.out_channels, h, w],
                 };
+                if let Some(prepare) = &spec.prepare {
+                    prepare(&mut batch, &norm, &mut rng);
+                }
                 if tx.send(batch).is_err() {
                     return; // the consumer stopped early
                 }

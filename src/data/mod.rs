@@ -4,13 +4,14 @@ mod cifar;
 mod folder;
 mod idx;
 mod loader;
+pub mod pretext;
 mod synthetic;
 
 pub use cifar::{load_cifar10, load_cifar100};
 pub use folder::{FolderOptions, load_image_file, load_image_folder};
 pub use idx::{load_fashion_mnist, read_idx_images, read_idx_labels};
-pub use loader::{Augment, Batch, BatchLoader, BatchSpec, Normalize, shuffled_indices};
-pub use synthetic::{SYNTHETIC_CLASSES, generate_shapes};
+pub use loader::{Augment, Batch, BatchLoader, BatchSpec, Normalize, Prepare, shuffled_indices};
+pub use synthetic::{SYNTHETIC_CLASSES, generate_shapes, generate_upright_shapes};
 
 use std::path::{Path, PathBuf};
 
@@ -202,12 +203,15 @@ impl DataInfo {
 pub const SYNTHETIC_TRAIN: usize = 20_000;
 pub const SYNTHETIC_TEST: usize = 2_000;
 
-pub const DATASET_NAMES: &str = "synthetic, fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR, folder:DIR";
+pub const DATASET_NAMES: &str =
+    "synthetic, synthetic-upright, fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR, folder:DIR";
 
 /// Which dataset a `--data` argument names.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DataSource {
     Synthetic,
+    /// The generated shapes upright, grey on dark grey (for self-supervised trials).
+    SyntheticUpright,
     FashionMnist(PathBuf),
     Cifar10(PathBuf),
     Cifar100(PathBuf),
@@ -225,6 +229,7 @@ impl DataSource {
         };
         Ok(match name {
             "synthetic" | "shapes" => DataSource::Synthetic,
+            "synthetic-upright" => DataSource::SyntheticUpright,
             "fashion-mnist" | "fashion_mnist" | "fmnist" => {
                 DataSource::FashionMnist(dir.unwrap_or_else(|| PathBuf::from(FASHION_MNIST_DIR)))
             }
@@ -252,6 +257,7 @@ impl DataSource {
         };
         match self {
             DataSource::Synthetic => "synthetic".into(),
+            DataSource::SyntheticUpright => "synthetic-upright".into(),
             DataSource::FashionMnist(d) if d == Path::new(FASHION_MNIST_DIR) => "fashion-mnist".into(),
             DataSource::FashionMnist(d) => format!("fashion-mnist:{}", abs(d)),
             DataSource::Cifar10(d) => format!("cifar10:{}", abs(d)),
@@ -281,11 +287,17 @@ impl DataSource {
     /// Reads both splits. `img_size` is the size ImageFolder images are resized to.
     pub fn load(&self, img_size: [usize; 2], folder: &FolderOptions) -> Result<DatasetSplits> {
         let (_, train, test, class_names, stats) = match self {
-            DataSource::Synthetic => {
-                let train = generate_shapes(SYNTHETIC_TRAIN, 32, 1);
-                let test = generate_shapes(SYNTHETIC_TEST, 32, 2);
+            DataSource::Synthetic | DataSource::SyntheticUpright => {
+                let upright = *self == DataSource::SyntheticUpright;
+                let make = if upright {
+                    generate_upright_shapes
+                } else {
+                    generate_shapes
+                };
+                let train = make(SYNTHETIC_TRAIN, 32, 1);
+                let test = make(SYNTHETIC_TEST, 32, 2);
                 (
-                    "synthetic",
+                    if upright { "synthetic-upright" } else { "synthetic" },
                     train,
                     test,
                     SYNTHETIC_CLASSES.iter().map(|s| s.to_string()).collect(),

@@ -57,29 +57,39 @@ fn luma(c: [f32; 3]) -> f32 {
     0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]
 }
 
-fn draw(rng: &mut StdRng, class: usize, size: usize, out: &mut [u8]) {
+fn draw(rng: &mut StdRng, class: usize, size: usize, upright: bool, out: &mut [u8]) {
     let s = size as f32;
     // Random colours, redrawn until the shape is clearly brighter than the background, so
     // the classes differ by shape alone.
-    let (bg, fg) = loop {
-        let bg: [f32; 3] = [
-            rng.random_range(0.0..1.0),
-            rng.random_range(0.0..1.0),
-            rng.random_range(0.0..1.0),
-        ];
-        let fg: [f32; 3] = [
-            rng.random_range(0.0..1.0),
-            rng.random_range(0.0..1.0),
-            rng.random_range(0.0..1.0),
-        ];
-        if luma(fg) - luma(bg) > 0.3 {
-            break (bg, fg);
+    let (bg, fg) = if upright {
+        // Grey on dark grey: no colour for a contrastive task to match views by.
+        let (bg, fg): (f32, f32) = (rng.random_range(0.0..0.35), rng.random_range(0.65..1.0));
+        ([bg; 3], [fg; 3])
+    } else {
+        loop {
+            let bg: [f32; 3] = [
+                rng.random_range(0.0..1.0),
+                rng.random_range(0.0..1.0),
+                rng.random_range(0.0..1.0),
+            ];
+            let fg: [f32; 3] = [
+                rng.random_range(0.0..1.0),
+                rng.random_range(0.0..1.0),
+                rng.random_range(0.0..1.0),
+            ];
+            if luma(fg) - luma(bg) > 0.3 {
+                break (bg, fg);
+            }
         }
     };
     let radius = rng.random_range(0.22..0.4) * s;
     let cx = rng.random_range(radius..s - radius);
     let cy = rng.random_range(radius..s - radius);
-    let theta: f32 = rng.random_range(0.0..std::f32::consts::TAU);
+    let theta: f32 = if upright {
+        0.0
+    } else {
+        rng.random_range(0.0..std::f32::consts::TAU)
+    };
     let (sin, cos) = theta.sin_cos();
     let plane = size * size;
     for y in 0..size {
@@ -106,13 +116,23 @@ fn draw(rng: &mut StdRng, class: usize, size: usize, out: &mut [u8]) {
 
 /// `count` RGB images of `size`x`size`, labels cycling through the ten classes.
 pub fn generate_shapes(count: usize, size: usize, seed: u64) -> ImageDataset {
+    generate(count, size, seed, false)
+}
+
+/// The same shapes drawn upright in grey on dark grey: what self-supervised pretraining can
+/// learn from (a 90° turn is visible, and no colour tells two images apart).
+pub fn generate_upright_shapes(count: usize, size: usize, seed: u64) -> ImageDataset {
+    generate(count, size, seed, true)
+}
+
+fn generate(count: usize, size: usize, seed: u64, upright: bool) -> ImageDataset {
     let mut rng = StdRng::seed_from_u64(seed);
     let plane = 3 * size * size;
     let mut pixels = vec![0u8; count * plane];
     let mut labels = Vec::with_capacity(count);
     for (i, img) in pixels.chunks_exact_mut(plane).enumerate() {
         let class = i % SYNTHETIC_CLASSES.len();
-        draw(&mut rng, class, size, img);
+        draw(&mut rng, class, size, upright, img);
         labels.push(class as u32);
     }
     ImageDataset {

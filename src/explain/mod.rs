@@ -11,6 +11,7 @@ mod distance;
 mod filters;
 mod gradcat;
 mod images;
+mod reconstruct;
 mod rollout;
 mod run;
 
@@ -19,6 +20,7 @@ pub use distance::{grid_distances, mean_attention_distance};
 pub use filters::{patch_embedding_components, position_similarity};
 pub use gradcat::{ChannelReduce, GradCat, GradCatOptions, GradSign, ScoreFrom, TreeStep, grad_cat};
 pub use images::{ImageRequest, draw, explain_images};
+pub use reconstruct::reconstructions;
 pub use rollout::{attention_rollout, class_token_map, head_mean, residual_mix};
 pub use run::{Explainer, Method, PositionSimilaritySummary, explain_figures, test_images};
 

@@ -67,6 +67,11 @@ pub struct Explainer {
 }
 
 impl Explainer {
+    /// The model (in inference mode), its input normalisation and device.
+    pub(crate) fn parts(&self) -> (&Model, &Normalize, &Device) {
+        (&self.model, &self.norm, &self.device)
+    }
+
     pub fn load(source: &ModelSource, device: &Device) -> Result<Self> {
         let Loaded { model, run, norm } = load_model(source, device)?;
         Ok(Self {
@@ -75,6 +80,11 @@ impl Explainer {
             norm,
             device: device.clone(),
         })
+    }
+
+    /// Whether the model has pretext heads (a SiT pretraining run).
+    pub fn has_pretext(&self) -> bool {
+        self.model.pretext().is_some()
     }
 
     /// The methods this model supports.

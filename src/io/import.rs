@@ -241,6 +241,14 @@ impl ForeignWeights {
             .fit_weights(&mut tensors, opts.resample)
             .map_err(|e| self.mismatch(e.to_string()))?;
         let (model, report) = apply_tensors(config.build(device)?, tensors, &self.metadata);
+        if report.loaded.is_empty() && !report.mismatched.is_empty() {
+            return Err(self.mismatch(format!(
+                "every parameter the file shares with the {} model has another shape ({}); \
+                 nothing was loaded. Is it a model of another width or depth?",
+                config.family(),
+                report.describe()
+            )));
+        }
         if report.loaded.is_empty() {
             return Err(self.mismatch(format!(
                 "none of the {} model's parameters are in it; is it a {} checkpoint of that \

@@ -528,6 +528,7 @@ impl Architecture for CmtConfig {
         Some(self.num_classes)
     }
     fn adapt(&mut self, a: &Adaptation) -> Result<()> {
+        a.refuse_pretext("cmt")?;
         if a.global_pool.is_some() {
             return Err(VitError::Config(
                 "a CMT always average-pools its expanded last map; --global-pool does not apply".into(),

@@ -9,6 +9,7 @@
 pub mod cmt;
 pub mod nest;
 pub mod presets;
+pub mod sit;
 pub mod state;
 pub mod vit;
 
@@ -20,6 +21,7 @@ pub use crate::nn::Resample;
 pub use cmt::{Cmt, CmtConfig};
 pub use nest::{Nest, NestConfig};
 pub use presets::{PRESETS, Preset, preset, preset_names};
+pub use sit::{Sit, SitConfig, SitHeads};
 pub use state::{HostTensor, StateDict};
 pub use vit::{Vit, VitConfig};
 
@@ -33,6 +35,7 @@ macro_rules! each_family {
             $enum::Vit($x) => $body,
             $enum::Cmt($x) => $body,
             $enum::Nest($x) => $body,
+            $enum::Sit($x) => $body,
         }
     };
 }
@@ -45,6 +48,7 @@ pub enum ModelConfig {
     Vit(VitConfig),
     Cmt(CmtConfig),
     Nest(NestConfig),
+    Sit(SitConfig),
 }
 
 /// A built model of any family. Its parameter paths are the family's own (the variant adds no
@@ -57,6 +61,7 @@ pub enum Model {
     Vit(Vit),
     Cmt(Cmt),
     Nest(Nest),
+    Sit(Sit),
 }
 
 /// How the token sequence or feature map becomes one feature vector.
@@ -93,6 +98,22 @@ pub struct Adaptation {
     pub drop_path: Option<f64>,
     /// LayerNorm epsilon (Hugging Face's ViT uses 1e-12).
     pub norm_eps: Option<f64>,
+    /// Pretext heads (SiT pretraining) instead of a classifier; `Some(false)` asks for the
+    /// classifier of a family that has both.
+    pub pretext: Option<bool>,
+}
+
+impl Adaptation {
+    /// An error when pretext heads are asked of `family`, which has none.
+    pub fn refuse_pretext(&self, family: &str) -> Result<()> {
+        if self.pretext == Some(true) {
+            return Err(VitError::Config(format!(
+                "a {family} model has no pretext heads; self-supervised pretraining takes a SiT \
+                 preset (sit_*)"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// What every family's configuration provides.
@@ -138,6 +159,11 @@ pub trait Classifier {
     /// `[B, C, H, W]` → logits.
     fn logits(&self, x: Tensor<4>) -> Tensor<2> {
         self.head(self.features(x))
+    }
+    /// The logits of each head that trains with its own cross-entropy (SiT has two, whose
+    /// mean is [`Classifier::head`]); one head by default.
+    fn head_logits(&self, features: Tensor<2>) -> Vec<Tensor<2>> {
+        vec![self.head(features)]
     }
     /// The input height and width the model takes.
     fn input_size(&self) -> [usize; 2];
@@ -215,6 +241,24 @@ pub trait BlockTree {
     fn logits_from(&self, level: usize, map: Tensor<4>) -> Tensor<2>;
 }
 
+/// What a self-supervised model's pretext heads give for one batch (SiT).
+pub struct PretextOutput {
+    /// Rotation logits `[B, 4]`.
+    pub rotation: Tensor<2>,
+    /// Contrastive embedding `[B, E]` (not normalised).
+    pub contrastive: Tensor<2>,
+    /// The reconstructed image `[B, C, H, W]`.
+    pub reconstruction: Tensor<4>,
+}
+
+/// A model pretrained by predicting rotations, pulling views together and reconstructing
+/// corrupted images (SiT).
+pub trait Pretext {
+    fn pretext(&self, x: Tensor<4>) -> PretextOutput;
+    /// The learned loss weights `[s_rotation, s_contrastive, s_reconstruction]`.
+    fn loss_weights(&self) -> Tensor<1>;
+}
+
 /// What each family's module says it can do; everything defaults to "cannot".
 pub trait Family {
     /// The family's name, as in `config.json`.
@@ -229,6 +273,9 @@ pub trait Family {
         None
     }
     fn block_tree(&self) -> Option<&dyn BlockTree> {
+        None
+    }
+    fn pretext(&self) -> Option<&dyn Pretext> {
         None
     }
 }
@@ -254,6 +301,9 @@ impl Model {
     }
     pub fn block_tree(&self) -> Option<&dyn BlockTree> {
         self.capabilities().block_tree()
+    }
+    pub fn pretext(&self) -> Option<&dyn Pretext> {
+        self.capabilities().pretext()
     }
 }
 

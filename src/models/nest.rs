@@ -433,6 +433,7 @@ impl Architecture for NestConfig {
         Some(self.num_classes)
     }
     fn adapt(&mut self, a: &Adaptation) -> Result<()> {
+        a.refuse_pretext("nest")?;
         if a.global_pool.is_some() {
             return Err(VitError::Config(
                 "NesT always averages the top level's tokens; --global-pool does not apply".into(),

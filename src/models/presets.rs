@@ -2,7 +2,7 @@
 //! entries here.
 
 use super::nest::{NestAttention, PoolPadding};
-use super::{CmtConfig, ModelConfig, NestConfig, VitConfig};
+use super::{CmtConfig, ModelConfig, NestConfig, SitConfig, VitConfig};
 use crate::{Result, VitError};
 
 /// A named architecture.
@@ -17,6 +17,12 @@ fn vit(img: usize, patch: usize, dim: usize, depth: usize, heads: usize, classes
         num_classes: classes,
         ..VitConfig::new(img, patch, dim, depth, heads)
     })
+}
+
+/// A SiT backbone of timm ViT shapes, as a classifier (pretraining switches to its pretext
+/// heads).
+fn sit(img: usize, patch: usize, dim: usize, depth: usize, heads: usize, classes: usize) -> ModelConfig {
+    ModelConfig::Sit(SitConfig::new(img, patch, dim, depth, heads, classes))
 }
 
 /// An official CMT model (`cmt.py`'s `cmt_ti`, `cmt_xs`, `cmt_s`, `cmt_b`) at its README input
@@ -239,6 +245,46 @@ pub const PRESETS: &[Preset] = &[
         name: "nest_mini_32",
         description: "NesT for 32x32: 2x2 patches, 3 levels of 4x4-token blocks, widths 64-128-256: the Fashion-MNIST preset",
         config: nest_mini_32,
+    },
+    Preset {
+        name: "sit_tiny_patch16_224",
+        description: "SiT with ViT-Ti shapes (dim 192, depth 12, 3 heads), 224x224, two prefix tokens",
+        config: || sit(224, 16, 192, 12, 3, 1000),
+    },
+    Preset {
+        name: "sit_small_patch16_224",
+        description: "SiT with ViT-S shapes (dim 384, depth 12, 6 heads), 224x224",
+        config: || sit(224, 16, 384, 12, 6, 1000),
+    },
+    Preset {
+        name: "sit_base_patch16_224",
+        description: "SiT-B/16 (the official SiT_base_patch16_224), 224x224",
+        config: || sit(224, 16, 768, 12, 12, 1000),
+    },
+    Preset {
+        name: "sit_tiny_patch4_32",
+        description: "SiT with ViT-Ti shapes and 4x4 patches for 32x32 images (CIFAR)",
+        config: || sit(32, 4, 192, 12, 3, 10),
+    },
+    Preset {
+        name: "sit_tiny_patch4_28",
+        description: "SiT with ViT-Ti shapes and 4x4 patches for 28x28 images (Fashion-MNIST)",
+        config: || sit(28, 4, 192, 12, 3, 10),
+    },
+    Preset {
+        name: "sit_mini_patch4_28",
+        description: "SiT, dim 96, depth 6, 4 heads, 4x4 patches on 28x28: the Fashion-MNIST pretraining preset",
+        config: || sit(28, 4, 96, 6, 4, 10),
+    },
+    Preset {
+        name: "sit_mini_patch4_32",
+        description: "SiT, dim 96, depth 6, 4 heads, 4x4 patches on 32x32",
+        config: || sit(32, 4, 96, 6, 4, 10),
+    },
+    Preset {
+        name: "sit_nano_patch8_32",
+        description: "SiT, dim 64, depth 4, 2 heads, 8x8 patches on 32x32: the built-in demo preset",
+        config: || sit(32, 8, 64, 4, 2, 10),
     },
     Preset {
         name: "vit_nano_patch8_32",

@@ -391,6 +391,7 @@ impl Architecture for VitConfig {
         Some(self.num_classes)
     }
     fn adapt(&mut self, a: &Adaptation) -> Result<()> {
+        a.refuse_pretext("vit")?;
         self.num_classes = a.num_classes.unwrap_or(self.num_classes);
         self.in_chans = a.in_chans.unwrap_or(self.in_chans);
         self.img_size = a.img_size.unwrap_or(self.img_size);

@@ -55,16 +55,17 @@ pub fn correct_predictions(logits: Tensor<2>, labels: &[u32]) -> Result<usize> {
 }
 
 impl Classification {
-    /// Logits of `x` (on the inner device); with a frozen backbone the features come from
-    /// the model in inference mode, and only the head is recorded for the backward pass.
-    fn logits(&self, model: &Model, x: Tensor<4>, ctx: &StepContext) -> Result<Tensor<2>> {
+    /// The logits of each head of `x` (on the inner device; one head but for SiT's two); with
+    /// a frozen backbone the features come from the model in inference mode, and only the
+    /// heads are recorded for the backward pass.
+    fn head_logits(&self, model: &Model, x: Tensor<4>, ctx: &StepContext) -> Result<Vec<Tensor<2>>> {
         let classifier = model.classifier()?;
-        Ok(if ctx.frozen_backbone {
-            let features = model.valid().classifier()?.features(x);
-            classifier.head(features.autodiff())
+        let features = if ctx.frozen_backbone {
+            model.valid().classifier()?.features(x).autodiff()
         } else {
-            classifier.logits(x.autodiff())
-        })
+            classifier.features(x.autodiff())
+        };
+        Ok(classifier.head_logits(features))
     }
 }
 
@@ -103,9 +104,29 @@ impl Task for Classification {
             ),
             ctx.device,
         );
-        let logits = self.logits(model, x, ctx)?;
-        let loss = (log_softmax(logits.clone(), 1) * targets).sum_dim(1).mean().neg();
-        let correct = correct_predictions(logits, &labels)?;
+        // Each head trains with its own cross-entropy (their sum); the prediction is their mean.
+        let heads = self.head_logits(model, x, ctx)?;
+        let count = heads.len();
+        let mut loss = None;
+        let mut sum_logits = None;
+        for logits in heads {
+            let ce = (log_softmax(logits.clone(), 1) * targets.clone())
+                .sum_dim(1)
+                .mean()
+                .neg();
+            loss = Some(match loss {
+                None => ce,
+                Some(l) => l + ce,
+            });
+            sum_logits = Some(match sum_logits {
+                None => logits,
+                Some(s) => s + logits,
+            });
+        }
+        let (Some(loss), Some(sum_logits)) = (loss, sum_logits) else {
+            return Err(VitError::Other("the classifier has no head".into()));
+        };
+        let correct = correct_predictions(sum_logits.div_scalar(count as f64), &labels)?;
         Ok(Step {
             loss,
             values: vec![correct as f64 / b.max(1) as f64],

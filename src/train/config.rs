@@ -49,12 +49,15 @@ fn all() -> f64 {
 }
 
 /// The training tasks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskKind {
     /// Single-label image classification (cross-entropy with label smoothing).
     #[default]
     Classify,
+    /// SiT's self-supervised pretraining (rotation, contrastive and reconstruction pretext
+    /// tasks with learned uncertainty weights); no label is read.
+    Sit(super::sit::SitTasks),
 }
 
 /// Which parameters the optimizer updates.

@@ -90,6 +90,7 @@ pub fn evaluate(
         order,
         batch_size,
         None,
+        0,
         norm.clone(),
         false,
         BatchSpec::LABELLED,

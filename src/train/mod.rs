@@ -9,6 +9,7 @@ mod log;
 mod loop_;
 mod optim;
 mod run;
+pub mod sit;
 mod task;
 
 pub use classify::{Classification, correct_predictions};
@@ -30,6 +31,10 @@ impl TaskKind {
             TaskKind::Classify => Box::new(Classification {
                 classes: config.classes()?,
                 label_smoothing: recipe.label_smoothing,
+            }),
+            TaskKind::Sit(tasks) => Box::new(sit::SitPretraining {
+                tasks: *tasks,
+                batch_size: recipe.batch_size,
             }),
         })
     }
