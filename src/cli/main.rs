@@ -1,5 +1,7 @@
 //! `vitkit`: the command-line face of the library. Parsing and printing only.
 
+mod bench;
+mod inspect;
 mod pretext;
 
 use std::path::PathBuf;
@@ -12,9 +14,9 @@ use vitkit::app::{
     ModelSource, TrainRequest, WeightsSpec, default_augment, run_eval, run_predict, run_train,
 };
 use vitkit::data::Augment;
-use vitkit::device::{parse_device, parse_float_dtype, set_float_dtype};
+use vitkit::device::parse_device;
 use vitkit::draw::confusion_matrix_png;
-use vitkit::models::{Adaptation, GlobalPool, PRESETS, param_count, preset};
+use vitkit::models::{Adaptation, GlobalPool};
 use vitkit::train::{TrainConfig, Trainable, format_value};
 
 #[derive(Parser)]
@@ -34,7 +36,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// List the model presets with their parameter counts.
-    Models(ModelsArgs),
+    Models(bench::ModelsArgs),
     /// Train a model on a dataset, writing checkpoints and logs to --out.
     Train(TrainArgs),
     /// Self-supervised pretraining without labels (`--method sit`), with train's options.
@@ -47,13 +49,14 @@ enum Command {
     /// Classify image files with a checkpoint.
     Predict(PredictArgs),
     /// Write a PNG grid of a dataset's first training images with their labels.
-    ShowData(ShowDataArgs),
-    /// Attention rollout of images, and with --figures the ViT paper's model-level figures.
-    Explain(ExplainArgs),
+    ShowData(inspect::ShowDataArgs),
+    /// Attention rollout of images, and with --figures the ViT paper's model-level figures; on a
+    /// SiT pretraining run, its reconstructions of corrupted test images.
+    Explain(inspect::ExplainArgs),
     /// One self-contained HTML report of a run: curves, confusion matrix, figures, rollouts.
-    Report(ReportArgs),
+    Report(inspect::ReportArgs),
     /// Time training or inference steps of a preset on random data.
-    Bench(BenchArgs),
+    Bench(bench::BenchArgs),
     /// Convert a timm or Hugging Face ViT safetensors file into a vitkit checkpoint.
     Import(ImportArgs),
     /// Run a model on preprocessed `pixel_values` from a safetensors file; write logits and features.
@@ -124,131 +127,8 @@ struct InferArgs {
     autocast: AutocastArg,
 }
 
-#[derive(Args)]
-struct BenchArgs {
-    #[arg(long, default_value = "vit_tiny_patch4_32")]
-    model: String,
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
-    /// train (forward, backward and an AdamW step) or infer (forward only).
-    #[arg(long, default_value = "train")]
-    mode: String,
-    #[arg(long, default_value_t = 10)]
-    steps: usize,
-    #[arg(long, default_value_t = 3)]
-    warmup: usize,
-    /// Input channels instead of the preset's 3 (1 for Fashion-MNIST).
-    #[arg(long)]
-    in_chans: Option<usize>,
-    /// Classes instead of the preset's.
-    #[arg(long)]
-    num_classes: Option<usize>,
-    /// token or avg, instead of the preset's pooling.
-    #[arg(long, value_parser = parse_global_pool)]
-    global_pool: Option<GlobalPool>,
-    /// Infer mode: also hand back every block's attention.
-    #[arg(long)]
-    attention: bool,
-    /// Float type of parameters, activations and optimizer state: f32, bf16 or f16
-    /// (bf16/f16 as PyTorch's `model.to(dtype)`: no f32 master weights).
-    #[arg(long, default_value = "f32")]
-    dtype: String,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
-    #[command(flatten)]
-    autocast: AutocastArg,
-}
-
-#[derive(Args)]
-struct ModelsArgs {
-    /// Print every preset's full configuration as one JSON object keyed by name.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args)]
-struct ExplainArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    /// JPEG or PNG files to explain.
-    images: Vec<PathBuf>,
-    /// Output directory.
-    #[arg(long, default_value = "explain")]
-    out: PathBuf,
-    /// Also write the raw class-token attention of this block (0-based).
-    #[arg(long)]
-    layer: Option<usize>,
-    /// With --layer: one head (0-based) instead of the mean over heads.
-    #[arg(long)]
-    head: Option<usize>,
-    /// rollout (attention rollout; models with global attention), gradcam (models whose head
-    /// pools a feature map), cam (the class activation map: heads that are mean pooling and
-    /// one linear layer) or gradcat (NesT's block tree); repeat for several. Default: cam and
-    /// gradcat for NesT, else rollout where it applies, else gradcam.
-    #[arg(long)]
-    method: Vec<String>,
-    /// Explain this class (its name in the data, or its index) instead of the predicted one.
-    #[arg(long = "class")]
-    class: Option<String>,
-    /// GradCAT (a reconstruction, the paper's pseudo-code being unavailable): minus scores
-    /// activation × (−gradient), plus activation × gradient [default: minus]
-    #[arg(long)]
-    gradcat_sign: Option<String>,
-    /// GradCAT: mean (of activation × gradient over channels) or gradcam (channels weighted by
-    /// their mean gradient) [default: mean]
-    #[arg(long)]
-    gradcat_reduce: Option<String>,
-    /// GradCAT: score a child block by its own tokens (child) or by the parent's quadrant
-    /// over it (parent) [default: child]
-    #[arg(long)]
-    gradcat_score: Option<String>,
-    /// Write the patch-embedding, position-embedding and attention-distance figures.
-    #[arg(long)]
-    figures: bool,
-    /// Dataset whose test images feed the attention-distance figure (default: the run's).
-    #[arg(long)]
-    data: Option<String>,
-    /// Number of test images averaged for the attention distance.
-    #[arg(long, default_value_t = 256)]
-    samples: usize,
-}
-
-#[derive(Args)]
-struct ReportArgs {
-    /// Run directory.
-    run: PathBuf,
-    /// Evaluation dataset (default: the one the run was trained on).
-    #[arg(long)]
-    data: Option<String>,
-    /// Output directory (default: RUN/report).
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Test images averaged for the attention distance.
-    #[arg(long, default_value_t = 256)]
-    samples: usize,
-    /// Other runs (directories or log.csv files) to plot against this one: validation top-1
-    /// against training wall time.
-    #[arg(long, num_args = 1..)]
-    compare: Vec<PathBuf>,
-}
-
 /// Where `train` writes unless told.
 const DEFAULT_OUT: &str = "runs/synthetic";
-
-#[derive(Args)]
-struct ShowDataArgs {
-    /// Draw a pretraining pipeline's views instead (`sit`: rotated clean targets and corrupted
-    /// inputs).
-    #[arg(long)]
-    method: Option<String>,
-    #[arg(long, default_value = "synthetic")]
-    data: String,
-    #[arg(long, default_value_t = 40)]
-    count: usize,
-    #[arg(long, default_value = "data_preview.png")]
-    out: PathBuf,
-}
 
 #[derive(Args)]
 struct TrainArgs {
@@ -549,110 +429,6 @@ fn predict(args: PredictArgs, device: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn show_data(args: ShowDataArgs) -> anyhow::Result<()> {
-    match args.method.as_deref() {
-        Some("sit") => return pretext::show_sit_data(&args.data, args.count, &args.out),
-        Some(other) => anyhow::bail!("unknown method '{other}'; valid: sit"),
-        None => {}
-    }
-    let source = vitkit::data::DataSource::parse(&args.data)?;
-    let splits = source.load(
-        [32, 32],
-        &vitkit::data::FolderOptions {
-            skip_bad_images: true,
-            channels: 3,
-        },
-    )?;
-    let ds = &splits.train;
-    let tiles: Vec<(&[u8], String)> = (0..args.count.min(ds.len()))
-        .map(|i| {
-            (
-                ds.image(i),
-                splits.info.class_names[ds.labels[i] as usize].clone(),
-            )
-        })
-        .collect();
-    let zoom = (96 / ds.height.max(1)).max(1);
-    vitkit::draw::image_grid_png(&args.out, &tiles, ds.channels, ds.height, ds.width, 10, zoom)?;
-    println!(
-        "wrote {} ({} of {} training images)",
-        args.out.display(),
-        tiles.len(),
-        ds.len()
-    );
-    Ok(())
-}
-
-fn explain(args: ExplainArgs, device: &str) -> anyhow::Result<()> {
-    let device = open_device(device)?;
-    let ex = vitkit::explain::Explainer::load(&args.model.source()?, &device)?;
-    // A SiT pretraining run shows what it reconstructs from corrupted test images.
-    let pretext = ex.has_pretext();
-    if args.images.is_empty() && !args.figures && !pretext {
-        anyhow::bail!("nothing to do: give image files and/or --figures");
-    }
-    let request = vitkit::explain::ImageRequest {
-        methods: args
-            .method
-            .iter()
-            .map(|m| vitkit::explain::Method::parse(m))
-            .collect::<Result<_, _>>()?,
-        layer: args.layer,
-        head: args.head,
-        class: args.class.as_deref().map(|c| ex.class_index(c)).transpose()?,
-        gradcat: vitkit::explain::GradCatOptions::parse(
-            args.gradcat_sign.as_deref(),
-            args.gradcat_reduce.as_deref(),
-            args.gradcat_score.as_deref(),
-        )?,
-    };
-    ex.check_layer_head(args.layer, args.head)?;
-    let mut written = if args.images.is_empty() {
-        Vec::new()
-    } else if pretext {
-        anyhow::bail!(
-            "a SiT pretraining run has no classifier to explain images with; run explain without \
-             images for its reconstructions (and --figures), or probe/fine-tune it first"
-        );
-    } else {
-        vitkit::explain::explain_images(&ex, &args.images, &args.out, &request)?
-    };
-    if pretext {
-        let data = args.data.clone().unwrap_or_else(|| ex.run.data.name.clone());
-        let test = vitkit::explain::test_images(&ex, &data)?;
-        written.push(vitkit::explain::reconstructions(&ex, &test, 8, &args.out)?);
-    }
-    if args.figures {
-        let data = args.data.clone().unwrap_or_else(|| ex.run.data.name.clone());
-        let test = vitkit::explain::test_images(&ex, &data)?;
-        written.extend(vitkit::explain::explain_figures(
-            &ex,
-            &test,
-            args.samples,
-            &args.out,
-        )?);
-    }
-    for f in written {
-        println!("wrote {}", f.display());
-    }
-    Ok(())
-}
-
-fn report(args: ReportArgs, device: &str) -> anyhow::Result<()> {
-    let device = open_device(device)?;
-    let out = args.out.unwrap_or_else(|| args.run.join("report"));
-    let html = vitkit::report::write_report(
-        &args.run,
-        args.data.as_deref(),
-        &out,
-        args.samples,
-        &args.compare,
-        &device,
-    )?;
-    println!("wrote {}", html.display());
-    Ok(())
-}
-
 #[derive(Args)]
 struct AutocastArg {
     /// CPU inference only: linear layers multiply in bf16 with f32 sums, as PyTorch's CPU
@@ -674,55 +450,6 @@ impl AutocastArg {
             Some(other) => anyhow::bail!("unknown --autocast '{other}'; valid: bf16"),
         }
     }
-}
-
-fn bench(args: BenchArgs, device: &str) -> anyhow::Result<()> {
-    use vitkit::bench::{BenchMode, bench};
-    let mut device = open_device(device)?;
-    set_float_dtype(&mut device, parse_float_dtype(&args.dtype)?)?;
-    let mode = match args.mode.as_str() {
-        "train" => BenchMode::Train,
-        "infer" => BenchMode::Infer,
-        other => anyhow::bail!("unknown --mode '{other}'; valid: train, infer"),
-    };
-    if args.autocast.autocast.is_some() && mode != BenchMode::Infer {
-        anyhow::bail!("--autocast is for inference (--mode infer)");
-    }
-    args.autocast.apply(&device)?;
-    let config = preset(&args.model)?.adapted(&Adaptation {
-        num_classes: args.num_classes,
-        in_chans: args.in_chans,
-        global_pool: args.global_pool,
-        ..Adaptation::default()
-    })?;
-    let r = bench(
-        &args.model,
-        &config,
-        mode,
-        args.batch_size,
-        args.steps,
-        args.warmup,
-        args.attention,
-        &device,
-    )?;
-    if args.json {
-        println!("{}", serde_json::to_string(&r)?);
-    } else {
-        println!(
-            "{} {} batch {}: median {:.1} ms (min {:.1}, max {:.1}) over {} steps, {:.1} images/s, {:.1} GFLOP/s, peak RSS {:.0} MiB",
-            r.model,
-            r.mode,
-            r.batch_size,
-            r.median_ms,
-            r.min_ms,
-            r.max_ms,
-            r.steps,
-            r.images_per_s,
-            r.gflops,
-            r.peak_rss_mib
-        );
-    }
-    Ok(())
 }
 
 fn import(args: ImportArgs, device: &str) -> anyhow::Result<()> {
@@ -763,42 +490,6 @@ fn infer(args: InferArgs, device: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn models(args: ModelsArgs) -> anyhow::Result<()> {
-    if args.json {
-        let all: serde_json::Map<String, serde_json::Value> = PRESETS
-            .iter()
-            .map(|p| Ok((p.name.to_string(), serde_json::to_value((p.config)())?)))
-            .collect::<serde_json::Result<_>>()?;
-        println!("{}", serde_json::to_string_pretty(&all)?);
-        return Ok(());
-    }
-    println!("{:<26} {:>13}  {:>9}  description", "name", "parameters", "input");
-    for p in PRESETS {
-        let config = (p.config)();
-        let [h, w] = config.img_size();
-        println!(
-            "{:<26} {:>13}  {:>9}  {}",
-            p.name,
-            group_digits(param_count(&config)?),
-            format!("{h}x{w}"),
-            p.description
-        );
-    }
-    Ok(())
-}
-
-fn group_digits(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// The device named on the command line. On a GPU, says first that the first use of each
 /// shape autotunes its kernels: without that, a first run that spends minutes tuning before
 /// its first step looks hung.
@@ -830,16 +521,16 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let result = match cli.command {
-        Command::Models(a) => models(a),
+        Command::Models(a) => bench::models(a),
         Command::Train(a) => train(a, &cli.device),
         Command::Pretrain(a) => pretext::pretrain(a, &cli.device),
         Command::Probe(a) => pretext::probe(a, &cli.device),
         Command::Eval(a) => eval(a, &cli.device),
         Command::Predict(a) => predict(a, &cli.device),
-        Command::ShowData(a) => show_data(a),
-        Command::Explain(a) => explain(a, &cli.device),
-        Command::Report(a) => report(a, &cli.device),
-        Command::Bench(a) => bench(a, &cli.device),
+        Command::ShowData(a) => inspect::show_data(a),
+        Command::Explain(a) => inspect::explain(a, &cli.device),
+        Command::Report(a) => inspect::report(a, &cli.device),
+        Command::Bench(a) => bench::bench(a, &cli.device),
         Command::Import(a) => import(a, &cli.device),
         Command::Infer(a) => infer(a, &cli.device),
     };
