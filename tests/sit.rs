@@ -296,3 +296,36 @@ fn the_pretraining_loader_hands_out_no_labels() {
         );
     }
 }
+
+#[test]
+fn position_embedding_resamples_with_both_prefix_tokens_kept() {
+    use vitkit::models::Resample;
+    let (io, _) = read_safetensors(&fixture("sit_pretext.io.safetensors")).unwrap();
+    let (weights, _) = read_safetensors(&fixture("sit_pretext.weights.safetensors")).unwrap();
+    let mut file: vitkit::models::StateDict = weights
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                vitkit::models::HostTensor {
+                    shape: v.shape,
+                    values: v.values,
+                },
+            )
+        })
+        .collect();
+    // The classifier at 18x18 inputs: a 6x6 grid; the pretext-only tensors are left behind.
+    let config = ModelConfig::Sit(SitConfig {
+        img_size: [18, 18],
+        ..case(SitHeads::Classify)
+    });
+    config.fit_weights(&mut file, Resample::Bilinear).unwrap();
+    assert_eq!(file["pos_embed"].shape, vec![1, 38, 24]);
+    close(
+        "resized pos_embed",
+        file["pos_embed"].values.clone(),
+        &io["resized_pos_embed"],
+        1e-5,
+    );
+    assert!(!file.contains_key("convTrans.weight") && !file.contains_key("rot_w"));
+}

@@ -13,6 +13,7 @@ Files:
   `sit_pretext.io.safetensors`: `clean` (two views, rotated), `corrupted`, `rotations`,
   `rotation`, `contrastive`, `reconstruction` (eval outputs of `corrupted`), the three task losses
   `losses`, `train_loss` (the uncertainty-weighted total), `f32_gap.<name>`;
+  `resized_pos_embed`: the official `resize_pos_embed` of `pos_embed` to a 6x6 grid (bilinear);
   `sit_pretext.grads.safetensors`: the float64 gradient of `train_loss` for every parameter.
 - `sit_classify.*`: the same backbone with two 5-class heads: `pixel_values`, `rot_logits`,
   `contrastive_logits`, `logits` (their mean).
@@ -121,7 +122,13 @@ def make_models(out):
                 t = truth[k]
                 f32_gap[f"f32_gap.{k}"] = ((p.grad.double() - t).norm() / t.norm().clamp_min(1e-30)).float().reshape(1)
     save_file(state, f"{out}/sit_pretext.weights.safetensors")
-    save_file({"clean": clean, "corrupted": corrupted, "rotations": rotations.float(), "rotation": rot,
+    # The official `resize_pos_embed` (vision_transformer_SiT.py): both prefix tokens kept, the
+    # 4x4 grid resampled bilinearly to 6x6 (the model at 18x18 inputs).
+    pos = state["pos_embed"]
+    grid = pos[0, 2:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(6, 6), mode="bilinear").permute(0, 2, 3, 1).reshape(1, 36, -1)
+    resized = torch.cat([pos[:, :2], grid], 1).contiguous()
+    save_file({"resized_pos_embed": resized, "clean": clean, "corrupted": corrupted, "rotations": rotations.float(), "rotation": rot,
                "contrastive": con, "reconstruction": rec.contiguous(), "losses": losses.float(),
                "train_loss": total.reshape(1), **f32_gap}, f"{out}/sit_pretext.io.safetensors")
     save_file({k: g.float().contiguous() for k, g in truth.items()}, f"{out}/sit_pretext.grads.safetensors")
