@@ -190,9 +190,8 @@ pub fn run_probe(checkpoint: Option<&Path>, mut req: TrainRequest, device: &Devi
                 describe_run(&run)
             )));
         }
+        // The image size and channels come from the checkpoint's weights.
         req.model = run.model_name.clone();
-        // The pretrained image size, whatever the preset's.
-        req.adapt.img_size = req.adapt.img_size.or(Some(run.model.img_size()));
         req.init_run = Some(dir.to_path_buf());
     }
     req.recipe.trainable = crate::train::Trainable::Head;

@@ -49,7 +49,11 @@ fn close(label: &str, got: Vec<f32>, want: &FileTensor, tol: f32) {
 
 /// The pretext losses of the fixture's batch: `[rotation, contrastive, reconstruction]`.
 fn losses(model: &Model, io: &std::collections::BTreeMap<String, FileTensor>, device: &Device) -> Tensor<1> {
-    let out = model.pretext().unwrap().pretext(tensor(&io["corrupted"], device));
+    let out = model
+        .pretext()
+        .unwrap()
+        .pretext(tensor(&io["corrupted"], device))
+        .unwrap();
     let rotations: Vec<u32> = io["rotations"].values.iter().map(|&v| v as u32).collect();
     let n = rotations.len();
     let mut onehot = vec![0f32; n * 4];
@@ -81,7 +85,8 @@ fn pretext_outputs_and_losses_match_the_reference() {
     let out = model
         .pretext()
         .unwrap()
-        .pretext(tensor(&io["corrupted"], &device));
+        .pretext(tensor(&io["corrupted"], &device))
+        .unwrap();
     close("rotation logits", values(out.rotation), &io["rotation"], 1e-4);
     close(
         "contrastive embedding",
@@ -97,7 +102,7 @@ fn pretext_outputs_and_losses_match_the_reference() {
     );
     let l = losses(&model, &io, &device);
     close("task losses", values(l.clone()), &io["losses"], 1e-5);
-    let s = model.pretext().unwrap().loss_weights();
+    let s = model.pretext().unwrap().loss_weights().unwrap();
     let total = uncertainty_weighted(l, s, LOSS_SCALES, [1.0; 3]);
     close("weighted total", values(total), &io["train_loss"], 1e-5);
 }
@@ -109,7 +114,7 @@ fn pretext_gradients_match_float64() {
     let (io, _) = read_safetensors(&fixture("sit_pretext.io.safetensors")).unwrap();
     let (want, _) = read_safetensors(&fixture("sit_pretext.grads.safetensors")).unwrap();
     let l = losses(&model, &io, &device);
-    let s = model.pretext().unwrap().loss_weights();
+    let s = model.pretext().unwrap().loss_weights().unwrap();
     let total = uncertainty_weighted(l, s, LOSS_SCALES, [1.0; 3]);
     let got = total.clone().into_scalar::<f32>();
     assert!((got - io["train_loss"].values[0]).abs() < 1e-5, "{got}");

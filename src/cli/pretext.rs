@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use clap::Args;
 use vitkit::app::{default_augment, run_probe, run_train};
-use vitkit::data::{BatchLoader, DataSource, FolderOptions, Normalize};
+use vitkit::data::{DataSource, FolderOptions, Normalize};
 use vitkit::train::TaskKind;
-use vitkit::train::sit::{SitPretraining, SitTasks};
+use vitkit::train::sit::{SitTasks, pipeline_batch};
 
 use super::{TrainArgs, open_device, report_outcome, train_request};
 
@@ -108,38 +108,17 @@ pub fn show_sit_data(data: &str, count: usize, out: &std::path::Path) -> anyhow:
     }
     let count = count.min(ds.len()).clamp(1, 16);
     let norm = Normalize::checked(&splits.info, c)?;
-    let task = SitPretraining {
-        tasks: SitTasks::default(),
-        batch_size: count,
-    };
-    use vitkit::train::Task;
-    let mut loader = BatchLoader::new(
+    let batch = pipeline_batch(
         ds.clone(),
-        (0..count).collect(),
         count,
         default_augment(data),
+        SitTasks::default(),
+        &norm,
         0,
-        norm.clone(),
-        true,
-        task.batch_spec(),
-    );
-    let batch = loader
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("no batch could be drawn"))?;
+    )?;
     let rotations = batch.targets.clone().unwrap_or_default();
     let len = c * h * w;
-    // Back to bytes: the corrupted views' noise is clipped to the pixel range.
-    let bytes = |v: &[f32]| -> Vec<u8> {
-        v.iter()
-            .enumerate()
-            .map(|(i, x)| {
-                let ch = i / (h * w);
-                ((x * norm.std[ch] + norm.mean[ch]) * 255.0)
-                    .round()
-                    .clamp(0.0, 255.0) as u8
-            })
-            .collect()
-    };
+    let bytes = |v: &[f32]| norm.to_bytes(v, h, w);
     let angle = |r: u32| ["0", "90 cw", "180", "90 ccw"][r as usize % 4];
     let mut tiles: Vec<(Vec<u8>, String)> = Vec::new();
     for i in 0..count {

@@ -121,6 +121,23 @@ impl Normalize {
             || (data_channels == 3 && self.out_channels == 1)
     }
 
+    /// A normalised `[C, H, W]` image (as this normalisation writes it) back to bytes, values
+    /// outside the pixel range clipped. A grey dataset fed to an RGB model uses its one
+    /// channel's statistics for every channel.
+    pub fn to_bytes(&self, img: &[f32], h: usize, w: usize) -> Vec<u8> {
+        let plane = (h * w).max(1);
+        let last = self.mean.len().saturating_sub(1);
+        img.iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let c = (i / plane).min(last);
+                ((x * self.std[c] + self.mean[c]) * 255.0)
+                    .round()
+                    .clamp(0.0, 255.0) as u8
+            })
+            .collect()
+    }
+
     /// One image as model input.
     pub fn image(&self, img: &[u8], channels: usize, h: usize, w: usize) -> Vec<f32> {
         let mut out = vec![0f32; self.out_channels * h * w];

@@ -8,20 +8,14 @@ use std::sync::Arc;
 use burn::tensor::{Tensor, TensorData};
 
 use super::Explainer;
-use crate::data::{BatchLoader, ImageDataset};
-use crate::train::Task;
-use crate::train::sit::{SitPretraining, SitTasks};
+use crate::data::ImageDataset;
+use crate::train::sit::{SitTasks, pipeline_batch, pretext_heads};
 use crate::{Result, VitError};
 
 /// Writes `reconstructions.png` in `out` for the first `count` (at most 16) images of `test`.
 pub fn reconstructions(ex: &Explainer, test: &ImageDataset, count: usize, out: &Path) -> Result<PathBuf> {
     let (model, norm, device) = ex.parts();
-    let pretext = model.pretext().ok_or_else(|| {
-        VitError::Config(format!(
-            "reconstructions need a SiT pretraining run; this is a {} model without pretext heads",
-            model.family()
-        ))
-    })?;
+    let pretext = pretext_heads(model)?;
     let count = count.clamp(2, 16).min(test.len());
     if count < 2 {
         return Err(VitError::Config(
@@ -33,46 +27,15 @@ pub fn reconstructions(ex: &Explainer, test: &ImageDataset, count: usize, out: &
         Some(crate::train::TaskKind::Sit(tasks)) => tasks,
         _ => SitTasks::default(),
     };
-    let task = SitPretraining {
-        tasks,
-        batch_size: count,
-    };
-    let data = Arc::new(test.clone());
-    let mut loader = BatchLoader::new(
-        data,
-        (0..count).collect(),
-        count,
-        None,
-        17,
-        norm.clone(),
-        true,
-        task.batch_spec(),
-    );
-    let batch = loader
-        .next()
-        .ok_or_else(|| VitError::Other("no batch could be drawn".into()))?;
+    let batch = pipeline_batch(Arc::new(test.clone()), count, None, tasks, norm, 17)?;
     let shape = batch.shape;
     let [_, c, h, w] = shape;
     let corrupted = batch.views[2].clone();
     let clean = &batch.views[0];
     let x = Tensor::<4>::from_data(TensorData::new(corrupted.clone(), shape), device);
-    let rebuilt = crate::nn::host_values(pretext.pretext(x).reconstruction)?;
+    let rebuilt = crate::nn::host_values(pretext.pretext(x)?.reconstruction)?;
     let len = c * h * w;
-    let plane = h * w;
-    // Back to bytes, per model channel (a grey dataset fed to an RGB model uses its one
-    // channel's statistics); values outside the pixel range are clipped.
-    let stat = |v: &[f32], ch: usize| v[ch.min(v.len() - 1)];
-    let bytes = |v: &[f32]| -> Vec<u8> {
-        v.iter()
-            .enumerate()
-            .map(|(i, x)| {
-                let ch = i / plane;
-                ((x * stat(&norm.std, ch) + stat(&norm.mean, ch)) * 255.0)
-                    .round()
-                    .clamp(0.0, 255.0) as u8
-            })
-            .collect()
-    };
+    let bytes = |v: &[f32]| norm.to_bytes(v, h, w);
     let mut tiles = Vec::new();
     for i in 0..count {
         let part = |v: &[f32]| bytes(&v[i * len..(i + 1) * len]);

@@ -254,9 +254,9 @@ pub struct PretextOutput {
 /// A model pretrained by predicting rotations, pulling views together and reconstructing
 /// corrupted images (SiT).
 pub trait Pretext {
-    fn pretext(&self, x: Tensor<4>) -> PretextOutput;
+    fn pretext(&self, x: Tensor<4>) -> Result<PretextOutput>;
     /// The learned loss weights `[s_rotation, s_contrastive, s_reconstruction]`.
-    fn loss_weights(&self) -> Tensor<1>;
+    fn loss_weights(&self) -> Result<Tensor<1>>;
 }
 
 /// What each family's module says it can do; everything defaults to "cannot".

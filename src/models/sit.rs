@@ -23,7 +23,7 @@ use super::{
     Adaptation, Architecture, Classifier, Family, GlobalAttention, Model, Pooled, Pretext, PretextOutput,
     StateDict, TokenLayout, VitConfig,
 };
-use crate::nn::{AttentionArgs, Block, ConvWeights, LayerNorm, Queries, Resample, normal_param, timm_linear};
+use crate::nn::{Block, ConvWeights, LayerNorm, Resample, normal_param, timm_linear};
 use crate::{Result, VitError};
 
 /// The two extra tokens before the patches.
@@ -193,29 +193,12 @@ impl Sit {
         let [b, _, d] = x.dims();
         let rot = self.rot_token.val().expand([b, 1, d]);
         let contrastive = self.contrastive_token.val().expand([b, 1, d]);
-        let mut x = self
+        let x = self
             .pos_drop
             .forward(Tensor::cat(vec![rot, contrastive, x], 1) + self.pos_embed.val());
-        // As ViT's class-token pooling: a classifier reads the two prefix tokens only, so the
-        // last block runs for those queries alone.
-        let prefix_only =
-            !all_tokens && !keep_attention && crate::kernels::enabled(crate::kernels::Fused::ClassTokenOnly);
-        let depth = self.blocks.len();
-        let mut attentions = Vec::new();
-        for (i, block) in self.blocks.iter().enumerate() {
-            let args = AttentionArgs {
-                queries: if prefix_only && i + 1 == depth {
-                    Queries::Prefix(PREFIX_TOKENS)
-                } else {
-                    Queries::All
-                },
-                keep_weights: keep_attention,
-                ..Default::default()
-            };
-            let (y, attn) = block.forward(x, &args);
-            x = y;
-            attentions.extend(attn);
-        }
+        // A classifier reads the two prefix tokens only.
+        let pooled = (!all_tokens).then_some(PREFIX_TOKENS);
+        let (x, attentions) = crate::nn::run_blocks(&self.blocks, x, pooled, keep_attention);
         (self.norm.forward(x), attentions)
     }
 
@@ -223,6 +206,16 @@ impl Sit {
     fn token(x: &Tensor<3>, i: usize) -> Tensor<2> {
         let [b, _, d] = x.dims();
         x.clone().narrow(1, i, 1).reshape([b, d])
+    }
+
+    /// The two classifier heads' logits of `[B, 2D]` features (rotation token, contrastive token).
+    fn token_heads(&self, features: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+        let [_, f] = features.dims();
+        let d = f / 2;
+        (
+            crate::kernels::linear(features.clone().narrow(1, 0, d), &self.rot_head),
+            crate::kernels::linear(features.narrow(1, d, d), &self.contrastive_head),
+        )
     }
 
     /// Patch tokens `[B, N, D]` → image `[B, C, H, W]`: each token decodes its own patch.
@@ -270,40 +263,42 @@ impl Classifier for Sit {
     }
     /// The mean of the two heads' logits (the official prediction).
     fn head(&self, features: Tensor<2>) -> Tensor<2> {
-        let mut logits = self.head_logits(features);
-        let second = logits.pop().expect("two heads");
-        (logits.pop().expect("two heads") + second).div_scalar(2.0)
+        let (rot, contrastive) = self.token_heads(features);
+        (rot + contrastive).div_scalar(2.0)
     }
     /// The rotation-token head and the contrastive-token head, each trained with its own
     /// cross-entropy.
     fn head_logits(&self, features: Tensor<2>) -> Vec<Tensor<2>> {
-        let [b, f] = features.dims();
-        let d = f / 2;
-        vec![
-            crate::kernels::linear(features.clone().narrow(1, 0, d), &self.rot_head),
-            crate::kernels::linear(features.narrow(1, d, d).reshape([b, d]), &self.contrastive_head),
-        ]
+        let (rot, contrastive) = self.token_heads(features);
+        vec![rot, contrastive]
     }
     fn input_size(&self) -> [usize; 2] {
         self.img_size
     }
 }
 
+/// The error for a pretext call on a SiT built as a classifier.
+fn no_pretext_heads() -> VitError {
+    VitError::Config("this SiT model was built as a classifier: it has no pretext heads".into())
+}
+
 impl Pretext for Sit {
-    fn pretext(&self, x: Tensor<4>) -> PretextOutput {
+    fn pretext(&self, x: Tensor<4>) -> Result<PretextOutput> {
+        let decoder = self.convTrans.as_ref().ok_or_else(no_pretext_heads)?;
         let tokens = self.encode(x, true, false).0;
         let [_, t, _] = tokens.dims();
-        let decoder = self.convTrans.as_ref().expect("pretext mode has a decoder");
-        PretextOutput {
+        Ok(PretextOutput {
             rotation: crate::kernels::linear(Self::token(&tokens, 0), &self.rot_head),
             contrastive: crate::kernels::linear(Self::token(&tokens, 1), &self.contrastive_head),
             reconstruction: self.reconstruct(decoder, tokens.narrow(1, PREFIX_TOKENS, t - PREFIX_TOKENS)),
-        }
+        })
     }
-    fn loss_weights(&self) -> Tensor<1> {
+    fn loss_weights(&self) -> Result<Tensor<1>> {
         let each = [&self.rot_w, &self.contrastive_w, &self.recons_w]
-            .map(|w| w.as_ref().expect("pretext mode has loss weights").val());
-        Tensor::cat(each.to_vec(), 0)
+            .into_iter()
+            .map(|w| w.as_ref().map(|w| w.val()).ok_or_else(no_pretext_heads))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(each, 0))
     }
 }
 

@@ -11,10 +11,7 @@ use super::{
     TokenLayout,
 };
 pub use crate::nn::ConvWeights;
-use crate::nn::{
-    AttentionArgs, Block, BlockConfig, HeadOrder, LayerNorm, Projections, Queries, Resample, normal_param,
-    timm_linear,
-};
+use crate::nn::{Block, BlockConfig, HeadOrder, LayerNorm, Projections, Resample, normal_param, timm_linear};
 use crate::{Result, VitError};
 
 pub use super::GlobalPool;
@@ -243,33 +240,12 @@ impl Vit {
         let x = self.patch_embed.forward(x);
         let [b, _, d] = x.dims();
         let cls = self.cls_token.val().expand([b, 1, d]);
-        let mut x = self
+        let x = self
             .pos_drop
             .forward(Tensor::cat(vec![cls, x], 1) + self.pos_embed.val());
-        let mut attentions = Vec::new();
-        // Class-token pooling reads one token of the last block's output: unless the caller
-        // wants every attention map, that block runs for the class token alone (its keys and
-        // values still come from all tokens). The logits are the same; about three quarters of
-        // one block's work is not done.
-        let first_token_only = self.global_pool == GlobalPool::Token
-            && !keep_attention
-            && crate::kernels::enabled(crate::kernels::Fused::ClassTokenOnly);
-        let depth = self.blocks.len();
-        for (i, block) in self.blocks.iter().enumerate() {
-            let args = AttentionArgs {
-                queries: if first_token_only && i + 1 == depth {
-                    Queries::Prefix(1)
-                } else {
-                    Queries::All
-                },
-                keep_weights: keep_attention,
-                ..Default::default()
-            };
-            let (y, attn) = block.forward(x, &args);
-            x = y;
-            attentions.extend(attn);
-        }
-        (x, attentions)
+        // Class-token pooling reads one token of the last block's output.
+        let pooled = (self.global_pool == GlobalPool::Token).then_some(1);
+        crate::nn::run_blocks(&self.blocks, x, pooled, keep_attention)
     }
 
     fn pool(&self, x: Tensor<3>) -> Tensor<2> {

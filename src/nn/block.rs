@@ -157,3 +157,34 @@ impl Block {
         }
     }
 }
+
+/// Runs `blocks` in order on `x`, handing back every block's attention when `keep_attention`.
+/// When only the first `pooled` tokens of the output are read (class-token or prefix-token
+/// pooling) and no attention map is wanted, the last block runs for those queries alone (its
+/// keys and values still come from every token): the pooled tokens are the same, and most of
+/// one block's work is not done.
+pub fn run_blocks(
+    blocks: &[Block],
+    mut x: Tensor<3>,
+    pooled: Option<usize>,
+    keep_attention: bool,
+) -> (Tensor<3>, Vec<Tensor<4>>) {
+    let prefix_only =
+        pooled.filter(|_| !keep_attention && crate::kernels::enabled(crate::kernels::Fused::ClassTokenOnly));
+    let depth = blocks.len();
+    let mut attentions = Vec::new();
+    for (i, block) in blocks.iter().enumerate() {
+        let args = AttentionArgs {
+            queries: match prefix_only {
+                Some(p) if i + 1 == depth => super::Queries::Prefix(p),
+                _ => super::Queries::All,
+            },
+            keep_weights: keep_attention,
+            ..Default::default()
+        };
+        let (y, attn) = block.forward(x, &args);
+        x = y;
+        attentions.extend(attn);
+    }
+    (x, attentions)
+}

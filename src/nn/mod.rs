@@ -15,7 +15,7 @@ mod resample;
 
 pub use attention::{Attention, AttentionArgs, HeadOrder, Mask, Projections, Queries};
 pub use batch_norm::{BUFFER_NAMES, BatchNorm, is_buffer, is_counter};
-pub use block::{Block, BlockConfig, DropPath, Mlp};
+pub use block::{Block, BlockConfig, DropPath, Mlp, run_blocks};
 pub use block_grid::{PoolPadding, blockify, deblockify, host_blockify, host_deblockify, max_pool_3x3_s2};
 pub use conv::{ConvWeights, SeqLayer, SpatialReduction, reduce_tokens, spatial_reduction};
 pub use norm::LayerNorm;

@@ -69,9 +69,14 @@ pub struct SitPretraining {
 /// The pretext pipeline of one batch of two views: each view colour-jittered and rotated per
 /// image (the clean target), then a corrupted copy. Views become `[clean 1, clean 2, corrupted 1, corrupted
 /// 2]`; the targets are the rotations of view 1, then of view 2.
+///
+/// Non-square images cannot be turned by 90°: such a batch is left unprepared (no targets),
+/// which the task reports as an error (every command checks the size before drawing).
 pub fn prepare_views(batch: &mut Batch, norm: &Normalize, jitter: f32, rng: &mut StdRng) {
     let [n, c, h, w] = batch.shape;
-    assert_eq!(h, w, "rotation needs square images (checked before training)");
+    if h != w || batch.views.len() != 2 {
+        return;
+    }
     let len = c * h * w;
     let mut rotations = Vec::with_capacity(2 * n);
     let mut corrupted = Vec::new();
@@ -150,13 +155,49 @@ struct PretextLosses {
     rotation_acc: f64,
 }
 
-fn pretext_losses(model: &Model, batch: Batch, device: &Device) -> Result<(PretextLosses, Tensor<1>)> {
-    let pretext = model.pretext().ok_or_else(|| {
+/// The model's pretext heads, or an error naming what it is.
+pub fn pretext_heads(model: &Model) -> Result<&dyn crate::models::Pretext> {
+    model.pretext().ok_or_else(|| {
         VitError::Config(format!(
-            "a {} model has no pretext heads; SiT pretraining takes a sit_* preset",
+            "a {} model has no pretext heads; SiT pretraining (and its reconstructions) take a \
+             sit_* model built for pretraining",
             model.family()
         ))
-    })?;
+    })
+}
+
+/// The first batch of `count` images of `data` through SiT's pipeline (`augment` first, then
+/// `tasks`' jitter, rotations and corruptions), drawn with `seed`: what `show-data --method sit`
+/// and the reconstructions picture.
+pub fn pipeline_batch(
+    data: Arc<ImageDataset>,
+    count: usize,
+    augment: Option<crate::data::Augment>,
+    tasks: SitTasks,
+    norm: &Normalize,
+    seed: u64,
+) -> Result<Batch> {
+    let task = SitPretraining {
+        tasks,
+        batch_size: count,
+    };
+    BatchLoader::new(
+        data,
+        (0..count).collect(),
+        count,
+        augment,
+        seed,
+        norm.clone(),
+        true,
+        task.batch_spec(),
+    )
+    .next()
+    .filter(|b| b.targets.is_some())
+    .ok_or_else(|| VitError::Config(format!("no batch of {count} square images could be drawn")))
+}
+
+fn pretext_losses(model: &Model, batch: Batch, device: &Device) -> Result<(PretextLosses, Tensor<1>)> {
+    let pretext = pretext_heads(model)?;
     let [n, c, h, w] = batch.shape;
     let rotations = batch
         .targets
@@ -176,7 +217,7 @@ fn pretext_losses(model: &Model, batch: Batch, device: &Device) -> Result<(Prete
         rotation,
         contrastive,
         reconstruction,
-    } = pretext.pretext(tensor(bad1, bad2));
+    } = pretext.pretext(tensor(bad1, bad2))?;
     let rotation_loss = cross_entropy(rotation.clone(), &rotations);
     let contrastive_loss = nt_xent(
         contrastive.clone().narrow(0, 0, n),
@@ -190,7 +231,7 @@ fn pretext_losses(model: &Model, batch: Batch, device: &Device) -> Result<(Prete
             losses: Tensor::cat(vec![rotation_loss, contrastive_loss, reconstruction_loss], 0),
             rotation_acc: correct as f64 / (2 * n) as f64,
         },
-        pretext.loss_weights(),
+        pretext.loss_weights()?,
     ))
 }
 
@@ -213,12 +254,7 @@ impl Task for SitPretraining {
     }
 
     fn check(&self, model: &Model, data: &DatasetSplits) -> Result<()> {
-        if model.pretext().is_none() {
-            return Err(VitError::Config(format!(
-                "a {} model has no pretext heads; SiT pretraining takes a sit_* preset",
-                model.family()
-            )));
-        }
+        pretext_heads(model)?;
         let train = &data.train;
         if train.height != train.width {
             return Err(VitError::Config(format!(
@@ -257,8 +293,8 @@ impl Task for SitPretraining {
 
     fn step(&self, model: &Model, batch: Batch, ctx: &StepContext) -> Result<Step> {
         let (losses, s) = pretext_losses(model, batch, ctx.device)?;
-        let mut logged = values(losses.losses.clone())?;
-        logged.extend(values(s.clone())?);
+        // The three losses and the three weights, read back in one transfer.
+        let mut logged = values(Tensor::cat(vec![losses.losses.clone(), s.clone()], 0))?;
         logged.push(losses.rotation_acc);
         let loss = uncertainty_weighted(losses.losses, s, LOSS_SCALES, self.tasks.mask());
         Ok(Step { loss, values: logged })
