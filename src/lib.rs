@@ -18,6 +18,7 @@ pub mod kernels;
 pub mod models;
 pub mod nn;
 pub mod report;
+pub mod text;
 pub mod train;
 
 pub use error::{Result, VitError};

@@ -1,6 +1,7 @@
 //! `vitkit`: the command-line face of the library. Parsing and printing only.
 
 mod bench;
+mod clip;
 mod inspect;
 mod pretext;
 
@@ -61,6 +62,8 @@ enum Command {
     Import(ImportArgs),
     /// Run a model on preprocessed `pixel_values` from a safetensors file; write logits and features.
     Infer(InferArgs),
+    /// CLIP's tokenizer: print the token ids of texts, as open_clip's `tokenize` gives them.
+    Tokenize(clip::TokenizeArgs),
 }
 
 #[derive(Args)]
@@ -533,6 +536,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench::bench(a, &cli.device),
         Command::Import(a) => import(a, &cli.device),
         Command::Infer(a) => infer(a, &cli.device),
+        Command::Tokenize(a) => clip::tokenize(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
