@@ -22,6 +22,10 @@ pub enum WeightSource {
     Hf,
     /// A family's official code's `state_dict()` (CMT's `cmt.py`), whose names vitkit keeps.
     Official,
+    /// open_clip's `CLIP.state_dict()`.
+    OpenClip,
+    /// OpenAI's CLIP state dict (the same names, plus three scalars in its JIT files).
+    OpenAi,
 }
 
 impl WeightSource {
@@ -30,6 +34,8 @@ impl WeightSource {
             WeightSource::Timm => "timm",
             WeightSource::Hf => "Hugging Face",
             WeightSource::Official => "official",
+            WeightSource::OpenClip => "open_clip",
+            WeightSource::OpenAi => "OpenAI CLIP",
         }
     }
 }
@@ -41,8 +47,10 @@ impl FromStr for WeightSource {
             "timm" | "vitkit" => Ok(WeightSource::Timm),
             "hf" | "huggingface" | "transformers" => Ok(WeightSource::Hf),
             "official" => Ok(WeightSource::Official),
+            "open_clip" | "openclip" => Ok(WeightSource::OpenClip),
+            "openai" => Ok(WeightSource::OpenAi),
             other => Err(VitError::Config(format!(
-                "unknown weight source '{other}'; valid: timm, hf, official"
+                "unknown weight source '{other}'; valid: timm, hf, official, open_clip, openai"
             ))),
         }
     }
@@ -303,5 +311,35 @@ fn translate(tensors: StateDict, source: WeightSource) -> StateDict {
             .map(|(k, v)| (k.strip_prefix("module.").map(String::from).unwrap_or(k), v))
             .collect(),
         WeightSource::Hf => hf_to_timm(tensors),
+        WeightSource::OpenClip | WeightSource::OpenAi => open_clip_to_vitkit(tensors),
     }
+}
+
+/// open_clip's / OpenAI's CLIP names → vitkit's: the same outside the blocks; inside them the
+/// shared block's timm names (`ln_1` → `norm1`, `attn.in_proj_weight` → `attn.qkv.weight`,
+/// `attn.out_proj` → `attn.proj`, `mlp.c_fc` → `mlp.fc1`, `mlp.c_proj` → `mlp.fc2`). OpenAI's
+/// JIT scalars (`input_resolution`, `context_length`, `vocab_size`) are dropped.
+fn open_clip_to_vitkit(tensors: StateDict) -> StateDict {
+    const BLOCK_NAMES: [(&str, &str); 7] = [
+        (".ln_1.", ".norm1."),
+        (".ln_2.", ".norm2."),
+        (".attn.in_proj_weight", ".attn.qkv.weight"),
+        (".attn.in_proj_bias", ".attn.qkv.bias"),
+        (".attn.out_proj.", ".attn.proj."),
+        (".mlp.c_fc.", ".mlp.fc1."),
+        (".mlp.c_proj.", ".mlp.fc2."),
+    ];
+    tensors
+        .into_iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "input_resolution" | "context_length" | "vocab_size"))
+        .map(|(k, v)| {
+            let mut k = k.strip_prefix("module.").map(String::from).unwrap_or(k);
+            if k.contains("resblocks.") {
+                for (from, to) in BLOCK_NAMES {
+                    k = k.replace(from, to);
+                }
+            }
+            (k, v)
+        })
+        .collect()
 }

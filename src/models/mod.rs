@@ -6,6 +6,7 @@
 //! in `each_family!` (the one place that dispatches on the family), and its entries in
 //! `presets.rs`. Nothing outside this folder names a family.
 
+pub mod clip;
 pub mod cmt;
 pub mod nest;
 pub mod presets;
@@ -18,6 +19,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use crate::nn::Resample;
+pub use clip::{Clip, ClipConfig};
 pub use cmt::{Cmt, CmtConfig};
 pub use nest::{Nest, NestConfig};
 pub use presets::{PRESETS, Preset, preset, preset_names};
@@ -36,6 +38,7 @@ macro_rules! each_family {
             $enum::Cmt($x) => $body,
             $enum::Nest($x) => $body,
             $enum::Sit($x) => $body,
+            $enum::Clip($x) => $body,
         }
     };
 }
@@ -49,6 +52,7 @@ pub enum ModelConfig {
     Cmt(CmtConfig),
     Nest(NestConfig),
     Sit(SitConfig),
+    Clip(ClipConfig),
 }
 
 /// A built model of any family. Its parameter paths are the family's own (the variant adds no
@@ -62,6 +66,7 @@ pub enum Model {
     Cmt(Cmt),
     Nest(Nest),
     Sit(Sit),
+    Clip(Clip),
 }
 
 /// How the token sequence or feature map becomes one feature vector.
@@ -259,6 +264,18 @@ pub trait Pretext {
     fn loss_weights(&self) -> Result<Tensor<1>>;
 }
 
+/// A model of two towers that embed images and texts in one space (CLIP).
+pub trait ImageText {
+    /// `[B, C, H, W]` → image features `[B, E]` (before normalisation).
+    fn encode_image(&self, x: Tensor<4>) -> Tensor<2>;
+    /// Token ids, `rows` rows of at most the context length → text features `[rows, E]`
+    /// (before normalisation).
+    fn encode_text(&self, ids: &[u32], rows: usize) -> Result<Tensor<2>>;
+    /// The learned `logit_scale` `[1]` (the similarity multiplier is its exponential).
+    fn logit_scale(&self) -> Tensor<1>;
+    fn context_length(&self) -> usize;
+}
+
 /// What each family's module says it can do; everything defaults to "cannot".
 pub trait Family {
     /// The family's name, as in `config.json`.
@@ -276,6 +293,9 @@ pub trait Family {
         None
     }
     fn pretext(&self) -> Option<&dyn Pretext> {
+        None
+    }
+    fn image_text(&self) -> Option<&dyn ImageText> {
         None
     }
 }
@@ -304,6 +324,15 @@ impl Model {
     }
     pub fn pretext(&self) -> Option<&dyn Pretext> {
         self.capabilities().pretext()
+    }
+    /// The image and text towers inside, or an error naming the family.
+    pub fn image_text(&self) -> Result<&dyn ImageText> {
+        self.capabilities().image_text().ok_or_else(|| {
+            VitError::Config(format!(
+                "a {} model is not an image–text model (CLIP); this needs a clip_* model",
+                self.family()
+            ))
+        })
     }
 }
 

@@ -2,7 +2,7 @@
 //! entries here.
 
 use super::nest::{NestAttention, PoolPadding};
-use super::{CmtConfig, ModelConfig, NestConfig, SitConfig, VitConfig};
+use super::{ClipConfig, CmtConfig, ModelConfig, NestConfig, SitConfig, VitConfig};
 use crate::{Result, VitError};
 
 /// A named architecture.
@@ -23,6 +23,12 @@ fn vit(img: usize, patch: usize, dim: usize, depth: usize, heads: usize, classes
 /// heads).
 fn sit(img: usize, patch: usize, dim: usize, depth: usize, heads: usize, classes: usize) -> ModelConfig {
     ModelConfig::Sit(SitConfig::new(img, patch, dim, depth, heads, classes))
+}
+
+/// A CLIP of two towers: image `[size, patch, width, layers]`, text `[width, layers]`, 64-channel
+/// heads, into an `embed`-wide space.
+fn clip(embed: usize, image: [usize; 4], text: [usize; 2]) -> ClipConfig {
+    ClipConfig::new(embed, image, text)
 }
 
 /// An official CMT model (`cmt.py`'s `cmt_ti`, `cmt_xs`, `cmt_s`, `cmt_b`) at its README input
@@ -290,6 +296,31 @@ pub const PRESETS: &[Preset] = &[
         name: "vit_nano_patch8_32",
         description: "dim 64, depth 4, 2 heads, 8x8 patches on 32x32: the built-in demo preset",
         config: || vit(32, 8, 64, 4, 2, 10),
+    },
+    Preset {
+        name: "clip_vit_b32",
+        description: "CLIP ViT-B/32 (open_clip ViT-B-32): 224x224 image tower, 77-token text tower, GELU",
+        config: || ModelConfig::Clip(clip(512, [224, 32, 768, 12], [512, 12])),
+    },
+    Preset {
+        name: "clip_vit_b32_quickgelu",
+        description: "CLIP ViT-B/32 with QuickGELU (OpenAI's weights; open_clip ViT-B-32-quickgelu)",
+        config: || ModelConfig::Clip(clip(512, [224, 32, 768, 12], [512, 12]).with_quick_gelu()),
+    },
+    Preset {
+        name: "clip_vit_b16",
+        description: "CLIP ViT-B/16 (open_clip ViT-B-16): 224x224 image tower, 77-token text tower, GELU",
+        config: || ModelConfig::Clip(clip(512, [224, 16, 768, 12], [512, 12])),
+    },
+    Preset {
+        name: "clip_tiny_32",
+        description: "CLIP for 32x32 images: image tower width 128, depth 4, 4x4 patches; text width 128, depth 4, 32 tokens",
+        config: || ModelConfig::Clip(clip(128, [32, 4, 128, 4], [128, 4]).with_context(32)),
+    },
+    Preset {
+        name: "clip_tiny_64",
+        description: "CLIP for 64x64 images (emoji): image tower width 128, depth 4, 8x8 patches; text width 128, depth 4, 32 tokens",
+        config: || ModelConfig::Clip(clip(128, [64, 8, 128, 4], [128, 4]).with_context(32)),
     },
 ];
 

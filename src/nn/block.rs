@@ -36,12 +36,15 @@ impl DropPath {
     }
 }
 
-/// The transformer MLP: fc1, exact (erf) GELU, dropout, fc2, dropout.
+/// The transformer MLP: fc1, exact (erf) GELU (or OpenAI CLIP's QuickGELU), dropout, fc2,
+/// dropout.
 #[derive(Module, Debug)]
 pub struct Mlp {
     pub fc1: Linear,
     pub fc2: Linear,
     pub drop: Dropout,
+    /// `x·σ(1.702x)` instead of GELU: what OpenAI trained CLIP with.
+    pub quick_gelu: bool,
 }
 
 impl Mlp {
@@ -50,6 +53,7 @@ impl Mlp {
             fc1: timm_linear(dim, hidden, true, device),
             fc2: timm_linear(hidden, dim, true, device),
             drop: DropoutConfig::new(drop).init(),
+            quick_gelu: false,
         }
     }
 
@@ -61,7 +65,10 @@ impl Mlp {
     /// The hidden activations, `Dropout(GELU(fc1(x)))`; fc1 and GELU run as one operation
     /// where a fused kernel exists.
     pub fn hidden(&self, x: Tensor<3>) -> Tensor<3> {
-        let h = if crate::kernels::epilogue_applies(&x, &self.fc1) {
+        let h = if self.quick_gelu {
+            let h = crate::kernels::linear(x, &self.fc1);
+            h.clone() * burn::tensor::activation::sigmoid(h.mul_scalar(1.702))
+        } else if crate::kernels::epilogue_applies(&x, &self.fc1) {
             crate::kernels::linear_gelu(x, &self.fc1)
         } else {
             crate::kernels::gelu(crate::kernels::linear(x, &self.fc1))

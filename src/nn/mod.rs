@@ -39,6 +39,26 @@ pub fn timm_linear(d_in: usize, d_out: usize, bias: bool, device: &Device) -> Li
     linear
 }
 
+/// A linear layer in PyTorch's saved layout with the given weight and bias initialisers (for
+/// families whose reference initialises its layers otherwise than timm).
+pub fn linear_init(
+    d_in: usize,
+    d_out: usize,
+    weight: Initializer,
+    bias: Option<Initializer>,
+    device: &Device,
+) -> Linear {
+    let mut linear = LinearConfig::new(d_in, d_out)
+        .with_bias(bias.is_some())
+        .with_layout(LinearLayout::Col)
+        .with_initializer(weight)
+        .init(device);
+    if let Some(init) = bias {
+        linear.bias = Some(init.init([d_out], device));
+    }
+    linear
+}
+
 /// A tensor's values on the host as f32, row-major (any float type converted).
 pub fn host_values<const D: usize>(t: Tensor<D>) -> crate::Result<Vec<f32>> {
     t.into_data()
