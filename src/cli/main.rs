@@ -485,11 +485,8 @@ fn import(args: ImportArgs, device: &str) -> anyhow::Result<()> {
 fn infer(args: InferArgs, device: &str) -> anyhow::Result<()> {
     let device = open_device(device)?;
     args.autocast.apply(&device)?;
-    let n = vitkit::app::run_infer(&args.model.source()?, &args.input, &args.output, &device)?;
-    println!(
-        "wrote logits and pre_logits of {n} images to {}",
-        args.output.display()
-    );
+    let written = vitkit::app::run_infer(&args.model.source()?, &args.input, &args.output, &device)?;
+    println!("{written}");
     Ok(())
 }
 

@@ -15,5 +15,5 @@ pub use import::{ForeignWeights, ImportOptions, Imported, Strictness, WeightSour
 pub(crate) use weights::ParamPath;
 pub use weights::{
     FileTensor, LoadReport, SafetensorsContents, count_elements, load_weights, named_tensors,
-    read_safetensors, save_weights, weights_to_bytes,
+    read_safetensors, save_weights, weights_to_bytes, write_tensors,
 };

@@ -192,6 +192,26 @@ pub fn weights_to_bytes<M: Module>(model: &M, metadata: &BTreeMap<String, String
     safetensors::serialize(views, Some(meta)).map_err(|e| VitError::Other(e.to_string()))
 }
 
+/// Writes named f32 tensors `(name, shape, values)` as a safetensors file, atomically (what
+/// `infer` hands back).
+pub fn write_tensors(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|f| f.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), b)
+                .map(|v| (name.to_string(), v))
+                .map_err(|e| VitError::Other(format!("{name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let file = safetensors::serialize(views, None).map_err(|e| VitError::Other(e.to_string()))?;
+    write_atomic(path, &file)
+}
+
 /// Saves the weights atomically.
 pub fn save_weights<M: Module>(model: &M, path: &Path, metadata: &BTreeMap<String, String>) -> Result<()> {
     write_atomic(path, &weights_to_bytes(model, metadata)?)

@@ -1,6 +1,8 @@
 //! The commands behind the CLI, as library calls: what `vitkit train|eval|predict|infer|import`
 //! do, for a model of any family.
 
+pub mod clip;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -311,7 +313,7 @@ pub fn load_model(source: &ModelSource, device: &Device) -> Result<Loaded> {
     })
 }
 
-fn host(t: Tensor<2>) -> Result<HostMatrix> {
+pub(crate) fn host(t: Tensor<2>) -> Result<HostMatrix> {
     let dims = t.dims();
     Ok((crate::nn::host_values(t)?, dims))
 }
@@ -395,10 +397,11 @@ pub fn default_augment(data: &str) -> Option<Augment> {
 }
 
 /// `vitkit infer`: reads `pixel_values` `[B, C, H, W]` (f32, preprocessed) from a safetensors
-/// file and writes `logits` `[B, K]` and `pre_logits` `[B, D]` to another. Returns B.
-pub fn run_infer(source: &ModelSource, input: &Path, output: &Path, device: &Device) -> Result<usize> {
+/// file and writes `logits` `[B, K]` and `pre_logits` `[B, D]` to another; for a CLIP model,
+/// `pixel_values` and/or `input_ids` in and their features out (see [`clip::infer`]). Returns
+/// what was written, in words.
+pub fn run_infer(source: &ModelSource, input: &Path, output: &Path, device: &Device) -> Result<String> {
     let Loaded { model, run, .. } = load_model(source, device)?;
-    let classifier = model.classifier()?;
     let bad = |reason: String| VitError::BadData {
         path: input.to_path_buf(),
         reason,
@@ -408,33 +411,49 @@ pub fn run_infer(source: &ModelSource, input: &Path, output: &Path, device: &Dev
         VitError::Checkpoint { reason, .. } => bad(reason),
         other => other,
     })?;
+    if let Ok(towers) = model.image_text() {
+        return clip::infer(towers, &run, tensors, output, &bad, device);
+    }
+    let classifier = model.classifier()?;
     let x = tensors
         .remove("pixel_values")
         .ok_or_else(|| bad("no tensor named pixel_values".into()))?;
-    let [h, w] = run.model.img_size();
-    let c = run.model.in_chans();
-    if x.shape.len() != 4 || x.shape[1] != c || x.shape[2] != h || x.shape[3] != w {
-        return Err(bad(format!(
-            "pixel_values has shape {:?}; the model takes [B, {c}, {h}, {w}]",
-            x.shape
-        )));
-    }
-    let batch = x.shape[0];
-    let x = Tensor::<4>::from_data(TensorData::new(x.values, [batch, c, h, w]), device);
+    let batch = pixel_batch(&x, &run).map_err(bad)?;
+    let x = pixel_tensor(x, &run, device);
     let features = classifier.features(x);
     let (logits, ld) = host(classifier.head(features.clone()))?;
     let (feats, fd) = host(features)?;
-    let bytes = |v: &[f32]| v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
-    let (lb, fb) = (bytes(&logits), bytes(&feats));
-    let err = |e: safetensors::SafeTensorError| VitError::Other(e.to_string());
-    let logits_view =
-        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, ld.to_vec(), &lb).map_err(err)?;
-    let feats_view =
-        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, fd.to_vec(), &fb).map_err(err)?;
-    let file = safetensors::serialize(vec![("logits", logits_view), ("pre_logits", feats_view)], None)
-        .map_err(err)?;
-    crate::io::write_atomic(output, &file)?;
-    Ok(batch)
+    crate::io::write_tensors(
+        output,
+        &[
+            ("logits", ld.to_vec(), logits),
+            ("pre_logits", fd.to_vec(), feats),
+        ],
+    )?;
+    Ok(format!(
+        "wrote logits and pre_logits of {batch} images to {}",
+        output.display()
+    ))
+}
+
+/// The batch size of `pixel_values` when its shape is `[B, C, H, W]` of the model's input, or
+/// why not.
+fn pixel_batch(x: &crate::io::FileTensor, run: &RunConfig) -> std::result::Result<usize, String> {
+    let [h, w] = run.model.img_size();
+    let c = run.model.in_chans();
+    if x.shape.len() != 4 || x.shape[1] != c || x.shape[2] != h || x.shape[3] != w {
+        return Err(format!(
+            "pixel_values has shape {:?}; the model takes [B, {c}, {h}, {w}]",
+            x.shape
+        ));
+    }
+    Ok(x.shape[0])
+}
+
+fn pixel_tensor(x: crate::io::FileTensor, run: &RunConfig, device: &Device) -> Tensor<4> {
+    let [h, w] = run.model.img_size();
+    let shape = [x.shape[0], run.model.in_chans(), h, w];
+    Tensor::<4>::from_data(TensorData::new(x.values, shape), device)
 }
 
 /// `vitkit import`: converts a foreign weights file into a vitkit checkpoint directory
