@@ -9,6 +9,7 @@ use support::parity::{fixture, load_exact, max_abs_diff, tensor};
 use vitkit::io::{WeightSource, read_safetensors};
 use vitkit::models::clip::normalize;
 use vitkit::models::{Adaptation, ClipConfig, ModelConfig, param_count, preset};
+use vitkit::train::clip::{MAX_LOGIT_SCALE, contrastive_loss, recall_at};
 
 /// The fixtures' architecture: 32x32 images, 8x8 patches, both towers width 64, depth 2, two
 /// 32-channel heads; 16-token context, 500 ids; a 48-wide joint space.
@@ -40,6 +41,10 @@ fn check(weights: &str, io: &str, source: WeightSource, quick_gelu: bool) {
     let logits = normalize(image.clone())
         .matmul(normalize(text.clone()).transpose())
         .mul(tower.logit_scale().exp().unsqueeze::<2>());
+    // open_clip's ClipLoss with the two images and the first two texts as pairs.
+    let (loss, _) = contrastive_loss(image.clone(), text.clone().narrow(0, 0, 2), tower.logit_scale());
+    let gap = (vitkit::nn::host_values(loss).expect("f32")[0] - io["loss_first_pairs"].values[0]).abs();
+    assert!(gap <= 1e-5, "{weights} loss: |Δ| {gap:e}");
     for (name, got) in [
         ("image_features", image),
         ("text_features", text),
@@ -105,4 +110,38 @@ fn preset_parameter_counts_are_open_clips() {
         let config = preset(name).expect("preset");
         assert_eq!(param_count(&config).expect("builds"), count, "{name}");
     }
+}
+
+#[test]
+fn recall_counts_the_same_caption_as_a_hit() {
+    // Three pairs in 2-d; images 0 and 1 share a caption, so text 1 is right for image 0.
+    let images = [1.0, 0.0, 0.0, 1.0, -1.0, 0.1];
+    let texts = [0.0, 1.0, 1.0, 0.0, 0.0, -1.0];
+    let captions: Vec<String> = ["a red disc", "a red disc", "a blue bar"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let (i2t, t2i) = recall_at(&images, &texts, 2, &captions, &[1, 2]);
+    // Image 2 scores its text (-0.1) below text 0 (0.1): rank 1; text 2 scores its image
+    // (-0.1) below image 0 (0): rank 1. The others find a right answer first.
+    assert_eq!(i2t, vec![2.0 / 3.0, 1.0]);
+    assert_eq!(t2i, vec![2.0 / 3.0, 1.0]);
+}
+
+#[test]
+fn logit_scale_is_clamped_to_ln_100_and_keeps_training() {
+    let device = Device::flex().autodiff();
+    let model = config(false).build(&device).expect("builds");
+    let vitkit::models::Model::Clip(mut clip) = model else {
+        panic!("a CLIP model")
+    };
+    // A leaf that trains, as the optimizer leaves it, above the clamp.
+    clip.logit_scale = clip
+        .logit_scale
+        .map(|t| t.add_scalar(10.0).detach().require_grad());
+    let model = vitkit::models::Model::Clip(clip).clamp_logit_scale(MAX_LOGIT_SCALE);
+    let scale = model.image_text().expect("CLIP").logit_scale();
+    assert!(scale.is_require_grad(), "the clamped scale must still train");
+    let value = vitkit::nn::host_values(scale).expect("f32")[0];
+    assert!((value as f64 - 100f64.ln()).abs() < 1e-6, "{value}");
 }

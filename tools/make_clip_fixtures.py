@@ -5,13 +5,15 @@ perturbed, so each one matters), their inputs and reference outputs.
 
 For each model NAME: tests/fixtures/NAME.weights.safetensors (open_clip's state_dict; for the QuickGELU model, an
 `_openai` file adds the scalar keys an OpenAI JIT state dict carries) and NAME.io.safetensors
-(pixel_values, input_ids, image_features, text_features before normalisation, logits_per_image).
+(pixel_values, input_ids, image_features, text_features before normalisation, logits_per_image,
+and open_clip's ClipLoss of the two images with the first two texts as pairs).
 The vocabulary is cut to 500 ids to keep the files small; the largest id (499) plays CLIP's end
 token, where the text tower pools (open_clip pools at argmax of the ids).
 """
 import pathlib
 
 import torch
+from open_clip.loss import ClipLoss
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from safetensors.torch import save_file
 
@@ -58,6 +60,8 @@ def write(name, model, seed):
         img_n = image / image.norm(dim=-1, keepdim=True)
         txt_n = text / text.norm(dim=-1, keepdim=True)
         logits = model.logit_scale.exp() * img_n @ txt_n.t()
+        # open_clip's training loss on the two images and the first two texts as pairs.
+        loss = ClipLoss()(img_n, txt_n[:2], model.logit_scale.exp())
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, OUT / f"{name}.weights.safetensors")
     if model.visual.transformer.resblocks[0].mlp.gelu.__class__.__name__ == "QuickGELU":
@@ -74,6 +78,7 @@ def write(name, model, seed):
             "image_features": image,
             "text_features": text,
             "logits_per_image": logits,
+            "loss_first_pairs": loss.reshape(1),
         },
         OUT / f"{name}.io.safetensors",
     )

@@ -78,3 +78,203 @@ fn token_rows(ids: &FileTensor) -> std::result::Result<(usize, Vec<u32>), String
         .ok_or("input_ids holds a value that is not a token id (a whole number ≥ 0)")?;
     Ok((rows, values))
 }
+
+/// Templates used when none are given: plain ways of naming a thing in a picture.
+pub const DEFAULT_TEMPLATES: [&str; 5] = [
+    "a photo of a {}.",
+    "a picture of a {}.",
+    "an image of a {}.",
+    "a {}.",
+    "a drawing of a {}.",
+];
+
+/// A zero-shot classifier: per class, the mean of its normalised template embeddings,
+/// renormalised (CLIP's prompt ensembling); rows `[K, E]` on the host.
+pub fn zero_shot_weights(
+    towers: &dyn ImageText,
+    classes: &[String],
+    templates: &[String],
+) -> Result<Vec<f32>> {
+    if templates.is_empty() || templates.iter().any(|t| !t.contains("{}")) {
+        return Err(VitError::Config(
+            "every template needs a {} where the class name goes".into(),
+        ));
+    }
+    let mut rows = Vec::new();
+    for class in classes {
+        let texts: Vec<String> = templates.iter().map(|t| t.replace("{}", class)).collect();
+        let feats = crate::train::clip::embed_texts(towers, &texts, 256)?;
+        let e = feats.len() / texts.len();
+        let mut mean = vec![0f32; e];
+        for row in feats.chunks(e) {
+            mean.iter_mut().zip(row).for_each(|(m, v)| *m += v);
+        }
+        let norm = mean.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        rows.extend(mean.iter().map(|v| v / norm));
+    }
+    Ok(rows)
+}
+
+/// A zero-shot evaluation: accuracy overall, top-5, and per class (name, accuracy, images).
+#[derive(Debug, Clone)]
+pub struct ZeroShot {
+    pub top1: f64,
+    pub top5: f64,
+    pub per_class: Vec<(String, f64, usize)>,
+    pub images: usize,
+}
+
+/// What zero-shot classification scores against: the dataset's labels and class names, or an
+/// attribute of a caption dataset (e.g. `colour`).
+pub struct ZeroShotRequest {
+    pub data: Option<String>,
+    pub attribute: Option<String>,
+    /// Names to say instead of the labels' own (one per class, in label order).
+    pub classnames: Option<Vec<String>>,
+    pub templates: Vec<String>,
+    pub batch_size: usize,
+}
+
+/// `vitkit zeroshot`: classifies the test split of a dataset by prompts alone.
+pub fn run_zeroshot(source: &super::ModelSource, req: &ZeroShotRequest, device: &Device) -> Result<ZeroShot> {
+    let super::Loaded { model, run, norm } = super::load_model(source, device)?;
+    let towers = model.image_text().map_err(|_| {
+        VitError::Config(format!(
+            "zero-shot classification needs a CLIP model; this is {}",
+            super::describe_run(&run)
+        ))
+    })?;
+    let data = crate::data::DataSource::parse(req.data.as_deref().unwrap_or(&run.data.name))?;
+    let splits = super::load_data(&data, run.model.img_size(), false)?;
+    norm.check_channels(splits.test.channels)?;
+    let (classes, labels): (Vec<String>, Vec<usize>) = match &req.attribute {
+        Some(name) => {
+            let captions = splits.captions.as_ref().ok_or_else(|| {
+                VitError::Config(format!(
+                    "{} has no captions to take --attribute {name} from",
+                    data.spec()
+                ))
+            })?;
+            let attribute = captions.attribute(name)?;
+            let classes = attribute.test_classes();
+            let labels = attribute
+                .test
+                .iter()
+                .map(|v| classes.iter().position(|c| c == v).unwrap_or(0))
+                .collect();
+            (classes, labels)
+        }
+        None => (
+            splits.info.class_names.clone(),
+            splits.test.labels.iter().map(|&l| l as usize).collect(),
+        ),
+    };
+    let names = match &req.classnames {
+        Some(names) if names.len() != classes.len() => {
+            return Err(VitError::Config(format!(
+                "--classnames has {} names for {} classes ({})",
+                names.len(),
+                classes.len(),
+                classes.join(", ")
+            )));
+        }
+        Some(names) => names.clone(),
+        None => classes.clone(),
+    };
+    let weights = zero_shot_weights(towers, &names, &req.templates)?;
+    let images = crate::train::clip::embed_images(
+        towers,
+        std::sync::Arc::new(splits.test),
+        &norm,
+        req.batch_size,
+        device,
+    )?;
+    let k = names.len();
+    let e = weights.len() / k;
+    let mut hits = vec![(0usize, 0usize); k];
+    let (mut top1, mut top5) = (0usize, 0usize);
+    for (img, &label) in images.chunks(e).zip(&labels) {
+        let scores: Vec<f32> = weights
+            .chunks(e)
+            .map(|w| w.iter().zip(img).map(|(a, b)| a * b).sum())
+            .collect();
+        let better = scores.iter().filter(|&&s| s > scores[label]).count();
+        top1 += usize::from(better == 0);
+        top5 += usize::from(better < 5);
+        hits[label].0 += usize::from(better == 0);
+        hits[label].1 += 1;
+    }
+    let n = labels.len().max(1) as f64;
+    Ok(ZeroShot {
+        top1: top1 as f64 / n,
+        top5: top5 as f64 / n,
+        per_class: names
+            .into_iter()
+            .zip(hits)
+            .map(|(name, (h, c))| (name, h as f64 / c.max(1) as f64, c))
+            .collect(),
+        images: labels.len(),
+    })
+}
+
+/// Retrieval on a caption dataset's test pairs: recall@1/5/10 image→text and text→image.
+pub struct Retrieval {
+    pub pairs: usize,
+    pub image_to_text: Vec<f64>,
+    pub text_to_image: Vec<f64>,
+    /// With a query: the best-matching test images (index, cosine similarity), best first.
+    pub matches: Vec<(usize, f32)>,
+}
+
+/// `vitkit retrieve`: recall over the test pairs of `data` (default: the run's), and with
+/// `query` the `top` best images for it, drawn as a grid into `grid` when given.
+pub fn run_retrieve(
+    source: &super::ModelSource,
+    data: Option<&str>,
+    query: Option<(&str, usize, &Path)>,
+    batch_size: usize,
+    device: &Device,
+) -> Result<Retrieval> {
+    let super::Loaded { model, run, norm } = super::load_model(source, device)?;
+    let towers = model.image_text().map_err(|_| {
+        VitError::Config(format!(
+            "retrieval needs a CLIP model; this is {}",
+            super::describe_run(&run)
+        ))
+    })?;
+    let data = crate::data::DataSource::parse(data.unwrap_or(&run.data.name))?;
+    let splits = super::load_data(&data, run.model.img_size(), false)?;
+    let captions = splits
+        .captions
+        .as_ref()
+        .ok_or_else(|| VitError::Config(format!("{} has no captions to retrieve", data.spec())))?;
+    let test = std::sync::Arc::new(splits.test.clone());
+    let images = crate::train::clip::embed_images(towers, test.clone(), &norm, batch_size, device)?;
+    let texts = crate::train::clip::embed_texts(towers, &captions.test, batch_size)?;
+    let e = images.len() / captions.test.len().max(1);
+    let (i2t, t2i) = crate::train::clip::recall_at(&images, &texts, e, &captions.test, &[1, 5, 10]);
+    let mut matches = Vec::new();
+    if let Some((text, top, grid)) = query {
+        let q = crate::train::clip::embed_texts(towers, &[text], 1)?;
+        let mut scored: Vec<(usize, f32)> = images
+            .chunks(e)
+            .map(|img| img.iter().zip(&q).map(|(a, b)| a * b).sum())
+            .enumerate()
+            .collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+        scored.truncate(top);
+        let tiles: Vec<(&[u8], String)> = scored
+            .iter()
+            .map(|&(i, s)| (test.image(i), format!("{s:.3}")))
+            .collect();
+        let zoom = (96 / test.height.max(1)).max(1);
+        crate::draw::image_grid_png(grid, &tiles, test.channels, test.height, test.width, 8, zoom)?;
+        matches = scored;
+    }
+    Ok(Retrieval {
+        pairs: captions.test.len(),
+        image_to_text: i2t,
+        text_to_image: t2i,
+        matches,
+    })
+}

@@ -74,7 +74,21 @@ pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
     };
     let mut splits = load_data(&source, config.img_size(), req.skip_bad_images)?;
     req.recipe.validate()?;
-    let pretraining = req.recipe.task != TaskKind::Classify;
+    let image_text = req.recipe.task == TaskKind::Clip;
+    if !image_text && config.num_classes().is_none() {
+        return Err(VitError::Config(format!(
+            "{} is a {} model without a classifier head: train it with --task clip on image–caption \
+             data (captions:FILE or synthetic-captions)",
+            req.model,
+            config.family()
+        )));
+    }
+    let pretraining = matches!(req.recipe.task, TaskKind::Sit(_));
+    if image_text && req.recipe.label_fraction < 1.0 {
+        return Err(VitError::Config(
+            "--label-fraction subsets classes; CLIP trains on every caption".into(),
+        ));
+    }
     if pretraining && req.recipe.label_fraction < 1.0 {
         return Err(VitError::Config(
             "self-supervised pretraining reads no labels; --label-fraction applies to training \
@@ -97,10 +111,11 @@ pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
     // Data decides the head and input channels, as timm's create_model(num_classes=, in_chans=);
     // a pretrained model keeps its channels (grey images are replicated to RGB).
     let fixed = Adaptation {
-        num_classes: Some(splits.info.class_names.len()),
+        // Two towers have no classifier head to size.
+        num_classes: (!image_text).then_some(splits.info.class_names.len()),
         in_chans: foreign.is_none().then_some(splits.info.channels),
         // Pretext heads for pretraining, a classifier otherwise (what a file holds aside).
-        pretext: Some(pretraining),
+        pretext: (!image_text).then_some(pretraining),
         ..req.adapt.clone()
     };
     let train_device = device.clone().autodiff();
@@ -128,7 +143,7 @@ pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
             (imported.model, imported.config)
         }
     };
-    let task = req.recipe.task.build(&config, &req.recipe)?;
+    let task = req.recipe.task.build(&config, &req.recipe, &splits)?;
     let run = RunConfig {
         model_name: req.model.clone(),
         model: config,
@@ -166,6 +181,7 @@ fn run_weights(dir: &Path, base: &crate::models::ModelConfig) -> Result<ForeignW
 pub fn describe_run(run: &RunConfig) -> String {
     match run.train.as_ref().map(|t| t.task) {
         Some(TaskKind::Sit(_)) => format!("a SiT pretraining run of {}", run.model_name),
+        Some(TaskKind::Clip) => format!("a CLIP training run of {}", run.model_name),
         Some(TaskKind::Classify) => format!(
             "a supervised training run of {} ({} model)",
             run.model_name,

@@ -1,10 +1,15 @@
-//! CLIP's commands: `tokenize`.
+//! CLIP's commands: `tokenize`, `zeroshot`, `retrieve`.
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use clap::Args;
+use vitkit::app::ModelSource;
+use vitkit::app::clip::{DEFAULT_TEMPLATES, ZeroShotRequest, run_retrieve, run_zeroshot};
 use vitkit::text::Tokenizer;
 use vitkit::text::tokenizer::DEFAULT_CONTEXT;
+
+use super::open_device;
 
 #[derive(Args)]
 pub struct TokenizeArgs {
@@ -43,6 +48,128 @@ pub fn tokenize(args: TokenizeArgs) -> anyhow::Result<()> {
             batch.truncated,
             args.texts.len(),
             args.context_length
+        );
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ZeroshotArgs {
+    /// A CLIP training run (its best checkpoint) or checkpoint directory.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// The dataset whose test split is classified (default: the run's).
+    #[arg(long)]
+    data: Option<String>,
+    /// Score an attribute of a caption dataset (e.g. colour, category) instead of its labels.
+    #[arg(long)]
+    attribute: Option<String>,
+    /// A file of class names to say in the prompts, one per line, in label order.
+    #[arg(long)]
+    classnames: Option<PathBuf>,
+    /// A file of prompt templates, one per line, each with {} for the class name.
+    #[arg(long)]
+    templates: Option<PathBuf>,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+}
+
+fn lines(path: &PathBuf) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let lines: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    if lines.is_empty() {
+        anyhow::bail!("{} has no lines", path.display());
+    }
+    Ok(lines)
+}
+
+pub fn zeroshot(args: ZeroshotArgs, device: &str) -> anyhow::Result<()> {
+    let device = open_device(device)?;
+    let templates = match &args.templates {
+        Some(path) => lines(path)?,
+        None => DEFAULT_TEMPLATES.iter().map(|t| t.to_string()).collect(),
+    };
+    let req = ZeroShotRequest {
+        data: args.data,
+        attribute: args.attribute,
+        classnames: args.classnames.as_ref().map(lines).transpose()?,
+        templates,
+        batch_size: args.batch_size,
+    };
+    let result = run_zeroshot(&ModelSource::Checkpoint(args.checkpoint), &req, &device)?;
+    println!(
+        "zero-shot on {} test images, {} classes, {} templates: top-1 {:.2}%, top-5 {:.2}%",
+        result.images,
+        result.per_class.len(),
+        req.templates.len(),
+        100.0 * result.top1,
+        100.0 * result.top5
+    );
+    for (name, acc, count) in &result.per_class {
+        println!("  {name:<32} {:>6.2}%  ({count} images)", 100.0 * acc);
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct RetrieveArgs {
+    /// A CLIP training run (its best checkpoint) or checkpoint directory.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// An image–caption dataset whose test pairs are searched (default: the run's).
+    #[arg(long)]
+    data: Option<String>,
+    /// A text to find images for; writes the best ones as a grid to --out.
+    #[arg(long)]
+    query: Option<String>,
+    /// Where the grid of --query's best images goes.
+    #[arg(long, default_value = "retrieved.png")]
+    out: PathBuf,
+    /// How many images the grid shows.
+    #[arg(long, default_value_t = 16)]
+    top: usize,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+}
+
+pub fn retrieve(args: RetrieveArgs, device: &str) -> anyhow::Result<()> {
+    let device = open_device(device)?;
+    let query = args
+        .query
+        .as_deref()
+        .map(|q| (q, args.top.max(1), args.out.as_path()));
+    let result = run_retrieve(
+        &ModelSource::Checkpoint(args.checkpoint),
+        args.data.as_deref(),
+        query,
+        args.batch_size,
+        &device,
+    )?;
+    let pct = |v: &[f64]| {
+        v.iter()
+            .map(|r| format!("{:.2}%", 100.0 * r))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    println!("{} test pairs; recall@1/5/10", result.pairs);
+    println!("  image -> text: {}", pct(&result.image_to_text));
+    println!("  text -> image: {}", pct(&result.text_to_image));
+    if let Some(q) = &args.query {
+        let best: Vec<String> = result
+            .matches
+            .iter()
+            .take(5)
+            .map(|(i, s)| format!("#{i} ({s:.3})"))
+            .collect();
+        println!(
+            "best images for {q:?}: {} (grid: {})",
+            best.join(", "),
+            args.out.display()
         );
     }
     Ok(())

@@ -18,7 +18,7 @@ use vitkit::data::Augment;
 use vitkit::device::parse_device;
 use vitkit::draw::confusion_matrix_png;
 use vitkit::models::{Adaptation, GlobalPool};
-use vitkit::train::{TrainConfig, Trainable, format_value};
+use vitkit::train::{TaskKind, TrainConfig, Trainable, format_value};
 
 #[derive(Parser)]
 #[command(
@@ -64,6 +64,11 @@ enum Command {
     Infer(InferArgs),
     /// CLIP's tokenizer: print the token ids of texts, as open_clip's `tokenize` gives them.
     Tokenize(clip::TokenizeArgs),
+    /// Classify a dataset's test images with a CLIP model from prompts alone.
+    Zeroshot(clip::ZeroshotArgs),
+    /// Retrieval recall of a CLIP model on image–caption test pairs; with --query, the best
+    /// images for a text as a PNG grid.
+    Retrieve(clip::RetrieveArgs),
 }
 
 #[derive(Args)]
@@ -138,9 +143,14 @@ struct TrainArgs {
     /// Model preset (see `vitkit models`).
     #[arg(long, default_value = "vit_nano_patch8_32")]
     model: String,
-    /// Dataset: synthetic, fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR, folder:DIR.
+    /// Dataset: synthetic, fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR, folder:DIR; for
+    /// --task clip: synthetic-captions or captions:FILE.
     #[arg(long, default_value = "synthetic")]
     data: String,
+    /// What to train: classify (labels) or clip (image–caption pairs, a clip_* model; AdamW
+    /// β2 0.98, ε 1e-6 as open_clip).
+    #[arg(long, default_value = "classify")]
+    task: String,
     /// Run directory for checkpoints and logs.
     #[arg(long, default_value = DEFAULT_OUT)]
     out: PathBuf,
@@ -155,8 +165,9 @@ struct TrainArgs {
     min_lr: f64,
     #[arg(long, default_value_t = 1.0)]
     warmup_epochs: f64,
-    #[arg(long, default_value_t = 0.05)]
-    weight_decay: f64,
+    /// AdamW weight decay [default: 0.05; 0.2 with --task clip, as open_clip].
+    #[arg(long)]
+    weight_decay: Option<f64>,
     #[arg(long, default_value_t = 0.1)]
     label_smoothing: f64,
     /// Clip the global gradient norm to this value (0 disables).
@@ -318,13 +329,22 @@ fn train_request(args: TrainArgs) -> anyhow::Result<TrainRequest> {
         };
         (aug.crop_padding > 0 || aug.hflip).then_some(aug)
     };
+    let clip = match args.task.as_str() {
+        "classify" => false,
+        "clip" => true,
+        other => anyhow::bail!("unknown task '{other}'; valid: classify, clip"),
+    };
+    let defaults = TrainConfig::default();
     let recipe = TrainConfig {
+        task: if clip { TaskKind::Clip } else { TaskKind::Classify },
+        beta2: if clip { 0.98 } else { defaults.beta2 },
+        adam_eps: if clip { 1e-6 } else { defaults.adam_eps },
         epochs: args.epochs,
         batch_size: args.batch_size,
         lr: args.lr,
         min_lr: args.min_lr,
         warmup_epochs: args.warmup_epochs,
-        weight_decay: args.weight_decay,
+        weight_decay: args.weight_decay.unwrap_or(if clip { 0.2 } else { 0.05 }),
         label_smoothing: args.label_smoothing,
         grad_clip: (args.grad_clip > 0.0).then_some(args.grad_clip),
         augment,
@@ -337,7 +357,7 @@ fn train_request(args: TrainArgs) -> anyhow::Result<TrainRequest> {
             Trainable::All
         },
         label_fraction: args.label_fraction,
-        ..TrainConfig::default()
+        ..defaults
     };
     Ok(TrainRequest {
         model: args.model,
@@ -534,6 +554,8 @@ fn main() -> ExitCode {
         Command::Import(a) => import(a, &cli.device),
         Command::Infer(a) => infer(a, &cli.device),
         Command::Tokenize(a) => clip::tokenize(a),
+        Command::Zeroshot(a) => clip::zeroshot(a, &cli.device),
+        Command::Retrieve(a) => clip::retrieve(a, &cli.device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -35,14 +35,24 @@ pub fn load_image_file(path: &Path, channels: usize, size: [usize; 2]) -> Result
         img
     };
     let plane = size[0] * size[1];
+    // Transparent pixels are composited over white (emoji and icons are drawn that way).
+    let over_white = |value: u8, alpha: u8| {
+        let a = alpha as u32;
+        ((value as u32 * a + 255 * (255 - a) + 127) / 255) as u8
+    };
     Ok(match channels {
-        1 => img.to_luma8().into_raw(),
+        1 => img
+            .to_luma_alpha8()
+            .into_raw()
+            .chunks_exact(2)
+            .map(|p| over_white(p[0], p[1]))
+            .collect(),
         3 => {
-            let rgb = img.to_rgb8().into_raw();
+            let rgba = img.to_rgba8().into_raw();
             let mut chw = vec![0u8; 3 * plane];
-            for (i, px) in rgb.chunks_exact(3).enumerate() {
+            for (i, px) in rgba.chunks_exact(4).enumerate() {
                 for c in 0..3 {
-                    chw[c * plane + i] = px[c];
+                    chw[c * plane + i] = over_white(px[c], px[3]);
                 }
             }
             chw

@@ -1,5 +1,6 @@
 //! Datasets held in memory as 8-bit images, their readers, augmentation and the batch loader.
 
+mod captions;
 mod cifar;
 mod folder;
 mod idx;
@@ -7,11 +8,15 @@ mod loader;
 pub mod pretext;
 mod synthetic;
 
+pub use captions::{Attribute, CaptionSplits, load_caption_list};
 pub use cifar::{load_cifar10, load_cifar100};
 pub use folder::{FolderOptions, load_image_file, load_image_folder};
 pub use idx::{load_fashion_mnist, read_idx_images, read_idx_labels};
 pub use loader::{Augment, Batch, BatchLoader, BatchSpec, Normalize, Prepare, shuffled_indices};
-pub use synthetic::{SYNTHETIC_CLASSES, generate_shapes, generate_upright_shapes};
+pub use synthetic::{
+    CAPTION_ATTRIBUTES, CAPTION_COLOURS, CaptionedShapes, SYNTHETIC_CLASSES, generate_captioned_shapes,
+    generate_shapes, generate_upright_shapes,
+};
 
 use std::path::{Path, PathBuf};
 
@@ -179,6 +184,8 @@ pub struct DatasetSplits {
     pub info: DataInfo,
     pub train: ImageDataset,
     pub test: ImageDataset,
+    /// Each image's caption (image–caption data), in the splits' order.
+    pub captions: Option<CaptionSplits>,
 }
 
 /// Saved with each checkpoint: how to turn an image into the model's input, and what the
@@ -203,8 +210,8 @@ impl DataInfo {
 pub const SYNTHETIC_TRAIN: usize = 20_000;
 pub const SYNTHETIC_TEST: usize = 2_000;
 
-pub const DATASET_NAMES: &str =
-    "synthetic, synthetic-upright, fashion-mnist[:DIR], cifar10:DIR, cifar100:DIR, folder:DIR";
+pub const DATASET_NAMES: &str = "synthetic, synthetic-upright, synthetic-captions, fashion-mnist[:DIR], cifar10:DIR, \
+                                 cifar100:DIR, folder:DIR, captions:FILE";
 
 /// Which dataset a `--data` argument names.
 #[derive(Debug, Clone, PartialEq)]
@@ -216,6 +223,10 @@ pub enum DataSource {
     Cifar10(PathBuf),
     Cifar100(PathBuf),
     Folder(PathBuf),
+    /// The built-in shapes with a generated caption each (shape, colour, size, position).
+    SyntheticCaptions,
+    /// A caption list (JSONL or TSV) of image paths and captions.
+    Captions(PathBuf),
 }
 
 impl DataSource {
@@ -236,6 +247,10 @@ impl DataSource {
             "cifar10" | "cifar-10" => DataSource::Cifar10(need_dir(dir)?),
             "cifar100" | "cifar-100" => DataSource::Cifar100(need_dir(dir)?),
             "folder" | "imagefolder" => DataSource::Folder(need_dir(dir)?),
+            "synthetic-captions" => DataSource::SyntheticCaptions,
+            "captions" => DataSource::Captions(dir.ok_or_else(|| {
+                VitError::Config("dataset 'captions' needs a caption list: captions:FILE".into())
+            })?),
             _ => {
                 return Err(VitError::UnknownDataset {
                     name: spec.to_string(),
@@ -263,13 +278,16 @@ impl DataSource {
             DataSource::Cifar10(d) => format!("cifar10:{}", abs(d)),
             DataSource::Cifar100(d) => format!("cifar100:{}", abs(d)),
             DataSource::Folder(d) => format!("folder:{}", abs(d)),
+            DataSource::SyntheticCaptions => "synthetic-captions".into(),
+            DataSource::Captions(f) => format!("captions:{}", abs(f)),
         }
     }
 
     /// Default training augmentation for this kind of data.
     pub fn default_augment(&self) -> Augment {
         match self {
-            DataSource::Synthetic => Augment {
+            // Positions and left/right are what the captions say: no crop or flip.
+            DataSource::Synthetic | DataSource::SyntheticCaptions => Augment {
                 crop_padding: 0,
                 hflip: false,
             },
@@ -286,7 +304,32 @@ impl DataSource {
 
     /// Reads both splits. `img_size` is the size ImageFolder images are resized to.
     pub fn load(&self, img_size: [usize; 2], folder: &FolderOptions) -> Result<DatasetSplits> {
+        let mut captions = None;
         let (_, train, test, class_names, stats) = match self {
+            DataSource::SyntheticCaptions => {
+                let train = generate_captioned_shapes(SYNTHETIC_TRAIN, 32, 1);
+                let test = generate_captioned_shapes(SYNTHETIC_TEST, 32, 2);
+                captions = Some(CaptionSplits {
+                    train: train.captions,
+                    test: test.captions,
+                    attributes: CAPTION_ATTRIBUTES
+                        .iter()
+                        .zip(train.attributes.into_iter().zip(test.attributes))
+                        .map(|(name, (train, test))| Attribute {
+                            name: name.to_string(),
+                            train,
+                            test,
+                        })
+                        .collect(),
+                });
+                let names = SYNTHETIC_CLASSES.iter().map(|s| s.to_string()).collect();
+                ("synthetic-captions", train.images, test.images, names, None)
+            }
+            DataSource::Captions(list) => {
+                let (train, test, caps, names) = load_caption_list(list, img_size, folder)?;
+                captions = Some(caps);
+                ("captions", train, test, names, None)
+            }
             DataSource::Synthetic | DataSource::SyntheticUpright => {
                 let upright = *self == DataSource::SyntheticUpright;
                 let make = if upright {
@@ -351,6 +394,7 @@ impl DataSource {
             },
             train,
             test,
+            captions,
         })
     }
 }

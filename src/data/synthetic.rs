@@ -57,11 +57,29 @@ fn luma(c: [f32; 3]) -> f32 {
     0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]
 }
 
-fn draw(rng: &mut StdRng, class: usize, size: usize, upright: bool, out: &mut [u8]) {
+/// Where a shape was drawn: its centre, in pixels.
+struct Placement {
+    cx: f32,
+    cy: f32,
+}
+
+/// Draws one shape of `class`. `colours` fixes (background, shape) colours; otherwise they
+/// are random (grey when `upright`).
+fn draw(
+    rng: &mut StdRng,
+    class: usize,
+    size: usize,
+    upright: bool,
+    colours: Option<([f32; 3], [f32; 3])>,
+    radius_range: std::ops::Range<f32>,
+    out: &mut [u8],
+) -> Placement {
     let s = size as f32;
     // Random colours, redrawn until the shape is clearly brighter than the background, so
     // the classes differ by shape alone.
-    let (bg, fg) = if upright {
+    let (bg, fg) = if let Some(c) = colours {
+        c
+    } else if upright {
         // Grey on dark grey: no colour for a contrastive task to match views by.
         let (bg, fg): (f32, f32) = (rng.random_range(0.0..0.35), rng.random_range(0.65..1.0));
         ([bg; 3], [fg; 3])
@@ -82,7 +100,7 @@ fn draw(rng: &mut StdRng, class: usize, size: usize, upright: bool, out: &mut [u
             }
         }
     };
-    let radius = rng.random_range(0.22..0.4) * s;
+    let radius = rng.random_range(radius_range) * s;
     let cx = rng.random_range(radius..s - radius);
     let cy = rng.random_range(radius..s - radius);
     let theta: f32 = if upright {
@@ -112,6 +130,7 @@ fn draw(rng: &mut StdRng, class: usize, size: usize, upright: bool, out: &mut [u
             }
         }
     }
+    Placement { cx, cy }
 }
 
 /// `count` RGB images of `size`x`size`, labels cycling through the ten classes.
@@ -132,7 +151,7 @@ fn generate(count: usize, size: usize, seed: u64, upright: bool) -> ImageDataset
     let mut labels = Vec::with_capacity(count);
     for (i, img) in pixels.chunks_exact_mut(plane).enumerate() {
         let class = i % SYNTHETIC_CLASSES.len();
-        draw(&mut rng, class, size, upright, img);
+        draw(&mut rng, class, size, upright, None, 0.22..0.4, img);
         labels.push(class as u32);
     }
     ImageDataset {
@@ -141,5 +160,100 @@ fn generate(count: usize, size: usize, seed: u64, upright: bool) -> ImageDataset
         channels: 3,
         height: size,
         width: size,
+    }
+}
+
+/// The named colours of the captioned shapes.
+pub const CAPTION_COLOURS: [(&str, [f32; 3]); 8] = [
+    ("red", [0.9, 0.1, 0.1]),
+    ("green", [0.1, 0.75, 0.2]),
+    ("blue", [0.15, 0.3, 0.95]),
+    ("yellow", [0.95, 0.9, 0.1]),
+    ("orange", [1.0, 0.55, 0.05]),
+    ("purple", [0.6, 0.2, 0.8]),
+    ("white", [0.95, 0.95, 0.95]),
+    ("cyan", [0.1, 0.85, 0.9]),
+];
+
+/// Ways of saying one image: size, colour, shape, position.
+const PHRASINGS: [&str; 5] = [
+    "a {size} {colour} {shape} in the {position}",
+    "a picture of a {colour} {shape}, {size}, at the {position}",
+    "{size} {colour} {shape} near the {position}",
+    "there is a {colour} {shape} in the {position} of the image",
+    "a {colour} {shape} drawn {size} in the {position}",
+];
+
+/// The built-in shapes with words: each image's shape in one of [`CAPTION_COLOURS`] on a dark
+/// grey background, small or large, somewhere in a 3x3 grid of places, and a caption that says
+/// so in one of several phrasings.
+pub struct CaptionedShapes {
+    pub images: ImageDataset,
+    pub captions: Vec<String>,
+    /// Per image: shape, colour, size and position words.
+    pub attributes: [Vec<String>; 4],
+}
+
+pub const CAPTION_ATTRIBUTES: [&str; 4] = ["shape", "colour", "size", "position"];
+
+pub fn generate_captioned_shapes(count: usize, size: usize, seed: u64) -> CaptionedShapes {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let plane = 3 * size * size;
+    let mut pixels = vec![0u8; count * plane];
+    let mut labels = Vec::with_capacity(count);
+    let mut captions = Vec::with_capacity(count);
+    let mut attributes: [Vec<String>; 4] = Default::default();
+    for (i, img) in pixels.chunks_exact_mut(plane).enumerate() {
+        let class = i % SYNTHETIC_CLASSES.len();
+        let (colour, fg) = CAPTION_COLOURS[rng.random_range(0..CAPTION_COLOURS.len())];
+        let bg = [rng.random_range(0.0..0.25); 3];
+        let large = rng.random_bool(0.5);
+        let range = if large { 0.33..0.4 } else { 0.2..0.26 };
+        let at = draw(&mut rng, class, size, false, Some((bg, fg)), range, img);
+        let third = |v: f32| {
+            let f = v / size as f32;
+            if f < 0.4 {
+                0
+            } else if f > 0.6 {
+                2
+            } else {
+                1
+            }
+        };
+        let position = match (third(at.cy), third(at.cx)) {
+            (1, 1) => "centre".to_string(),
+            (1, h) => ["left", "", "right"][h].to_string(),
+            (v, 1) => ["top", "", "bottom"][v].to_string(),
+            (v, h) => format!("{} {}", ["top", "", "bottom"][v], ["left", "", "right"][h]),
+        };
+        let words = [
+            SYNTHETIC_CLASSES[class].to_string(),
+            colour.to_string(),
+            if large { "large" } else { "small" }.to_string(),
+            position,
+        ];
+        let phrasing = PHRASINGS[rng.random_range(0..PHRASINGS.len())];
+        captions.push(
+            phrasing
+                .replace("{shape}", &words[0])
+                .replace("{colour}", &words[1])
+                .replace("{size}", &words[2])
+                .replace("{position}", &words[3]),
+        );
+        for (list, w) in attributes.iter_mut().zip(words) {
+            list.push(w);
+        }
+        labels.push(class as u32);
+    }
+    CaptionedShapes {
+        images: ImageDataset {
+            pixels,
+            labels,
+            channels: 3,
+            height: size,
+            width: size,
+        },
+        captions,
+        attributes,
     }
 }

@@ -319,6 +319,17 @@ impl ClipVisual {
 }
 
 impl Clip {
+    /// CLIP's clamp after each optimizer step: `logit_scale` kept in `[0, max]`, the parameter
+    /// (its id, whether it trains) otherwise unchanged.
+    pub fn clamp_logit_scale(mut self, max: f64) -> Self {
+        let trains = self.logit_scale.val().is_require_grad();
+        self.logit_scale = self
+            .logit_scale
+            .map(|t| t.clamp(0.0, max).detach())
+            .set_require_grad(trains);
+        self
+    }
+
     pub fn context_length(&self) -> usize {
         self.positional_embedding.lazy_shape()[0]
     }

@@ -325,6 +325,14 @@ impl Model {
     pub fn pretext(&self) -> Option<&dyn Pretext> {
         self.capabilities().pretext()
     }
+    /// Keeps a learned similarity scale (CLIP's `logit_scale`) in `[0, max]`; other models
+    /// are returned as they are.
+    pub fn clamp_logit_scale(self, max: f64) -> Self {
+        match self {
+            Model::Clip(c) => Model::Clip(c.clamp_logit_scale(max)),
+            other => other,
+        }
+    }
     /// The image and text towers inside, or an error naming the family.
     pub fn image_text(&self) -> Result<&dyn ImageText> {
         self.capabilities().image_text().ok_or_else(|| {

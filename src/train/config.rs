@@ -58,6 +58,8 @@ pub enum TaskKind {
     /// SiT's self-supervised pretraining (rotation, contrastive and reconstruction pretext
     /// tasks with learned uncertainty weights); no label is read.
     Sit(super::sit::SitTasks),
+    /// CLIP's contrastive training of an image and a text tower on image–caption pairs.
+    Clip,
 }
 
 /// Which parameters the optimizer updates.

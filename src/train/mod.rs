@@ -3,6 +3,7 @@
 
 mod checkpoints;
 mod classify;
+pub mod clip;
 mod config;
 mod eval;
 mod log;
@@ -22,11 +23,17 @@ pub use run::{RunConfig, TrainState};
 pub use task::{BestBy, Step, StepContext, Task};
 
 use crate::Result;
+use crate::data::DatasetSplits;
 use crate::models::ModelConfig;
 
 impl TaskKind {
     /// The task for a model of `config` trained with `recipe`.
-    pub fn build(&self, config: &ModelConfig, recipe: &TrainConfig) -> Result<Box<dyn Task>> {
+    pub fn build(
+        &self,
+        config: &ModelConfig,
+        recipe: &TrainConfig,
+        data: &DatasetSplits,
+    ) -> Result<Box<dyn Task>> {
         Ok(match self {
             TaskKind::Classify => Box::new(Classification {
                 classes: config.classes()?,
@@ -35,6 +42,15 @@ impl TaskKind {
             TaskKind::Sit(tasks) => Box::new(sit::SitPretraining {
                 tasks: *tasks,
                 batch_size: recipe.batch_size,
+            }),
+            TaskKind::Clip => Box::new(clip::ClipTraining {
+                captions: std::sync::Arc::new(data.captions.clone().ok_or_else(|| {
+                    crate::VitError::Config(format!(
+                        "CLIP trains on image–caption pairs; {} has no captions (use captions:FILE or \
+                         synthetic-captions)",
+                        data.info.name
+                    ))
+                })?),
             }),
         })
     }
