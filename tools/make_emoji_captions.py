@@ -4,11 +4,12 @@ from their names, categories and sub-categories in the packages' emoji.json.
 
     python3 tools/make_emoji_captions.py data/emoji      # needs npm; ~340 MB of downloads
 
-Writes DIR/<artist>/<image>.png and DIR/captions.jsonl, one line per drawing:
+Writes DIR/<artist>/<image>.png and DIR/captions.jsonl, one line per caption:
     {"image": "google/1f600.png", "caption": "...", "split": "train", "category": "...",
      "subcategory": "...", "name": "...", "artist": "google"}
-Google, Twitter and Facebook drawings are the training split; Apple's are held out entirely
-(split "test"). The "Component" category (skin-tone and hair swatches) is left out, leaving nine
+Google, Twitter and Facebook drawings are the training split, each with two captions (one with
+its name, one saying only its category and sub-category); Apple's are held out entirely (split
+"test", one caption each, with the name). The "Component" category (skin-tone and hair swatches) is left out, leaving nine
 categories. Train with `vitkit train --task clip --data captions:DIR/captions.jsonl`.
 """
 import hashlib
@@ -28,6 +29,13 @@ PHRASINGS = [
     "{name} emoji from {category}, {sub}",
     "{short}: {name}, {category}",
 ]
+# A second caption of each training drawing says only its kind, so that the text tower learns
+# what a category or sub-category looks like apart from the emoji's own name.
+KIND_PHRASINGS = [
+    "an emoji from {category}",
+    "{sub}, {category}",
+    "a {category} emoji ({sub})",
+]
 
 
 def fetch(artist, workdir):
@@ -38,10 +46,10 @@ def fetch(artist, workdir):
     return tarfile.open(tgz, "r:gz")
 
 
-def caption(e, artist):
+def caption(e, artist, phrasings=PHRASINGS):
     # A fixed choice of phrasing per drawing, so the list is the same on every machine.
-    k = int(hashlib.sha256(f"{e['unified']}/{artist}".encode()).hexdigest(), 16) % len(PHRASINGS)
-    return PHRASINGS[k].format(
+    k = int(hashlib.sha256(f"{e['unified']}/{artist}".encode()).hexdigest(), 16) % len(phrasings)
+    return phrasings[k].format(
         name=e["name"].lower(),
         sub=e["subcategory"].replace("-", " "),
         category=e["category"].lower(),
@@ -69,15 +77,19 @@ def main():
                 except KeyError:
                     continue
                 (out / artist / e["image"]).write_bytes(png)
-                lines.append({
-                    "image": f"{artist}/{e['image']}",
-                    "caption": caption(e, artist),
-                    "split": "test" if artist in TEST else "train",
-                    "category": e["category"].lower(),
-                    "subcategory": e["subcategory"].replace("-", " "),
-                    "name": e["name"].lower(),
-                    "artist": artist,
-                })
+                captions = [caption(e, artist)]
+                if artist in TRAIN:
+                    captions.append(caption(e, artist, KIND_PHRASINGS))
+                for text in captions:
+                    lines.append({
+                        "image": f"{artist}/{e['image']}",
+                        "caption": text,
+                        "split": "test" if artist in TEST else "train",
+                        "category": e["category"].lower(),
+                        "subcategory": e["subcategory"].replace("-", " "),
+                        "name": e["name"].lower(),
+                        "artist": artist,
+                    })
                 kept += 1
             print(f"{artist}: {kept} drawings", file=sys.stderr)
     with open(out / "captions.jsonl", "w") as f:

@@ -278,3 +278,63 @@ pub fn run_retrieve(
         matches,
     })
 }
+
+/// `vitkit predict --labels` on a CLIP model: each image's probabilities over the given texts
+/// (softmax of the model's scale times the cosine similarities), best `k` first; with
+/// `png_dir`, one PNG per image (the image beside its top labels' bars).
+pub fn predict_labels(
+    source: &super::ModelSource,
+    images: &[std::path::PathBuf],
+    labels: &[String],
+    k: usize,
+    png_dir: Option<&Path>,
+    device: &Device,
+) -> Result<Vec<super::Prediction>> {
+    let super::Loaded { model, run, norm } = super::load_model(source, device)?;
+    let towers = model.image_text().map_err(|_| {
+        VitError::Config(format!(
+            "--labels compares images with texts: it needs a CLIP model; this is {}",
+            super::describe_run(&run)
+        ))
+    })?;
+    if labels.is_empty() {
+        return Err(VitError::Config("--labels needs at least one text".into()));
+    }
+    let texts = crate::train::clip::embed_texts(towers, labels, 256)?;
+    let e = texts.len() / labels.len();
+    let scale = crate::nn::host_values(towers.logit_scale())?[0].exp();
+    let [h, w] = run.model.img_size();
+    let channels = run.model.in_chans();
+    if let Some(dir) = png_dir {
+        std::fs::create_dir_all(dir).map_err(|err| VitError::io(dir, err))?;
+    }
+    let mut out = Vec::new();
+    for path in images {
+        let bytes = crate::data::load_image_file(path, channels, [h, w])?;
+        let x = burn::tensor::Tensor::<4>::from_data(
+            burn::tensor::TensorData::new(norm.image(&bytes, channels, h, w), [1, channels, h, w]),
+            device,
+        );
+        let image = crate::nn::host_values(normalize(towers.encode_image(x)))?;
+        let logits: Vec<f32> = texts
+            .chunks(e)
+            .map(|t| scale * t.iter().zip(&image).map(|(a, b)| a * b).sum::<f32>())
+            .collect();
+        let max = logits.iter().copied().fold(f32::MIN, f32::max);
+        let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
+        let sum: f32 = exp.iter().sum();
+        let mut ranked: Vec<(String, f32)> =
+            labels.iter().cloned().zip(exp.iter().map(|v| v / sum)).collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        ranked.truncate(k);
+        if let Some(dir) = png_dir {
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+            crate::draw::label_bars_png(&dir.join(format!("{stem}.png")), &bytes, channels, h, w, &ranked)?;
+        }
+        out.push(super::Prediction {
+            path: path.clone(),
+            top: ranked,
+        });
+    }
+    Ok(out)
+}

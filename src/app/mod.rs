@@ -379,6 +379,12 @@ pub fn run_predict(
     device: &Device,
 ) -> Result<Vec<Prediction>> {
     let Loaded { model, run, norm } = load_model(checkpoint, device)?;
+    if model.image_text().is_ok() {
+        return Err(VitError::Config(
+            "a CLIP model has no classes of its own: give the texts to choose among with --labels \"a cat,a dog,…\""
+                .into(),
+        ));
+    }
     let classifier = model.classifier()?;
     let [h, w] = run.model.img_size();
     let mut out = Vec::new();

@@ -302,6 +302,13 @@ struct PredictArgs {
     images: Vec<PathBuf>,
     #[arg(long, default_value_t = 5)]
     top_k: usize,
+    /// CLIP models: the texts to choose among, comma-separated ("a photo of a cat,a photo of a
+    /// dog"); each image gets its top labels with probabilities.
+    #[arg(long)]
+    labels: Option<String>,
+    /// With --labels: write one PNG per image (the image beside its top labels' bars) here.
+    #[arg(long)]
+    out: Option<PathBuf>,
     #[command(flatten)]
     autocast: AutocastArg,
 }
@@ -443,7 +450,23 @@ fn eval(args: EvalArgs, device: &str) -> anyhow::Result<()> {
 fn predict(args: PredictArgs, device: &str) -> anyhow::Result<()> {
     let device = open_device(device)?;
     args.autocast.apply(&device)?;
-    for prediction in run_predict(&args.model.source()?, &args.images, args.top_k, &device)? {
+    let source = args.model.source()?;
+    let predictions = match &args.labels {
+        Some(labels) => {
+            let labels: Vec<String> = labels
+                .split(',')
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect();
+            let dir = args.out.as_deref();
+            vitkit::app::clip::predict_labels(&source, &args.images, &labels, args.top_k, dir, &device)?
+        }
+        None => run_predict(&source, &args.images, args.top_k, &device)?,
+    };
+    if let (Some(dir), Some(_)) = (&args.out, &args.labels) {
+        println!("(one PNG per image in {})", dir.display());
+    }
+    for prediction in predictions {
         println!("{}", prediction.path.display());
         for (name, p) in prediction.top {
             println!("  {:>6.2}%  {name}", 100.0 * p);

@@ -168,3 +168,57 @@ pub fn image_grid_png(
     root.present().map_err(|e| plot_err(path, e))?;
     Ok(())
 }
+
+/// One image beside its top labels as horizontal bars of their probabilities (the CLIP
+/// paper's zero-shot figure): `[C, H, W]` bytes, `(label, probability)` best first.
+pub fn label_bars_png(
+    path: &Path,
+    image: &[u8],
+    channels: usize,
+    height: usize,
+    width: usize,
+    labels: &[(String, f32)],
+) -> Result<()> {
+    register_fonts();
+    let zoom = (160 / height.max(width).max(1)).max(1);
+    let (iw, ih) = (width * zoom, height * zoom);
+    let bar_max = 220usize;
+    let rows_h = labels.len() * 30 + 20;
+    let (w, h) = ((iw + 40 + bar_max + 260) as u32, (ih.max(rows_h) + 20) as u32);
+    let root = BitMapBackend::new(path, (w, h)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let plane = height * width;
+    for y in 0..height {
+        for x in 0..width {
+            let (px, py) = ((10 + x * zoom) as i32, (10 + y * zoom) as i32);
+            root.draw(&Rectangle::new(
+                [(px, py), (px + zoom as i32, py + zoom as i32)],
+                pixel_rgb(image, channels, plane, y * width + x).filled(),
+            ))
+            .map_err(|e| plot_err(path, e))?;
+        }
+    }
+    let x0 = (iw + 30) as i32;
+    for (k, (label, p)) in labels.iter().enumerate() {
+        let y = 14 + 30 * k as i32;
+        let len = (p.clamp(0.0, 1.0) * bar_max as f32).round() as i32;
+        let colour = if k == 0 {
+            RGBColor(31, 119, 180)
+        } else {
+            RGBColor(160, 190, 220)
+        };
+        root.draw(&Rectangle::new(
+            [(x0, y), (x0 + len.max(1), y + 20)],
+            colour.filled(),
+        ))
+        .map_err(|e| plot_err(path, e))?;
+        root.draw(&Text::new(
+            format!("{:.1}%  {label}", 100.0 * p),
+            (x0 + len + 8, y + 3),
+            ("sans-serif", 14).into_font().color(&BLACK),
+        ))
+        .map_err(|e| plot_err(path, e))?;
+    }
+    root.present().map_err(|e| plot_err(path, e))?;
+    Ok(())
+}
