@@ -97,8 +97,22 @@ def build_nest(cfg):
     return model
 
 
+def build_clip(cfg):
+    """open_clip's CLIP with vitkit's tower sizes (needs open_clip_torch in the venv)."""
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    v, t = cfg["vision"], cfg["text"]
+    vision = CLIPVisionCfg(layers=v["layers"], width=v["width"], head_width=v["width"] // v["heads"],
+                           mlp_ratio=v["mlp_ratio"], patch_size=v["patch_size"], image_size=tuple(v["image_size"]))
+    text = CLIPTextCfg(context_length=t["context_length"], vocab_size=t["vocab_size"], width=t["width"],
+                       heads=t["heads"], layers=t["layers"], mlp_ratio=t["mlp_ratio"])
+    return CLIP(embed_dim=cfg["embed_dim"], vision_cfg=vision, text_cfg=text, quick_gelu=cfg["quick_gelu"])
+
+
 def build_model(cfg, timm):
     family = cfg.get("family")
+    if family == "clip":
+        return build_clip(cfg)
     if family == "cmt":
         return build_cmt(cfg)
     if family == "nest":
@@ -150,6 +164,11 @@ def main():
     if args.model not in presets:
         sys.exit(f"pytorch_baseline: unknown model {args.model!r}; valid: {', '.join(presets)}")
     cfg = dict(presets[args.model])
+    clip = cfg.get("family") == "clip"
+    if clip:  # two towers: images of the image tower's size, texts filling the context
+        cfg["img_size"] = cfg["vision"]["image_size"]
+        cfg["in_chans"] = cfg["vision"]["in_chans"]
+        cfg["num_classes"] = 1
     if isinstance(cfg["img_size"], int):  # NesT's configuration holds one side
         cfg["img_size"] = [cfg["img_size"]] * 2
     for key in ("in_chans", "num_classes", "global_pool"):
@@ -163,6 +182,17 @@ def main():
     h, w = cfg["img_size"]
     x = torch.randn(args.batch_size, cfg["in_chans"], h, w, device=device, dtype=dtype)
     labels = torch.rand(args.batch_size, cfg["num_classes"], device=device)
+    if clip:
+        ctx, eot = cfg["text"]["context_length"], cfg["text"]["vocab_size"] - 1
+        tokens = torch.randint(1, eot - 1, (args.batch_size, ctx), device=device)
+        tokens[:, -1] = eot
+        from open_clip.loss import ClipLoss
+        clip_loss = ClipLoss()
+
+        def clip_forward(model):
+            img = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
+            txt = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)
+            return img, txt
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.autocast)
     fwd = torch.compile(model) if args.compile else model
 
@@ -176,6 +206,9 @@ def main():
 
         def step():
             with torch.inference_mode(), autocast():
+                if clip:
+                    img, txt = clip_forward(model)
+                    return (img @ txt.t()).float().sum().item()
                 return fwd(x).float().sum().item()
 
     else:
@@ -186,15 +219,20 @@ def main():
         def step():
             optim.zero_grad(set_to_none=True)
             with autocast():
-                logits = fwd(x)
-            loss = -(torch.log_softmax(logits.float(), dim=1) * labels).sum(1).mean()
+                if clip:
+                    img, txt = clip_forward(model)
+                    loss = clip_loss(img.float(), txt.float(), model.logit_scale.exp())
+                else:
+                    logits = fwd(x)
+            if not clip:
+                loss = -(torch.log_softmax(logits.float(), dim=1) * labels).sum(1).mean()
             scaler.scale(loss).backward()
             scaler.unscale_(optim)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             scaler.step(optim)
             scaler.update()
             # Reading a weight waits for the step, as vitkit's bench does.
-            return model.head.weight[0, 0].item()
+            return (model.text_projection if clip else model.head.weight)[0, 0].item()
 
     times = []
     for i in range(args.warmup + args.steps):

@@ -74,6 +74,45 @@ pub fn bench(
     let shape = [batch, config.in_chans(), h, w];
     let mut times = Vec::with_capacity(steps);
     match mode {
+        BenchMode::Infer if config.num_classes().is_none() => {
+            // Two towers (CLIP): a batch of images and as many full-context texts, and their
+            // similarity logits.
+            let m = config.build(device)?;
+            let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device);
+            let ids = bench_token_ids(&m, batch)?;
+            let towers = m.image_text()?;
+            for i in 0..warmup + steps {
+                let t = Instant::now();
+                let image = crate::models::clip::normalize(towers.encode_image(x.clone()));
+                let text = crate::models::clip::normalize(towers.encode_text(&ids, batch)?);
+                let _ = image.matmul(text.transpose()).into_data();
+                if i >= warmup {
+                    times.push(t.elapsed().as_secs_f64());
+                }
+            }
+        }
+        BenchMode::Train if config.num_classes().is_none() => {
+            let ad = device.clone().autodiff();
+            let mut m = config.build(&ad)?;
+            let mut optim = build_optimizer(&m, config, &TrainConfig::default());
+            let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &ad);
+            let ids = bench_token_ids(&m, batch)?;
+            for i in 0..warmup + steps {
+                let t = Instant::now();
+                let towers = m.image_text()?;
+                let (loss, _) = crate::train::clip::contrastive_loss(
+                    towers.encode_image(x.clone()),
+                    towers.encode_text(&ids, batch)?,
+                    towers.logit_scale(),
+                );
+                let grads = GradientsParams::from_grads(loss.backward(), &m);
+                m = optim.step(1e-4, m, grads);
+                wait_for_update(&m);
+                if i >= warmup {
+                    times.push(t.elapsed().as_secs_f64());
+                }
+            }
+        }
         BenchMode::Infer => {
             let m = config.build(device)?;
             let classifier = m.classifier()?;
@@ -155,6 +194,25 @@ pub fn bench(
 
 /// Reads the last parameter the optimizer updated (the head, for every family so far): on a
 /// GPU this waits for the step's kernels.
+/// `batch` rows of random token ids filling the text tower's context, each ending with the
+/// largest id (the end token, where CLIP pools), seeded.
+fn bench_token_ids(model: &Model, batch: usize) -> Result<Vec<u32>> {
+    use rand::{Rng, SeedableRng};
+    let towers = model.image_text()?;
+    let context = towers.context_length();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let eot = crate::text::tokenizer::EOT;
+    Ok((0..batch * context)
+        .map(|i| {
+            if i % context == context - 1 {
+                eot
+            } else {
+                rng.random_range(1..eot - 1)
+            }
+        })
+        .collect())
+}
+
 fn wait_for_update(model: &Model) {
     struct Last(Option<Tensor<1>>);
     impl ModuleVisitor for Last {

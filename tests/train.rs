@@ -55,6 +55,7 @@ fn splits() -> DatasetSplits {
         },
         train,
         test,
+        captions: None,
     }
 }
 

@@ -539,8 +539,8 @@ impl Architecture for ClipConfig {
 
     /// OpenAI's CLIP normalisation (for 3 channels; one channel takes their mean).
     fn pretrained_mean_std(&self) -> (Vec<f32>, Vec<f32>) {
-        let mean = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-        let std = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+        let mean = [0.481_454_66, 0.457_827_5, 0.408_210_73_f32];
+        let std = [0.268_629_54, 0.261_302_6, 0.275_777_1];
         if self.vision.in_chans == 3 {
             (mean.to_vec(), std.to_vec())
         } else {

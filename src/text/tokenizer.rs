@@ -61,10 +61,8 @@ fn byte_chars() -> Vec<(u8, char)> {
         .filter(|&b| printable(b))
         .map(|b| (b, b as char))
         .collect();
-    let mut n = 0;
-    for b in (0..=255u8).filter(|&b| !printable(b)) {
-        table.push((b, char::from_u32(256 + n).expect("valid code point")));
-        n += 1;
+    for (n, b) in (0..=255u8).filter(|&b| !printable(b)).enumerate() {
+        table.push((b, char::from_u32(256 + n as u32).expect("valid code point")));
     }
     table
 }
