@@ -75,14 +75,6 @@ pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
     let mut splits = load_data(&source, config.img_size(), req.skip_bad_images)?;
     req.recipe.validate()?;
     let image_text = req.recipe.task == TaskKind::Clip;
-    if !image_text && config.num_classes().is_none() {
-        return Err(VitError::Config(format!(
-            "{} is a {} model without a classifier head: train it with --task clip on image–caption \
-             data (captions:FILE or synthetic-captions)",
-            req.model,
-            config.family()
-        )));
-    }
     let pretraining = matches!(req.recipe.task, TaskKind::Sit(_));
     if image_text && req.recipe.label_fraction < 1.0 {
         return Err(VitError::Config(

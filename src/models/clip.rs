@@ -444,8 +444,9 @@ impl Architecture for ClipConfig {
         a.refuse_pretext("clip")?;
         if a.num_classes.is_some() || a.global_pool.is_some() {
             return Err(VitError::Config(
-                "a CLIP model has no classifier head (it classifies by comparing with texts): \
-                 --num-classes and --global-pool do not apply"
+                "a CLIP model has no classifier head: it trains with --task clip on image–caption data \
+                 (captions:FILE or synthetic-captions) and classifies by comparing images with texts \
+                 (zeroshot, predict --labels); classes and --global-pool do not apply"
                     .into(),
             ));
         }
