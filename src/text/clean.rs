@@ -190,10 +190,7 @@ fn map_char(c: char) -> Vec<char> {
         ('ﬅ', "ſt"),
         ('ﬆ', "st"),
     ];
-    let c = match c {
-        '\u{80}'..='\u{9f}' => c1_as_1252(c),
-        _ => c,
-    };
+    let c = html::c1_as_1252(c);
     if let Some((_, s)) = LIGATURES.iter().find(|(l, _)| *l == c) {
         return s.chars().collect();
     }
@@ -206,15 +203,6 @@ fn map_char(c: char) -> Vec<char> {
         }
         _ => vec![uncurl(c)],
     }
-}
-
-fn c1_as_1252(c: char) -> char {
-    const C1: [u32; 32] = [
-        0x20ac, 0x81, 0x201a, 0x192, 0x201e, 0x2026, 0x2020, 0x2021, 0x2c6, 0x2030, 0x160, 0x2039, 0x152,
-        0x8d, 0x17d, 0x8f, 0x90, 0x2018, 0x2019, 0x201c, 0x201d, 0x2022, 0x2013, 0x2014, 0x2dc, 0x2122,
-        0x161, 0x203a, 0x153, 0x9d, 0x17e, 0x178,
-    ];
-    char::from_u32(C1[(c as usize) - 0x80]).unwrap_or(c)
 }
 
 fn uncurl(c: char) -> char {

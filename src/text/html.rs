@@ -30,14 +30,26 @@ fn entities() -> &'static HashMap<&'static str, String> {
     })
 }
 
+/// Windows-1252's characters for bytes 0x80–0x9F (its five undefined bytes kept as the C1
+/// controls, as HTML5 and ftfy's "sloppy" codec do).
+const C1_AS_1252: [u32; 32] = [
+    0x20ac, 0x81, 0x201a, 0x192, 0x201e, 0x2026, 0x2020, 0x2021, 0x2c6, 0x2030, 0x160, 0x2039, 0x152, 0x8d,
+    0x17d, 0x8f, 0x90, 0x2018, 0x2019, 0x201c, 0x201d, 0x2022, 0x2013, 0x2014, 0x2dc, 0x2122, 0x161, 0x203a,
+    0x153, 0x9d, 0x17e, 0x178,
+];
+
+/// The Windows-1252 reading of a C1 control character (U+0080–U+009F); other characters as
+/// they are.
+pub fn c1_as_1252(c: char) -> char {
+    match c {
+        '\u{80}'..='\u{9f}' => char::from_u32(C1_AS_1252[c as usize - 0x80]).unwrap_or(c),
+        _ => c,
+    }
+}
+
 /// What a numeric reference to code point `num` stands for (HTML5: the C1 range is read as
 /// Windows-1252, invalid points vanish or become U+FFFD).
 fn numeric(num: Option<u32>) -> String {
-    const C1_AS_1252: [u32; 32] = [
-        0x20ac, 0x81, 0x201a, 0x192, 0x201e, 0x2026, 0x2020, 0x2021, 0x2c6, 0x2030, 0x160, 0x2039, 0x152,
-        0x8d, 0x17d, 0x8f, 0x90, 0x2018, 0x2019, 0x201c, 0x201d, 0x2022, 0x2013, 0x2014, 0x2dc, 0x2122,
-        0x161, 0x203a, 0x153, 0x9d, 0x17e, 0x178,
-    ];
     let Some(num) = num.filter(|&n| n <= 0x10ffff) else {
         return '\u{fffd}'.to_string();
     };
@@ -50,7 +62,8 @@ fn numeric(num: Option<u32>) -> String {
     match num {
         0 => '\u{fffd}'.to_string(),
         0x0d => '\r'.to_string(),
-        0x80..=0x9f => char::from_u32(C1_AS_1252[(num - 0x80) as usize])
+        0x80..=0x9f => char::from_u32(num)
+            .map(c1_as_1252)
             .unwrap_or('\u{fffd}')
             .to_string(),
         0xd800..=0xdfff => '\u{fffd}'.to_string(),
