@@ -513,13 +513,16 @@ fn import(args: ImportArgs, device: &str) -> anyhow::Result<()> {
         eprintln!("note: {}: {}", spec.file.display(), report.describe());
     }
     let [h, w] = run.model.img_size();
+    let classes = match run.model.num_classes() {
+        Some(k) => format!(", {k} classes"),
+        None => String::new(),
+    };
     println!(
-        "imported {} as {} ({}x{}, {} classes) into {}",
+        "imported {} as {} ({}x{}{classes}) into {}",
         spec.file.display(),
         run.model_name,
         h,
         w,
-        run.model.num_classes().unwrap_or(0),
         args.out.display()
     );
     Ok(())
