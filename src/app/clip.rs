@@ -246,9 +246,8 @@ pub fn run_retrieve(
     let splits = super::load_data(&data, run.model.img_size(), false)?;
     let captions = splits
         .captions
-        .as_ref()
         .ok_or_else(|| VitError::Config(format!("{} has no captions to retrieve", data.spec())))?;
-    let test = std::sync::Arc::new(splits.test.clone());
+    let test = std::sync::Arc::new(splits.test);
     let images = crate::train::clip::embed_images(towers, test.clone(), &norm, batch_size, device)?;
     let texts = crate::train::clip::embed_texts(towers, &captions.test, batch_size)?;
     let e = images.len() / captions.test.len().max(1);

@@ -227,6 +227,13 @@ pub fn shuffled_indices(n: usize, seed: u64) -> Vec<usize> {
 }
 
 impl BatchLoader {
+    /// Every image of `data` once, in order, labelled, without augmentation: what evaluation
+    /// and feature extraction read.
+    pub fn in_order(data: Arc<ImageDataset>, batch_size: usize, norm: Normalize) -> Self {
+        let order: Vec<usize> = (0..data.len()).collect();
+        Self::new(data, order, batch_size, None, 0, norm, false, BatchSpec::LABELLED)
+    }
+
     /// Batches are reproducible from `seed`. Each view of an image draws its own crop and flip.
     #[allow(clippy::too_many_arguments)]
     pub fn new(

@@ -69,17 +69,7 @@ pub fn embed_images(
     batch_size: usize,
     device: &Device,
 ) -> Result<Vec<f32>> {
-    let order: Vec<usize> = (0..data.len()).collect();
-    let loader = BatchLoader::new(
-        data,
-        order,
-        batch_size,
-        None,
-        0,
-        norm.clone(),
-        false,
-        BatchSpec::LABELLED,
-    );
+    let loader = BatchLoader::in_order(data, batch_size, norm.clone());
     let mut out = Vec::new();
     for batch in loader {
         let shape = batch.shape;

@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::data::{BatchLoader, BatchSpec, ImageDataset, Normalize};
+use crate::data::{BatchLoader, ImageDataset, Normalize};
 use crate::models::Classifier;
 use crate::{Result, VitError};
 
@@ -84,17 +84,7 @@ pub fn evaluate(
     num_classes: usize,
     device: &Device,
 ) -> Result<EvalResult> {
-    let order: Vec<usize> = (0..data.len()).collect();
-    let loader = BatchLoader::new(
-        data,
-        order,
-        batch_size,
-        None,
-        0,
-        norm.clone(),
-        false,
-        BatchSpec::LABELLED,
-    );
+    let loader = BatchLoader::in_order(data, batch_size, norm.clone());
     let mut confusion = vec![vec![0u64; num_classes]; num_classes];
     let (mut loss, mut top1, mut top5, mut count) = (0f64, 0usize, 0usize, 0usize);
     for batch in loader {
