@@ -216,21 +216,36 @@ pub fn write_report(
     } else {
         html.push_str("<p>No log.csv in the run directory.</p>\n");
     }
-    if !compare.is_empty() {
+    // The metric that picks the best checkpoint, against wall time (with --compare, of every
+    // run side by side).
+    {
         let mut runs = vec![run_dir.to_path_buf()];
         runs.extend(compare.iter().cloned());
+        let metric = state.best_metric.clone();
+        let label = match metric.as_str() {
+            "val_acc" => "validation top-1".to_string(),
+            m => format!("validation {}", m.trim_start_matches("val_").replace('_', " ")),
+        };
+        let percent = show_value(&metric, 0.0).ends_with('%');
         let path = out.join("compare_wall_time.png");
-        let title = "validation top-1 against training wall time";
-        xy_chart_png(
-            &path,
-            title,
-            "wall time (min)",
-            "val top-1 (%)",
-            &wall_time_series(&runs)?,
-            false,
-        )?;
-        figure(&mut html, &path, title)?;
+        let title = format!("{label} against training wall time");
+        if log_path.exists() {
+            xy_chart_png(
+                &path,
+                &title,
+                "wall time (min)",
+                &if percent {
+                    format!("{label} (%)")
+                } else {
+                    label.clone()
+                },
+                &wall_time_series(&runs, &metric, if percent { 100.0 } else { 1.0 })?,
+                false,
+            )?;
+            figure(&mut html, &path, &title)?;
+        }
     }
+    write_sample_grids(&mut html, run_dir)?;
 
     // Evaluation.
     if run.model.num_classes().is_some() {
@@ -254,9 +269,42 @@ pub fn write_report(
     Ok(path)
 }
 
-/// Validation top-1 (%) against elapsed training time (minutes) of each run: a run directory
+/// The sample grids a generative run wrote after its epochs (`samples/epoch-*.png`): the first,
+/// two between and the last.
+fn write_sample_grids(html: &mut String, run_dir: &Path) -> Result<()> {
+    let dir = run_dir.join("samples");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    let mut grids: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .collect();
+    grids.sort();
+    if grids.is_empty() {
+        return Ok(());
+    }
+    html.push_str("<h2>Samples along the way</h2>\n");
+    let n = grids.len();
+    let mut picks: Vec<usize> = vec![0, n / 3, 2 * n / 3, n - 1];
+    picks.dedup();
+    for i in picks {
+        let name = grids[i]
+            .file_stem()
+            .map(|f| f.to_string_lossy().replace('-', " "))
+            .unwrap_or_default();
+        figure(
+            html,
+            &grids[i],
+            &format!("samples after {name} (fixed latents, averaged generator)"),
+        )?;
+    }
+    Ok(())
+}
+
+/// `column` (times `scale`) against elapsed training time (minutes) of each run: a run directory
 /// (its `log.csv`, named by its model and folder) or a `log.csv` file (named by its folder).
-fn wall_time_series(runs: &[PathBuf]) -> Result<Vec<Series>> {
+fn wall_time_series(runs: &[PathBuf], column: &str, scale: f64) -> Result<Vec<Series>> {
     runs.iter()
         .map(|r| {
             let (log_path, name) = if r.is_dir() {
@@ -276,7 +324,7 @@ fn wall_time_series(runs: &[PathBuf]) -> Result<Vec<Series>> {
                 (r.clone(), folder.unwrap_or_else(|| r.display().to_string()))
             };
             let (header, log) = read_log(&log_path)?;
-            for column in ["elapsed_s", "val_acc"] {
+            for column in ["elapsed_s", column] {
                 if !header.iter().any(|h| h == column) {
                     return Err(VitError::BadData {
                         path: log_path.clone(),
@@ -288,7 +336,7 @@ fn wall_time_series(runs: &[PathBuf]) -> Result<Vec<Series>> {
                 name,
                 points: log
                     .iter()
-                    .map(|row| (row["elapsed_s"] / 60.0, 100.0 * row["val_acc"]))
+                    .map(|row| (row["elapsed_s"] / 60.0, scale * row[column]))
                     .collect(),
             })
         })

@@ -2,6 +2,7 @@
 //! do, for a model of any family.
 
 pub mod clip;
+pub mod gan;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -75,16 +76,17 @@ pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
     let mut splits = load_data(&source, config.img_size(), req.skip_bad_images)?;
     req.recipe.validate()?;
     let image_text = req.recipe.task == TaskKind::Clip;
+    let generative = matches!(req.recipe.task, TaskKind::Gan(_));
     let pretraining = matches!(req.recipe.task, TaskKind::Sit(_));
     if image_text && req.recipe.label_fraction < 1.0 {
         return Err(VitError::Config(
             "--label-fraction subsets classes; CLIP trains on every caption".into(),
         ));
     }
-    if pretraining && req.recipe.label_fraction < 1.0 {
+    if (pretraining || generative) && req.recipe.label_fraction < 1.0 {
         return Err(VitError::Config(
-            "self-supervised pretraining reads no labels; --label-fraction applies to training \
-             on labels (probe or fine-tune)"
+            "self-supervised pretraining and GAN training read no labels; --label-fraction applies \
+             to training on labels (probe or fine-tune)"
                 .into(),
         ));
     }
@@ -103,11 +105,11 @@ pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
     // Data decides the head and input channels, as timm's create_model(num_classes=, in_chans=);
     // a pretrained model keeps its channels (grey images are replicated to RGB).
     let fixed = Adaptation {
-        // Two towers have no classifier head to size.
-        num_classes: (!image_text).then_some(splits.info.class_names.len()),
+        // Two towers and a GAN have no classifier head to size.
+        num_classes: (!image_text && !generative).then_some(splits.info.class_names.len()),
         in_chans: foreign.is_none().then_some(splits.info.channels),
         // Pretext heads for pretraining, a classifier otherwise (what a file holds aside).
-        pretext: (!image_text).then_some(pretraining),
+        pretext: (!image_text && !generative).then_some(pretraining),
         ..req.adapt.clone()
     };
     let train_device = device.clone().autodiff();
@@ -174,6 +176,7 @@ pub fn describe_run(run: &RunConfig) -> String {
     match run.train.as_ref().map(|t| t.task) {
         Some(TaskKind::Sit(_)) => format!("a SiT pretraining run of {}", run.model_name),
         Some(TaskKind::Clip) => format!("a CLIP training run of {}", run.model_name),
+        Some(TaskKind::Gan(_)) => format!("a GAN training run of {}", run.model_name),
         Some(TaskKind::Classify) => format!(
             "a supervised training run of {} ({} model)",
             run.model_name,

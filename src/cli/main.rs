@@ -2,6 +2,7 @@
 
 mod bench;
 mod clip;
+mod gan;
 mod inspect;
 mod pretext;
 
@@ -69,6 +70,11 @@ enum Command {
     /// Retrieval recall of a CLIP model on image–caption test pairs; with --query, the best
     /// images for a text as a PNG grid.
     Retrieve(clip::RetrieveArgs),
+    /// Draw a grid of a GAN run's samples (or latent interpolation strips) as a PNG.
+    Sample(gan::SampleArgs),
+    /// Fréchet distance between a GAN run's samples and a dataset's test images, on a vitkit
+    /// classifier's features.
+    Fid(gan::FidArgs),
 }
 
 #[derive(Args)]
@@ -147,8 +153,9 @@ struct TrainArgs {
     /// --task clip: synthetic-captions or captions:FILE.
     #[arg(long, default_value = "synthetic")]
     data: String,
-    /// What to train: classify (labels) or clip (image–caption pairs, a clip_* model; AdamW
-    /// β2 0.98, ε 1e-6 as open_clip).
+    /// What to train: classify (labels), clip (image–caption pairs, a clip_* model; AdamW
+    /// β2 0.98, ε 1e-6 as open_clip) or gan (a nest_gen_* or dcgan_* pair; Adam β1 0.5, β2 0.99,
+    /// constant learning rate, no augmentation unless asked).
     #[arg(long, default_value = "classify")]
     task: String,
     /// Run directory for checkpoints and logs.
@@ -158,21 +165,23 @@ struct TrainArgs {
     epochs: usize,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
-    /// Peak learning rate (after warmup).
-    #[arg(long, default_value_t = 2e-3)]
-    lr: f64,
-    #[arg(long, default_value_t = 1e-5)]
-    min_lr: f64,
-    #[arg(long, default_value_t = 1.0)]
-    warmup_epochs: f64,
+    /// Peak learning rate (after warmup) [default: 2e-3; 2e-4 with --task gan].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Learning rate at the end of the cosine decay [default: 1e-5; --lr with --task gan].
+    #[arg(long)]
+    min_lr: Option<f64>,
+    /// [default: 1; 0 with --task gan]
+    #[arg(long)]
+    warmup_epochs: Option<f64>,
     /// AdamW weight decay [default: 0.05; 0.2 with --task clip, as open_clip].
     #[arg(long)]
     weight_decay: Option<f64>,
     #[arg(long, default_value_t = 0.1)]
     label_smoothing: f64,
-    /// Clip the global gradient norm to this value (0 disables).
-    #[arg(long, default_value_t = 1.0)]
-    grad_clip: f64,
+    /// Clip the global gradient norm to this value (0 disables) [default: 1; none with --task gan].
+    #[arg(long)]
+    grad_clip: Option<f64>,
     /// Stochastic depth rate of the last block.
     #[arg(long)]
     drop_path: Option<f64>,
@@ -228,6 +237,8 @@ struct TrainArgs {
     /// and runs as in inference.
     #[arg(long)]
     linear_probe: bool,
+    #[command(flatten)]
+    gan: gan::GanArgs,
 }
 
 /// Which model to load: a vitkit checkpoint, or a timm / Hugging Face weights file.
@@ -323,7 +334,17 @@ fn train(args: TrainArgs, device: &str) -> anyhow::Result<()> {
 
 /// The request `vitkit train` (and `pretrain`, `probe`) makes of its arguments.
 fn train_request(args: TrainArgs) -> anyhow::Result<TrainRequest> {
-    let augment = if args.no_augment {
+    let task = match args.task.as_str() {
+        "classify" => TaskKind::Classify,
+        "clip" => TaskKind::Clip,
+        "gan" => TaskKind::Gan(args.gan.settings()?),
+        other => anyhow::bail!("unknown task '{other}'; valid: classify, clip, gan"),
+    };
+    let clip = task == TaskKind::Clip;
+    let gan = matches!(task, TaskKind::Gan(_));
+    // A GAN learns the data as it is: no augmentation unless asked for.
+    let asked = args.crop_padding.is_some() || args.hflip.is_some();
+    let augment = if args.no_augment || (gan && !asked) {
         None
     } else {
         let base = default_augment(&args.data).unwrap_or(Augment {
@@ -336,24 +357,39 @@ fn train_request(args: TrainArgs) -> anyhow::Result<TrainRequest> {
         };
         (aug.crop_padding > 0 || aug.hflip).then_some(aug)
     };
-    let clip = match args.task.as_str() {
-        "classify" => false,
-        "clip" => true,
-        other => anyhow::bail!("unknown task '{other}'; valid: classify, clip"),
-    };
+    if !gan && (args.gan.fid_features.is_some() || args.gan.gan_loss != "non-saturating") {
+        anyhow::bail!("--fid-features and --gan-loss apply to --task gan");
+    }
     let defaults = TrainConfig::default();
+    let lr = args.lr.unwrap_or(if gan { 2e-4 } else { 2e-3 });
+    let grad_clip = args.grad_clip.unwrap_or(if gan { 0.0 } else { 1.0 });
     let recipe = TrainConfig {
-        task: if clip { TaskKind::Clip } else { TaskKind::Classify },
-        beta2: if clip { 0.98 } else { defaults.beta2 },
+        task,
+        beta1: if gan { 0.5 } else { defaults.beta1 },
+        beta2: if clip {
+            0.98
+        } else if gan {
+            0.99
+        } else {
+            defaults.beta2
+        },
         adam_eps: if clip { 1e-6 } else { defaults.adam_eps },
         epochs: args.epochs,
         batch_size: args.batch_size,
-        lr: args.lr,
-        min_lr: args.min_lr,
-        warmup_epochs: args.warmup_epochs,
-        weight_decay: args.weight_decay.unwrap_or(if clip { 0.2 } else { 0.05 }),
+        lr,
+        // A GAN keeps its learning rate: the cosine runs from lr to lr.
+        min_lr: args.min_lr.unwrap_or(if gan { lr } else { 1e-5 }),
+        warmup_epochs: args.warmup_epochs.unwrap_or(if gan { 0.0 } else { 1.0 }),
+        weight_decay: args.weight_decay.unwrap_or(if clip {
+            0.2
+        } else if gan {
+            0.0
+        } else {
+            0.05
+        }),
         label_smoothing: args.label_smoothing,
-        grad_clip: (args.grad_clip > 0.0).then_some(args.grad_clip),
+        grad_clip: (grad_clip > 0.0).then_some(grad_clip),
+        fid_features: args.gan.fid_features.clone(),
         augment,
         seed: args.seed,
         max_steps_per_epoch: args.max_steps_per_epoch,
@@ -364,7 +400,6 @@ fn train_request(args: TrainArgs) -> anyhow::Result<TrainRequest> {
             Trainable::All
         },
         label_fraction: args.label_fraction,
-        ..defaults
     };
     Ok(TrainRequest {
         model: args.model,
@@ -582,6 +617,8 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => clip::tokenize(a),
         Command::Zeroshot(a) => clip::zeroshot(a, &cli.device),
         Command::Retrieve(a) => clip::retrieve(a, &cli.device),
+        Command::Sample(a) => gan::sample(a, &cli.device),
+        Command::Fid(a) => gan::fid(a, &cli.device),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

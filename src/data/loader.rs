@@ -178,6 +178,7 @@ impl BatchSpec {
     };
 }
 
+#[derive(Clone)]
 pub struct Batch {
     /// Per view, `[B, C, H, W]` row-major.
     pub views: Vec<Vec<f32>>,

@@ -8,7 +8,9 @@
 
 pub mod clip;
 pub mod cmt;
+pub mod gan;
 pub mod nest;
+pub mod nest_gen;
 pub mod presets;
 pub mod sit;
 pub mod state;
@@ -21,6 +23,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::nn::Resample;
 pub use clip::{Clip, ClipConfig};
 pub use cmt::{Cmt, CmtConfig};
+pub use gan::{Gan, GanConfig, Generative};
 pub use nest::{Nest, NestConfig};
 pub use presets::{PRESETS, Preset, preset, preset_names};
 pub use sit::{Sit, SitConfig, SitHeads};
@@ -39,6 +42,7 @@ macro_rules! each_family {
             $enum::Nest($x) => $body,
             $enum::Sit($x) => $body,
             $enum::Clip($x) => $body,
+            $enum::Gan($x) => $body,
         }
     };
 }
@@ -53,6 +57,7 @@ pub enum ModelConfig {
     Nest(NestConfig),
     Sit(SitConfig),
     Clip(ClipConfig),
+    Gan(GanConfig),
 }
 
 /// A built model of any family. Its parameter paths are the family's own (the variant adds no
@@ -67,6 +72,7 @@ pub enum Model {
     Nest(Nest),
     Sit(Sit),
     Clip(Clip),
+    Gan(Gan),
 }
 
 /// How the token sequence or feature map becomes one feature vector.
@@ -298,6 +304,9 @@ pub trait Family {
     fn image_text(&self) -> Option<&dyn ImageText> {
         None
     }
+    fn generative(&self) -> Option<&dyn Generative> {
+        None
+    }
 }
 
 impl Model {
@@ -332,6 +341,24 @@ impl Model {
             Model::Clip(c) => Model::Clip(c.clamp_logit_scale(max)),
             other => other,
         }
+    }
+    /// A generator–discriminator pair's moving average of the generator after one more step;
+    /// other models are returned as they are.
+    pub fn update_average(self) -> Self {
+        match self {
+            Model::Gan(g) => Model::Gan(g.update_average()),
+            other => other,
+        }
+    }
+    /// The generative pair inside, or an error naming the family.
+    pub fn generative(&self) -> Result<&dyn Generative> {
+        self.capabilities().generative().ok_or_else(|| {
+            VitError::Config(format!(
+                "a {} model does not generate images; this needs a GAN run (train --task gan with a \
+                 nest_gen_* or dcgan_* model)",
+                self.family()
+            ))
+        })
     }
     /// The image and text towers inside, or an error naming the family.
     pub fn image_text(&self) -> Result<&dyn ImageText> {

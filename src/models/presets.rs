@@ -1,8 +1,10 @@
 //! The preset registry: named architectures, like timm's model names. Each family adds its
 //! entries here.
 
+use super::gan::{ConvGenConfig, GeneratorConfig};
 use super::nest::{NestAttention, PoolPadding};
-use super::{ClipConfig, CmtConfig, ModelConfig, NestConfig, SitConfig, VitConfig};
+use super::nest_gen::NestGenConfig;
+use super::{ClipConfig, CmtConfig, GanConfig, ModelConfig, NestConfig, SitConfig, VitConfig};
 use crate::{Result, VitError};
 
 /// A named architecture.
@@ -29,6 +31,40 @@ fn sit(img: usize, patch: usize, dim: usize, depth: usize, heads: usize, classes
 /// heads, into an `embed`-wide space.
 fn clip(embed: usize, image: [usize; 4], text: [usize; 2]) -> ClipConfig {
     ClipConfig::new(embed, image, text)
+}
+
+/// A NesT generator of `block`×`block` blocks with `dims` per level (top first), one
+/// transformer layer per level, against the discriminator of widths `disc`.
+fn nest_gen(
+    block: usize,
+    dims: [usize; 3],
+    heads: [usize; 3],
+    disc: [usize; 3],
+    chans: usize,
+) -> ModelConfig {
+    let generator = GeneratorConfig::Nest(NestGenConfig {
+        block_size: block,
+        dims: dims.to_vec(),
+        depths: vec![1; 3],
+        heads: heads.to_vec(),
+        mlp_ratio: 4.0,
+    });
+    ModelConfig::Gan(GanConfig {
+        in_chans: chans,
+        ..GanConfig::new(generator, &disc)
+    })
+}
+
+/// The convolutional baseline: a `base`×`base` map of `dims[0]` channels doubled twice.
+fn dcgan(base: usize, dims: [usize; 3], disc: [usize; 3], chans: usize) -> ModelConfig {
+    let generator = GeneratorConfig::Conv(ConvGenConfig {
+        base,
+        dims: dims.to_vec(),
+    });
+    ModelConfig::Gan(GanConfig {
+        in_chans: chans,
+        ..GanConfig::new(generator, &disc)
+    })
 }
 
 /// An official CMT model (`cmt.py`'s `cmt_ti`, `cmt_xs`, `cmt_s`, `cmt_b`) at its README input
@@ -321,6 +357,26 @@ pub const PRESETS: &[Preset] = &[
         name: "clip_tiny_64",
         description: "CLIP for 64x64 images (emoji): image tower width 128, depth 4, 8x8 patches; text width 128, depth 4, 32 tokens",
         config: || ModelConfig::Clip(clip(128, [64, 8, 128, 4], [128, 4]).with_context(32)),
+    },
+    Preset {
+        name: "nest_gen_28",
+        description: "NesT generator for 28x28 (Fashion-MNIST): 7x7-token blocks, 1 -> 4 -> 16 blocks, widths 128/64/32; with a spectrally normalised conv discriminator",
+        config: || nest_gen(7, [128, 64, 32], [4, 2, 1], [32, 64, 128], 1),
+    },
+    Preset {
+        name: "nest_gen_32",
+        description: "NesT generator for 32x32 colour images: 8x8-token blocks, 1 -> 4 -> 16 blocks, widths 128/64/32; with a spectrally normalised conv discriminator",
+        config: || nest_gen(8, [128, 64, 32], [4, 2, 1], [32, 64, 128], 3),
+    },
+    Preset {
+        name: "dcgan_28",
+        description: "DCGAN-like convolutional generator for 28x28 (the NesT generator's baseline): 7x7 map, two transposed-conv doublings; same discriminator",
+        config: || dcgan(7, [128, 64, 32], [32, 64, 128], 1),
+    },
+    Preset {
+        name: "dcgan_32",
+        description: "DCGAN-like convolutional generator for 32x32 colour images: 8x8 map, two transposed-conv doublings; same discriminator",
+        config: || dcgan(8, [128, 64, 32], [32, 64, 128], 3),
     },
 ];
 

@@ -12,6 +12,8 @@ mod block_grid;
 mod conv;
 mod norm;
 mod resample;
+mod shuffle;
+mod spectral;
 
 pub use attention::{Attention, AttentionArgs, HeadOrder, Mask, Projections, Queries};
 pub use batch_norm::{BUFFER_NAMES, BatchNorm, is_buffer, is_counter};
@@ -20,6 +22,8 @@ pub use block_grid::{PoolPadding, blockify, deblockify, host_blockify, host_debl
 pub use conv::{ConvWeights, SeqLayer, SpatialReduction, reduce_tokens, spatial_reduction};
 pub use norm::LayerNorm;
 pub use resample::{Resample, resample_pos_embed};
+pub use shuffle::{pixel_shuffle, pixel_shuffle_channels_last, pixel_unshuffle};
+pub use spectral::{POWER_ITERATIONS, SnConv2d, SnLinear, spectral_norm};
 
 use burn::module::Param;
 use burn::nn::{Initializer, Linear, LinearConfig, LinearLayout};

@@ -38,6 +38,9 @@ pub struct TrainConfig {
     /// The share of each class's training images used (1: all), drawn with `seed`.
     #[serde(default = "all")]
     pub label_fraction: f64,
+    /// The classifier run whose features FID is computed on (`--task gan`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fid_features: Option<std::path::PathBuf>,
 }
 
 fn one() -> usize {
@@ -60,6 +63,9 @@ pub enum TaskKind {
     Sit(super::sit::SitTasks),
     /// CLIP's contrastive training of an image and a text tower on image–caption pairs.
     Clip,
+    /// Adversarial training of a generator against a discriminator (a GAN pair); no label is
+    /// read.
+    Gan(super::gan::GanSettings),
 }
 
 /// Which parameters the optimizer updates.
@@ -93,6 +99,7 @@ impl Default for TrainConfig {
             accum_steps: 1,
             trainable: Trainable::All,
             label_fraction: 1.0,
+            fid_features: None,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::optim::GradientsAccumulator;
 use burn::tensor::Device;
 
 use super::checkpoints::{checkpoint_name, load_resume, save_checkpoint};
@@ -118,9 +118,17 @@ pub fn train(
     let steps_per_epoch = cfg.max_steps_per_epoch.map_or(full_steps, |m| m.min(full_steps));
     let total_steps = steps_per_epoch * cfg.epochs;
     let warmup = (cfg.warmup_epochs * steps_per_epoch as f64).round() as usize;
+    if accum > 1 && task.phases() > 1 {
+        return Err(VitError::Config(
+            "gradient accumulation applies to single-update tasks; this task updates its parts in turn \
+             (use a larger --batch-size instead of --accum-steps)"
+                .into(),
+        ));
+    }
     let ctx = StepContext {
         device,
         frozen_backbone: cfg.trainable == Trainable::Head,
+        phase: 0,
     };
     let train_columns = task.train_columns();
     let best_by = task.best_by();
@@ -158,45 +166,64 @@ pub fn train(
                 lr = lr_at(state.step, warmup, total_steps, cfg.lr, cfg.min_lr);
             }
             let b = batch.len();
-            let step = task.step(&model, batch, &ctx)?;
-            let loss_value = step.loss.clone().into_scalar::<f32>() as f64;
-            if !loss_value.is_finite() {
-                progress.end();
-                return Err(VitError::Diverged(format!(
-                    "loss became {loss_value} at epoch {}, step {} (lr {lr:.3e}); the last good checkpoint is intact{}",
-                    epoch + 1,
-                    state.step,
-                    if state.epoch > 0 {
-                        format!(" at {}", run_dir.join(checkpoint_name(state.epoch)).display())
-                    } else {
-                        " (none was written yet)".into()
+            let phases = task.phases();
+            let mut batch = Some(batch);
+            let mut values = Vec::new();
+            let mut first_loss = 0.0;
+            for phase in 0..phases {
+                // The last phase takes the batch; earlier ones a copy.
+                let this = if phase + 1 == phases {
+                    batch.take()
+                } else {
+                    batch.clone()
+                }
+                .ok_or_else(|| VitError::Other("the batch was used up".into()))?;
+                let ctx = StepContext { phase, ..ctx };
+                let step = task.step(&model, this, &ctx)?;
+                let loss_value = step.loss.clone().into_scalar::<f32>() as f64;
+                if !loss_value.is_finite() {
+                    progress.end();
+                    return Err(VitError::Diverged(format!(
+                        "loss became {loss_value} at epoch {}, step {} (lr {lr:.3e}); the last good checkpoint is intact{}",
+                        epoch + 1,
+                        state.step,
+                        if state.epoch > 0 {
+                            format!(" at {}", run_dir.join(checkpoint_name(state.epoch)).display())
+                        } else {
+                            " (none was written yet)".into()
+                        }
+                    )));
+                }
+                if phase == 0 {
+                    first_loss = loss_value;
+                }
+                values.extend(step.values);
+                // With accumulation each batch's loss counts 1/accum of the step's, so the summed
+                // gradient is that of the mean loss over all accumulated images.
+                let loss = if accum > 1 {
+                    step.loss.div_scalar(accum as f64)
+                } else {
+                    step.loss
+                };
+                let mut grads = task.phase_grads(&model, loss.backward(), phase);
+                if accum > 1 {
+                    accumulated.accumulate(&model, grads);
+                    if micro + 1 < accum {
+                        continue;
                     }
-                )));
+                    grads = std::mem::take(&mut accumulated).grads();
+                }
+                clip_grad_norm(&model, &mut grads, cfg.grad_clip);
+                model = optim.step(lr, model, grads);
             }
-            for (sum, v) in sums
-                .iter_mut()
-                .zip(std::iter::once(loss_value).chain(step.values))
-            {
+            for (sum, v) in sums.iter_mut().zip(std::iter::once(first_loss).chain(values)) {
                 *sum += v * b as f64;
             }
             seen += b;
-            // With accumulation each batch's loss counts 1/accum of the step's, so the summed
-            // gradient is that of the mean loss over all accumulated images.
-            let loss = if accum > 1 {
-                step.loss.div_scalar(accum as f64)
-            } else {
-                step.loss
-            };
-            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-            if accum > 1 {
-                accumulated.accumulate(&model, grads);
-                if micro + 1 < accum {
-                    continue;
-                }
-                grads = std::mem::take(&mut accumulated).grads();
+            if accum > 1 && micro + 1 < accum {
+                continue;
             }
-            clip_grad_norm(&model, &mut grads, cfg.grad_clip);
-            model = task.after_step(optim.step(lr, model, grads));
+            model = task.after_step(model);
             state.step += 1;
             let secs = epoch_start.elapsed().as_secs_f64();
             let shown: Vec<String> = std::iter::once("loss")
@@ -219,13 +246,16 @@ pub fn train(
             );
         }
         let train_s = epoch_start.elapsed().as_secs_f64();
+        let inference = model.valid();
         let val = task.validate(
-            &model.valid(),
+            &inference,
             test_data.clone(),
             &norm,
             cfg.batch_size.max(256),
             &device.clone().inner(),
         )?;
+        task.epoch_artifacts(&inference, run_dir, state.epoch + 1, &device.clone().inner())?;
+        drop(inference);
         state.epoch += 1;
         let epoch_s = epoch_start.elapsed().as_secs_f64();
         state.elapsed_s = elapsed_before + session_start.elapsed().as_secs_f64();

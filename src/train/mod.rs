@@ -6,6 +6,8 @@ mod classify;
 pub mod clip;
 mod config;
 mod eval;
+pub mod fid;
+pub mod gan;
 mod log;
 mod loop_;
 mod optim;
@@ -43,6 +45,17 @@ impl TaskKind {
                 tasks: *tasks,
                 batch_size: recipe.batch_size,
             }),
+            TaskKind::Gan(settings) => Box::new(gan::GanTraining::new(
+                *settings,
+                recipe.fid_features.clone().ok_or_else(|| {
+                    crate::VitError::Config(
+                        "a GAN is validated by FID on the features of a classifier trained on the same data: \
+                         pass --fid-features RUN (e.g. a `vitkit train` run on this dataset)"
+                            .into(),
+                    )
+                })?,
+                &data.info,
+            )),
             TaskKind::Clip => Box::new(clip::ClipTraining {
                 captions: std::sync::Arc::new(data.captions.clone().ok_or_else(|| {
                     crate::VitError::Config(format!(

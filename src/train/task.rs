@@ -2,9 +2,11 @@
 //! accumulation, checkpoints and logs; the task owns how a batch is drawn, how it becomes
 //! losses and metrics, how the model is validated, and which metric picks the best checkpoint.
 
+use std::path::Path;
 use std::sync::Arc;
 
-use burn::tensor::{Device, Tensor};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Gradients, Tensor};
 
 use crate::Result;
 use crate::data::{Batch, BatchSpec, DatasetSplits, ImageDataset, Normalize};
@@ -16,13 +18,16 @@ pub struct StepContext<'a> {
     pub device: &'a Device,
     /// Only the head trains: the backbone may run as in inference, without autodiff.
     pub frozen_backbone: bool,
+    /// Which of the task's updates of this batch runs (see [`Task::phases`]); 0 for most.
+    pub phase: usize,
 }
 
-/// One batch's forward pass.
+/// One batch's forward pass (of one phase).
 pub struct Step {
-    /// The loss to minimise (`[1]`), logged as `train_loss`.
+    /// The loss to minimise (`[1]`); the first phase's is logged as `train_loss`.
     pub loss: Tensor<1>,
-    /// Batch means of the task's other training columns, in [`Task::train_columns`] order.
+    /// Batch means of the task's other training columns, in [`Task::train_columns`] order
+    /// (each phase gives its own, in phase order).
     pub values: Vec<f64>,
 }
 
@@ -52,8 +57,25 @@ pub trait Task {
     fn check(&self, model: &Model, data: &DatasetSplits) -> Result<()>;
     /// Training columns after `train_loss`, each logged as `train_<name>`.
     fn train_columns(&self) -> Vec<&'static str>;
-    /// The forward pass of one batch.
+    /// The forward pass of one batch (of phase `ctx.phase`).
     fn step(&self, model: &Model, batch: Batch, ctx: &StepContext) -> Result<Step>;
+    /// Optimizer updates per batch, each with its own forward pass of the same batch and the
+    /// model as the update before left it (a GAN: the discriminator's, then the generator's).
+    fn phases(&self) -> usize {
+        1
+    }
+    /// The part of phase `phase`'s gradients the optimizer applies: all of them by default; an
+    /// adversarial task keeps the part of the model that phase trains.
+    fn phase_grads(&self, model: &Model, grads: Gradients, phase: usize) -> GradientsParams {
+        let _ = phase;
+        GradientsParams::from_grads(grads, model)
+    }
+    /// Writes what a person checks along the way (a GAN's sample grid) into the run directory,
+    /// after each epoch's validation; `model` is in inference mode.
+    fn epoch_artifacts(&self, model: &Model, run_dir: &Path, epoch: usize, device: &Device) -> Result<()> {
+        let _ = (model, run_dir, epoch, device);
+        Ok(())
+    }
     /// Runs after each optimizer step (e.g. a clamp on a learned temperature).
     fn after_step(&self, model: Model) -> Model {
         model
