@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::activation::log_softmax;
+use burn::tensor::activation::{log_softmax, softplus};
 use burn::tensor::{Device, Distribution, Tensor};
 use serde::Serialize;
 
@@ -74,6 +74,53 @@ pub fn bench(
     let shape = [batch, config.in_chans(), h, w];
     let mut times = Vec::with_capacity(steps);
     match mode {
+        BenchMode::Infer if config.generates_images() => {
+            // Sampling: latents in, images out (the averaged generator, as `sample` uses).
+            let m = config.build(device)?;
+            let generator = m.generative()?;
+            let z = Tensor::<2>::random(
+                [batch, generator.latent_dim()],
+                Distribution::Normal(0.0, 1.0),
+                device,
+            );
+            for i in 0..warmup + steps {
+                let t = Instant::now();
+                let _ = generator.generate(z.clone(), true).into_data();
+                if i >= warmup {
+                    times.push(t.elapsed().as_secs_f64());
+                }
+            }
+        }
+        BenchMode::Train if config.generates_images() => {
+            // One GAN step: the discriminator's update, then the generator's (non-saturating).
+            let ad = device.clone().autodiff();
+            let mut m = config.build(&ad)?;
+            let mut optim = build_optimizer(&m, config, &TrainConfig::default());
+            let real = Tensor::<4>::random(shape, Distribution::Uniform(-1.0, 1.0), &ad);
+            for i in 0..warmup + steps {
+                let t = Instant::now();
+                for phase in 0..2 {
+                    let gan = m.generative()?;
+                    let z =
+                        Tensor::<2>::random([batch, gan.latent_dim()], Distribution::Normal(0.0, 1.0), &ad);
+                    let grads = if phase == 0 {
+                        let fake = gan.discriminate(gan.generate(z, false).detach());
+                        let loss = softplus(gan.discriminate(real.clone()).neg(), 1.0).mean()
+                            + softplus(fake, 1.0).mean();
+                        GradientsParams::from_grads(loss.backward(), gan.discriminator())
+                    } else {
+                        let loss = softplus(gan.discriminate(gan.generate(z, false)).neg(), 1.0).mean();
+                        GradientsParams::from_grads(loss.backward(), gan.generator())
+                    };
+                    m = optim.step(1e-4, m, grads);
+                }
+                m = m.update_average();
+                wait_for_update(&m);
+                if i >= warmup {
+                    times.push(t.elapsed().as_secs_f64());
+                }
+            }
+        }
         BenchMode::Infer if config.num_classes().is_none() => {
             // Two towers (CLIP): a batch of images and as many full-context texts, and their
             // similarity logits.
@@ -165,8 +212,12 @@ pub fn bench(
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    let passes = if mode == BenchMode::Train { 3.0 } else { 1.0 };
-    let gflop = passes * 2.0 * config.forward_macs() * batch as f64 / 1e9;
+    let macs = if mode == BenchMode::Train {
+        config.train_macs()
+    } else {
+        config.forward_macs()
+    };
+    let gflop = 2.0 * macs * batch as f64 / 1e9;
     Ok(BenchResult {
         model: model.to_string(),
         mode: if mode == BenchMode::Train {

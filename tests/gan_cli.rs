@@ -50,7 +50,7 @@ fn a_gan_trains_samples_and_is_scored() {
     let features = dir.path().join("classifier");
     train_briefly("vit_nano_patch8_32", &features, &[]);
     let run = dir.path().join("gen");
-    train_gan("nest_gen_32", &run, &features, "2", &[]);
+    train_gan("nest_gen_32", &run, &features, "3", &[]);
 
     let (header, rows) = log_rows(&run);
     for column in [
@@ -64,8 +64,8 @@ fn a_gan_trains_samples_and_is_scored() {
     }
     let col = |name: &str| header.iter().position(|h| h == name).unwrap();
     // Both players' losses move, and the FID is a finite positive number.
-    assert_ne!(rows[0][col("train_loss")], rows[1][col("train_loss")]);
-    assert_ne!(rows[0][col("train_g_loss")], rows[1][col("train_g_loss")]);
+    let moves = |name: &str| rows.iter().any(|r| r[col(name)] != rows[0][col(name)]);
+    assert!(moves("train_loss") && moves("train_g_loss"), "{rows:?}");
     for row in &rows {
         assert!(row[col("val_fid")].is_finite() && row[col("val_fid")] > 0.0);
     }

@@ -12,7 +12,15 @@ fn every_preset_builds_and_is_a_classifier_with_a_macs_count() {
         let config = (p.config)();
         let model = config.build(&device).unwrap();
         assert_eq!(model.family(), config.family(), "{}", p.name);
-        if config.num_classes().is_none() {
+        if config.generates_images() {
+            assert!(model.classifier().is_err(), "{}", p.name);
+            assert_eq!(
+                model.generative().unwrap().image_shape()[1..],
+                config.img_size(),
+                "{}",
+                p.name
+            );
+        } else if config.num_classes().is_none() {
             assert!(model.classifier().is_err(), "{}", p.name);
             assert!(model.image_text().unwrap().context_length() > 1, "{}", p.name);
         } else {

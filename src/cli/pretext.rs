@@ -10,7 +10,8 @@ use vitkit::data::{DataSource, FolderOptions, Normalize};
 use vitkit::train::TaskKind;
 use vitkit::train::sit::{SitTasks, pipeline_batch};
 
-use super::{TrainArgs, open_device, report_outcome, train_request};
+use super::open_device;
+use super::train::{DEFAULT_OUT, TrainArgs, report_outcome, train_request};
 
 #[derive(Args)]
 pub struct PretrainArgs {
@@ -79,7 +80,7 @@ pub fn pretrain(args: PretrainArgs, device: &str) -> anyhow::Result<()> {
 pub fn probe(mut args: ProbeArgs, device: &str) -> anyhow::Result<()> {
     // `--out` left at the training default means "beside the pretraining run".
     if let Some(dir) = &args.checkpoint
-        && args.train.out == std::path::Path::new(super::DEFAULT_OUT)
+        && args.train.out == std::path::Path::new(DEFAULT_OUT)
     {
         args.train.out = dir.join("probe");
     }

@@ -86,6 +86,18 @@ impl GanConfig {
         }
     }
 
+    /// Multiply-accumulates of the discriminator on one image.
+    pub fn discriminator_macs(&self) -> f64 {
+        let d = &self.discriminator.dims;
+        let mut side = self.side() as f64;
+        let mut macs = side * side * 9.0 * (self.in_chans * d[0]) as f64;
+        for w in d.windows(2) {
+            side /= 2.0;
+            macs += side * side * 16.0 * (w[0] * w[1]) as f64;
+        }
+        macs + side * side * d[d.len() - 1] as f64
+    }
+
     /// The discriminator's last map side.
     fn disc_side(&self) -> usize {
         self.side() >> self.discriminator.dims.len().saturating_sub(1)
@@ -464,6 +476,13 @@ impl Architecture for GanConfig {
                 macs + side * side * 9.0 * (c.dims[c.dims.len() - 1] * self.in_chans) as f64
             }
         }
+    }
+
+    /// Per real image: the discriminator's update runs the generator forward and the
+    /// discriminator forward and backward on a real and a fake image; the generator's update
+    /// runs both forward and backward: 4 generator and 9 discriminator passes.
+    fn train_macs(&self) -> f64 {
+        4.0 * self.forward_macs() + 9.0 * self.discriminator_macs()
     }
 
     fn head_params(&self) -> Vec<String> {

@@ -143,6 +143,11 @@ pub trait Architecture {
     /// Multiply-accumulates of one image's forward pass through the matrix products and
     /// convolutions (elementwise work left out, as usual in FLOP counts).
     fn forward_macs(&self) -> f64;
+    /// Multiply-accumulates of one image's training step: forward and backward, counted as
+    /// three forward passes (a GAN's step runs two players twice).
+    fn train_macs(&self) -> f64 {
+        3.0 * self.forward_macs()
+    }
     /// Whether the parameter at `path` with `rank` axes is exempt from weight decay. The
     /// default is timm's: every tensor of rank ≤ 1 (norms, biases).
     fn decay_exempt(&self, path: &str, rank: usize) -> bool {
@@ -410,6 +415,13 @@ impl ModelConfig {
     }
     pub fn forward_macs(&self) -> f64 {
         self.arch().forward_macs()
+    }
+    pub fn train_macs(&self) -> f64 {
+        self.arch().train_macs()
+    }
+    /// Whether the model is a generator–discriminator pair (what `--task gan` trains).
+    pub fn generates_images(&self) -> bool {
+        matches!(self, ModelConfig::Gan(_))
     }
     pub fn decay_exempt(&self, path: &str, rank: usize) -> bool {
         self.arch().decay_exempt(path, rank)
