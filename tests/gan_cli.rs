@@ -126,6 +126,19 @@ fn a_gan_trains_samples_and_is_scored() {
     assert!(out.contains("interpolation"), "{out}");
     let size = image::image_dimensions(png("walk.png")).unwrap();
     assert!(size.0 > size.1, "strips are wider than tall: {size:?}");
+    ok(&[
+        "sample",
+        "--checkpoint",
+        r,
+        "--interpolate",
+        "--out",
+        &png("one.png"),
+    ]);
+    let one = image::image_dimensions(png("one.png")).unwrap();
+    assert!(
+        one.0 > size.0 && one.1 < size.1,
+        "one strip of 10: {one:?} against two of 5: {size:?}"
+    );
 
     // `fid`: the run's extractor by default, the number printed with what it is.
     let out = ok(&["fid", "--checkpoint", r, "--n", "40"]);

@@ -49,9 +49,9 @@ pub struct SampleArgs {
     /// PNG to write.
     #[arg(long, default_value = "samples.png")]
     out: PathBuf,
-    /// Write latent interpolation strips instead: this many rows of --steps images, each
-    /// walking (spherically) from one random latent to the next.
-    #[arg(long)]
+    /// Write latent interpolation strips instead: this many rows (1 when no number is given) of
+    /// --steps images, each walking (spherically) from one random latent to the next.
+    #[arg(long, num_args = 0..=1, default_missing_value = "1", value_name = "ROWS")]
     interpolate: Option<usize>,
     /// Images per interpolation strip.
     #[arg(long, default_value_t = 10)]
