@@ -5,11 +5,12 @@ use std::time::Instant;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::activation::{log_softmax, softplus};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Distribution, Tensor};
 use serde::Serialize;
 
 use crate::models::{Model, ModelConfig};
+use crate::train::gan::{GanLoss, discriminator_loss, generator_loss};
 use crate::train::{TrainConfig, build_optimizer};
 use crate::{Result, VitError};
 
@@ -104,12 +105,13 @@ pub fn bench(
                     let z =
                         Tensor::<2>::random([batch, gan.latent_dim()], Distribution::Normal(0.0, 1.0), &ad);
                     let grads = if phase == 0 {
+                        let real = gan.discriminate(real.clone());
                         let fake = gan.discriminate(gan.generate(z, false).detach());
-                        let loss = softplus(gan.discriminate(real.clone()).neg(), 1.0).mean()
-                            + softplus(fake, 1.0).mean();
+                        let loss = discriminator_loss(GanLoss::NonSaturating, real, fake);
                         GradientsParams::from_grads(loss.backward(), gan.discriminator())
                     } else {
-                        let loss = softplus(gan.discriminate(gan.generate(z, false)).neg(), 1.0).mean();
+                        let loss =
+                            generator_loss(GanLoss::NonSaturating, gan.discriminate(gan.generate(z, false)));
                         GradientsParams::from_grads(loss.backward(), gan.generator())
                     };
                     m = optim.step(1e-4, m, grads);

@@ -76,39 +76,22 @@ fn a_gan_trains_samples_and_is_scored() {
     // `sample`: the seed decides the images.
     let png = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     let r = run.to_str().unwrap();
-    ok(&[
-        "sample",
-        "--checkpoint",
-        r,
-        "--n",
-        "16",
-        "--seed",
-        "3",
-        "--out",
-        &png("a.png"),
-    ]);
-    ok(&[
-        "sample",
-        "--checkpoint",
-        r,
-        "--n",
-        "16",
-        "--seed",
-        "3",
-        "--out",
-        &png("b.png"),
-    ]);
-    ok(&[
-        "sample",
-        "--checkpoint",
-        r,
-        "--n",
-        "16",
-        "--seed",
-        "4",
-        "--out",
-        &png("c.png"),
-    ]);
+    let sample = |seed: &str, name: &str| {
+        ok(&[
+            "sample",
+            "--checkpoint",
+            r,
+            "--n",
+            "16",
+            "--seed",
+            seed,
+            "--out",
+            &png(name),
+        ]);
+    };
+    sample("3", "a.png");
+    sample("3", "b.png");
+    sample("4", "c.png");
     let read = |name: &str| std::fs::read(png(name)).unwrap();
     assert_eq!(read("a.png"), read("b.png"));
     assert_ne!(read("a.png"), read("c.png"));

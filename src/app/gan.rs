@@ -7,7 +7,6 @@ use burn::tensor::Device;
 
 use super::{ModelSource, load_data, load_model};
 use crate::data::DataSource;
-use crate::train::TaskKind;
 use crate::train::fid::{FeatureExtractor, FeatureStats};
 use crate::train::gan::{fid_against, image_grid, latent_vectors, sample_grid};
 use crate::{Result, VitError};
@@ -109,18 +108,16 @@ pub fn run_fid(
     let loaded = load_model(&ModelSource::Checkpoint(checkpoint.to_path_buf()), device)?;
     let generator = loaded.model.generative()?;
     let run = &loaded.run;
-    let extractor_dir = match (features, run.train.as_ref()) {
-        (Some(f), _) => f.to_path_buf(),
-        (None, Some(t)) if matches!(t.task, TaskKind::Gan(_)) && t.fid_features.is_some() => {
-            t.fid_features.clone().expect("checked")
-        }
-        _ => {
-            return Err(VitError::Config(
+    // The extractor the run was validated with, unless the user names another.
+    let extractor_dir = features
+        .map(Path::to_path_buf)
+        .or_else(|| run.train.as_ref().and_then(|t| t.fid_features.clone()))
+        .ok_or_else(|| {
+            VitError::Config(
                 "the run names no FID feature extractor: pass --features RUN (a classifier trained on this data)"
                     .into(),
-            ));
-        }
-    };
+            )
+        })?;
     let data = data.map(String::from).unwrap_or_else(|| run.data.name.clone());
     let [c, h, w] = generator.image_shape();
     let splits = load_data(&DataSource::parse(&data)?, [h, w], false)?;

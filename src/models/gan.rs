@@ -8,15 +8,14 @@
 //! generator's parameters in turn.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::nn::{GroupNorm, GroupNormConfig, Initializer, Linear};
+use burn::nn::{GroupNorm, GroupNormConfig, Linear};
 use burn::tensor::activation::{leaky_relu, relu, tanh};
-use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::nest_gen::{NestGenConfig, NestGenerator};
 use super::{Adaptation, Architecture, Family, Model, StateDict};
-use crate::nn::{ConvWeights, Resample, SnConv2d, SnLinear, timm_linear};
+use crate::nn::{ConvWeights, Resample, SnConv2d, SnLinear, timm_linear, torch_default_init};
 use crate::{Result, VitError};
 
 /// LeakyReLU slope of the discriminator (DCGAN's).
@@ -163,20 +162,15 @@ fn groups(c: usize) -> usize {
         .unwrap_or(1)
 }
 
-/// PyTorch's default initialisation of a convolution: U(±1/√fan_in). A transposed
-/// convolution's weight is `[in, out, k, k]`, an ordinary one's `[out, in, k, k]`.
+/// A convolution (or, `transposed`, a transposed one: weight `[in, out, k, k]`) initialised as
+/// PyTorch's, whose fan-in is the weight's second axis times the kernel.
 fn torch_conv(c_in: usize, c_out: usize, k: usize, transposed: bool, device: &Device) -> ConvWeights {
-    let fan_in = if transposed { c_out } else { c_in } * k * k;
-    let bound = 1.0 / (fan_in as f64).sqrt();
-    let init = Initializer::Uniform {
-        min: -bound,
-        max: bound,
-    };
-    let shape = if transposed {
-        [c_in, c_out, k, k]
+    let (shape, fan_in) = if transposed {
+        ([c_in, c_out, k, k], c_out * k * k)
     } else {
-        [c_out, c_in, k, k]
+        ([c_out, c_in, k, k], c_in * k * k)
     };
+    let init = torch_default_init(fan_in);
     ConvWeights {
         weight: init.init(shape, device),
         bias: init.init([c_out], device),
@@ -206,22 +200,9 @@ impl ConvGenerator {
         let c = x.dims()[1] / (self.base * self.base);
         let mut x = relu(self.stem_norm.forward(x.reshape([n, c, self.base, self.base])));
         for up in &self.ups {
-            let options = ConvTransposeOptions::new([2, 2], [1, 1], [0, 0], [1, 1], 1);
-            x = burn::tensor::module::conv_transpose2d(
-                x,
-                up.conv.weight.val(),
-                Some(up.conv.bias.val()),
-                options,
-            );
-            x = relu(up.norm.forward(x));
+            x = relu(up.norm.forward(up.conv.conv_transpose2d(x, 2, 1)));
         }
-        let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
-        tanh(burn::tensor::module::conv2d(
-            x,
-            self.to_pixels.weight.val(),
-            Some(self.to_pixels.bias.val()),
-            options,
-        ))
+        tanh(self.to_pixels.conv2d(x, 1, 1, 1))
     }
 }
 

@@ -124,10 +124,8 @@ impl NestGenConfig {
                 macs += tokens / 4.0 * self.dims[l - 1] as f64 * 4.0 * d;
             }
         }
-        macs + b2
-            * (1u64 << (2 * (self.levels() - 1))) as f64
-            * *self.dims.last().unwrap() as f64
-            * out_chans as f64
+        let last = self.dims.last().copied().unwrap_or(0) as f64;
+        macs + b2 * (1u64 << (2 * self.levels().saturating_sub(1))) as f64 * last * out_chans as f64
     }
 }
 

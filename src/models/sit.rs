@@ -132,11 +132,7 @@ impl SitConfig {
         // PyTorch's ConvTranspose2d default init (which SiT keeps): fan-in from the weight's
         // second axis, U(±1/sqrt(C·P·P)) for weight and bias.
         let p = self.patch_size;
-        let bound = 1.0 / ((self.in_chans * p * p) as f64).sqrt();
-        let uniform = Initializer::Uniform {
-            min: -bound,
-            max: bound,
-        };
+        let uniform = crate::nn::torch_default_init(self.in_chans * p * p);
         let weight = |device: &Device| Some(Initializer::Ones.init([1], device));
         Ok(Sit {
             patch_embed: vit.patch_embed,

@@ -5,7 +5,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Device, Tensor};
 
 use super::BatchNorm;
@@ -38,6 +38,13 @@ impl ConvWeights {
     pub fn conv2d(&self, x: Tensor<4>, stride: usize, padding: usize, groups: usize) -> Tensor<4> {
         let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], groups);
         burn::tensor::module::conv2d(x, self.weight.val(), Some(self.bias.val()), options)
+    }
+
+    /// A transposed convolution of an NCHW map (`weight` `[in, out, k, k]`, as PyTorch's
+    /// `ConvTranspose2d`).
+    pub fn conv_transpose2d(&self, x: Tensor<4>, stride: usize, padding: usize) -> Tensor<4> {
+        let options = ConvTransposeOptions::new([stride; 2], [padding; 2], [0, 0], [1, 1], 1);
+        burn::tensor::module::conv_transpose2d(x, self.weight.val(), Some(self.bias.val()), options)
     }
 
     /// A dense convolution of a channels-last map `[B, H, W, C]` → `[B, Ho, Wo, out]`.

@@ -71,6 +71,16 @@ pub fn host_values<const D: usize>(t: Tensor<D>) -> crate::Result<Vec<f32>> {
         .map_err(|e| crate::VitError::Other(format!("reading a tensor back: {e:?}")))
 }
 
+/// PyTorch's default initialisation of a layer (linear, convolution, transposed convolution)
+/// with `fan_in` inputs per output: U(±1/√fan_in) for weight and bias.
+pub fn torch_default_init(fan_in: usize) -> Initializer {
+    let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+    Initializer::Uniform {
+        min: -bound,
+        max: bound,
+    }
+}
+
 /// A parameter drawn from N(0, std²).
 pub fn normal_param<const D: usize>(shape: [usize; D], std: f64, device: &Device) -> Param<Tensor<D>> {
     Initializer::Normal { mean: 0.0, std }.init(shape, device)

@@ -9,7 +9,6 @@
 //! matrix–vector ones, negligible next to the convolutions.
 
 use burn::module::{Module, Param};
-use burn::nn::Initializer;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -40,15 +39,6 @@ fn unit(x: Tensor<2>) -> Tensor<2> {
     x / norm.unsqueeze::<2>()
 }
 
-/// PyTorch's default initialisation of a layer with `fan_in` inputs: U(±1/√fan_in).
-fn torch_default(fan_in: usize) -> Initializer {
-    let bound = 1.0 / (fan_in as f64).sqrt();
-    Initializer::Uniform {
-        min: -bound,
-        max: bound,
-    }
-}
-
 /// A spectrally normalised convolution (`weight` `[out, in, k, k]`, `bias` `[out]`).
 #[derive(Module, Debug)]
 pub struct SnConv2d {
@@ -60,7 +50,7 @@ pub struct SnConv2d {
 
 impl SnConv2d {
     pub fn new(c_in: usize, c_out: usize, k: usize, stride: usize, padding: usize, device: &Device) -> Self {
-        let init = torch_default(c_in * k * k);
+        let init = super::torch_default_init(c_in * k * k);
         Self {
             weight: init.init([c_out, c_in, k, k], device),
             bias: init.init([c_out], device),
@@ -93,7 +83,7 @@ pub struct SnLinear {
 
 impl SnLinear {
     pub fn new(d_in: usize, d_out: usize, device: &Device) -> Self {
-        let init = torch_default(d_in);
+        let init = super::torch_default_init(d_in);
         Self {
             weight: init.init([d_out, d_in], device),
             bias: init.init([d_out], device),

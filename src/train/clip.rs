@@ -10,7 +10,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::task::{BestBy, Step, StepContext, Task};
-use crate::data::{Batch, BatchLoader, BatchSpec, CaptionSplits, DatasetSplits, ImageDataset, Normalize};
+use crate::data::{Batch, BatchSpec, CaptionSplits, DatasetSplits, ImageDataset, Normalize};
 use crate::models::clip::normalize;
 use crate::models::{ImageText, Model};
 use crate::text::Tokenizer;
@@ -69,14 +69,10 @@ pub fn embed_images(
     batch_size: usize,
     device: &Device,
 ) -> Result<Vec<f32>> {
-    let loader = BatchLoader::in_order(data, batch_size, norm.clone());
-    let mut out = Vec::new();
-    for batch in loader {
-        let shape = batch.shape;
-        let x = Tensor::<4>::from_data(TensorData::new(batch.into_images(), shape), device);
-        out.extend(crate::nn::host_values(normalize(towers.encode_image(x)))?);
-    }
-    Ok(out)
+    let (rows, _) = super::eval::rows_in_order(data, batch_size, norm, device, |x| {
+        Ok(normalize(towers.encode_image(x)))
+    })?;
+    Ok(rows)
 }
 
 /// The normalised features of `texts` `[N, E]` on the host, tokenised to the model's context.

@@ -123,3 +123,26 @@ pub fn evaluate(
         confusion,
     })
 }
+
+/// `f` of every image of `data` in order (normalised by `norm`, `batch_size` at a time): the
+/// rows on the host `[N, F]` and their width F (feature extraction for retrieval and FID).
+pub fn rows_in_order(
+    data: Arc<ImageDataset>,
+    batch_size: usize,
+    norm: &Normalize,
+    device: &Device,
+    f: impl Fn(Tensor<4>) -> Result<Tensor<2>>,
+) -> Result<(Vec<f32>, usize)> {
+    let mut out = Vec::new();
+    let mut width = 0;
+    for batch in BatchLoader::in_order(data, batch_size, norm.clone()) {
+        let shape = batch.shape;
+        let rows = f(Tensor::<4>::from_data(
+            TensorData::new(batch.into_images(), shape),
+            device,
+        ))?;
+        width = rows.dims()[1];
+        out.extend(crate::nn::host_values(rows)?);
+    }
+    Ok((out, width))
+}

@@ -9,7 +9,8 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::RunConfig;
-use crate::data::{BatchLoader, ImageDataset, Normalize};
+use super::eval::rows_in_order;
+use crate::data::{ImageDataset, Normalize};
 use crate::io::{Which, find_checkpoint, load_weights, read_json};
 use crate::models::Model;
 use crate::{Result, VitError};
@@ -222,16 +223,9 @@ impl FeatureExtractor {
         device: &Device,
     ) -> Result<(Vec<f32>, usize)> {
         let classifier = self.model.classifier()?;
-        let mut out = Vec::new();
-        let mut dim = 0;
-        for batch in BatchLoader::in_order(data, batch_size, self.norm.clone()) {
-            let shape = batch.shape;
-            let x = Tensor::<4>::from_data(TensorData::new(batch.into_images(), shape), device);
-            let f = classifier.features(x);
-            dim = f.dims()[1];
-            out.extend(crate::nn::host_values(f)?);
-        }
-        Ok((out, dim))
+        rows_in_order(data, batch_size, &self.norm, device, |x| {
+            Ok(classifier.features(x))
+        })
     }
 
     /// Features of images in [−1, 1] `[B, C, H, W]` (a generator's output), normalised as the

@@ -87,6 +87,26 @@ pub fn to_bytes(images: &[f32]) -> Vec<u8> {
         .collect()
 }
 
+/// Hands `f` the images generated from the `n` latents of `seed`, `batch` at a time.
+fn each_generated(
+    generator: &dyn Generative,
+    n: usize,
+    seed: u64,
+    average: bool,
+    batch: usize,
+    device: &Device,
+    mut f: impl FnMut(Tensor<4>) -> Result<()>,
+) -> Result<()> {
+    let dim = generator.latent_dim();
+    let z = latent_vectors(n, dim, seed);
+    for chunk in z.chunks(batch.max(1) * dim) {
+        let rows = chunk.len() / dim;
+        let zt = Tensor::<2>::from_data(TensorData::new(chunk.to_vec(), [rows, dim]), device);
+        f(generator.generate(zt, average))?;
+    }
+    Ok(())
+}
+
 /// Generates `n` images in [−1, 1] from the latents of `seed`, `batch` at a time, on the host
 /// (`[n, C, H, W]` row-major).
 pub fn generate_images(
@@ -97,18 +117,15 @@ pub fn generate_images(
     batch: usize,
     device: &Device,
 ) -> Result<Vec<f32>> {
-    let dim = generator.latent_dim();
-    let z = latent_vectors(n, dim, seed);
     let mut out = Vec::new();
-    for chunk in z.chunks(batch.max(1) * dim) {
-        let rows = chunk.len() / dim;
-        let zt = Tensor::<2>::from_data(TensorData::new(chunk.to_vec(), [rows, dim]), device);
-        out.extend(crate::nn::host_values(generator.generate(zt, average))?);
-    }
+    each_generated(generator, n, seed, average, batch, device, |images| {
+        out.extend(crate::nn::host_values(images)?);
+        Ok(())
+    })?;
     Ok(out)
 }
 
-/// FID of `n` samples of `gen` (seed `seed`) against reference statistics.
+/// FID of `n` samples of `generator` (seed `seed`) against reference statistics.
 pub fn fid_against(
     generator: &dyn Generative,
     extractor: &FeatureExtractor,
@@ -118,17 +135,28 @@ pub fn fid_against(
     average: bool,
     device: &Device,
 ) -> Result<f64> {
-    let dim = generator.latent_dim();
-    let z = latent_vectors(n, dim, seed);
     let mut features = Vec::new();
-    for chunk in z.chunks(256 * dim) {
-        let rows = chunk.len() / dim;
-        let zt = Tensor::<2>::from_data(TensorData::new(chunk.to_vec(), [rows, dim]), device);
-        features.extend(crate::nn::host_values(
-            extractor.pixel_features(generator.generate(zt, average))?,
-        )?);
-    }
+    each_generated(generator, n, seed, average, 256, device, |images| {
+        features.extend(crate::nn::host_values(extractor.pixel_features(images)?)?);
+        Ok(())
+    })?;
     frechet_distance(&FeatureStats::of(&features, reference.dim)?, reference)
+}
+
+/// The discriminator's loss from its logits on real images and on (detached) samples.
+pub fn discriminator_loss(loss: GanLoss, real: Tensor<2>, fake: Tensor<2>) -> Tensor<1> {
+    match loss {
+        GanLoss::NonSaturating => mean_of(softplus(real.neg(), 1.0)) + mean_of(softplus(fake, 1.0)),
+        GanLoss::Hinge => mean_of(relu(real.neg().add_scalar(1.0))) + mean_of(relu(fake.add_scalar(1.0))),
+    }
+}
+
+/// The generator's loss from the discriminator's logits on its samples.
+pub fn generator_loss(loss: GanLoss, fake: Tensor<2>) -> Tensor<1> {
+    match loss {
+        GanLoss::NonSaturating => mean_of(softplus(fake.neg(), 1.0)),
+        GanLoss::Hinge => mean_of(fake.neg()),
+    }
 }
 
 pub struct GanTraining {
@@ -218,15 +246,7 @@ impl Task for GanTraining {
         if ctx.phase == 0 {
             let real = gan.discriminate(self.real_images(batch, ctx.device));
             let fake = gan.discriminate(gan.generate(z, false).detach());
-            let loss = match self.settings.loss {
-                GanLoss::NonSaturating => {
-                    mean_of(softplus(real.clone().neg(), 1.0)) + mean_of(softplus(fake.clone(), 1.0))
-                }
-                GanLoss::Hinge => {
-                    mean_of(relu(real.clone().neg().add_scalar(1.0)))
-                        + mean_of(relu(fake.clone().add_scalar(1.0)))
-                }
-            };
+            let loss = discriminator_loss(self.settings.loss, real.clone(), fake.clone());
             let values = vec![
                 scalar(mean_of(sigmoid(real.detach()))),
                 scalar(mean_of(sigmoid(fake.detach()))),
@@ -234,10 +254,7 @@ impl Task for GanTraining {
             Ok(Step { loss, values })
         } else {
             let fake = gan.discriminate(gan.generate(z, false));
-            let loss = match self.settings.loss {
-                GanLoss::NonSaturating => mean_of(softplus(fake.neg(), 1.0)),
-                GanLoss::Hinge => mean_of(fake.neg()),
-            };
+            let loss = generator_loss(self.settings.loss, fake);
             let value = scalar(loss.clone().detach());
             Ok(Step {
                 loss,
@@ -281,11 +298,12 @@ impl Task for GanTraining {
                 [data.height, data.width],
                 device,
             )?;
-            let (features, dim) = extractor.dataset_features(data.clone(), batch_size, device)?;
-            let stats = FeatureStats::of(&features, dim)?;
-            *reference = Some((extractor, stats));
+            let (features, dim) = extractor.dataset_features(data, batch_size, device)?;
+            *reference = Some((extractor, FeatureStats::of(&features, dim)?));
         }
-        let (extractor, stats) = reference.as_ref().expect("made above");
+        let Some((extractor, stats)) = reference.as_ref() else {
+            return Err(VitError::Other("the FID reference was not made".into()));
+        };
         let fid = fid_against(
             gan,
             extractor,

@@ -166,18 +166,12 @@ pub fn train(
                 lr = lr_at(state.step, warmup, total_steps, cfg.lr, cfg.min_lr);
             }
             let b = batch.len();
-            let phases = task.phases();
-            let mut batch = Some(batch);
+            // Each phase reads the same batch: earlier ones a copy, the last one the batch.
+            let mut copies: Vec<_> = (1..task.phases()).map(|_| batch.clone()).collect();
+            copies.push(batch);
             let mut values = Vec::new();
             let mut first_loss = 0.0;
-            for phase in 0..phases {
-                // The last phase takes the batch; earlier ones a copy.
-                let this = if phase + 1 == phases {
-                    batch.take()
-                } else {
-                    batch.clone()
-                }
-                .ok_or_else(|| VitError::Other("the batch was used up".into()))?;
+            for (phase, this) in copies.into_iter().enumerate() {
                 let ctx = StepContext { phase, ..ctx };
                 let step = task.step(&model, this, &ctx)?;
                 let loss_value = step.loss.clone().into_scalar::<f32>() as f64;
@@ -247,14 +241,15 @@ pub fn train(
         }
         let train_s = epoch_start.elapsed().as_secs_f64();
         let inference = model.valid();
+        let eval_device = device.clone().inner();
         let val = task.validate(
             &inference,
             test_data.clone(),
             &norm,
             cfg.batch_size.max(256),
-            &device.clone().inner(),
+            &eval_device,
         )?;
-        task.epoch_artifacts(&inference, run_dir, state.epoch + 1, &device.clone().inner())?;
+        task.epoch_artifacts(&inference, run_dir, state.epoch + 1, &eval_device)?;
         drop(inference);
         state.epoch += 1;
         let epoch_s = epoch_start.elapsed().as_secs_f64();
