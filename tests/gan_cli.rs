@@ -69,6 +69,11 @@ fn a_gan_trains_samples_and_is_scored() {
     for row in &rows {
         assert!(row[col("val_fid")].is_finite() && row[col("val_fid")] > 0.0);
     }
+    // The same command again draws the same weights and latents: the same log, to the digit.
+    let again = dir.path().join("again");
+    train_gan("nest_gen_32", &again, &features, "3", &[]);
+    let losses = |rows: &[Vec<f64>]| -> Vec<Vec<f64>> { rows.iter().map(|r| r[..8].to_vec()).collect() };
+    assert_eq!(losses(&log_rows(&again).1), losses(&rows));
     // Samples were written after each epoch, and they changed.
     let grid = |e: usize| std::fs::read(run.join(format!("samples/epoch-{e:04}.png"))).unwrap();
     assert_ne!(grid(1), grid(2));

@@ -113,6 +113,11 @@ pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
         ..req.adapt.clone()
     };
     let train_device = device.clone().autodiff();
+    // Weights drawn at build time follow the recipe's seed. Most parameters are drawn lazily,
+    // at their first use after the loop seeds each epoch; those a model reads while it is
+    // built (a GAN copies its generator into the moving average) were drawn from an unseeded
+    // generator, and two runs of one command differed.
+    train_device.seed(req.recipe.seed);
     let (model, config) = match foreign {
         None => {
             let config = config.adapted(&fixed)?;
