@@ -100,4 +100,20 @@ pub fn init_runtime() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
         libc::mallopt(libc::M_TOP_PAD, 256 << 20);
     }
+    // The thread that runs the model joins rayon's pool as worker 0. Otherwise every parallel
+    // operation is handed from this thread to the pool's own workers while it sleeps on a futex,
+    // and between operations those workers spin beside it: one thread more than there are
+    // cores, and a sleep and a wake-up per operation. CMT's many small operations lost about a
+    // tenth of a training step to that (perf: sched_yield and futex, 2-core Zen 3). An error
+    // means a pool already exists (a library user built one); that one is kept.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .use_current_thread()
+        .build_global();
+}
+
+/// Whether the current thread may split work across the pool: any thread outside it, and the
+/// thread that joined it in [`init_runtime`]; not the pool's own workers, which only run parts
+/// of operations already split.
+pub fn on_driving_thread() -> bool {
+    rayon::current_thread_index().is_none_or(|i| i == 0)
 }

@@ -163,7 +163,7 @@ const PARALLEL_MACS: usize = 192 * 192 * 192;
 /// Whether a product is split across threads: only large ones, and never from inside a rayon
 /// task (the attention kernels already run one head per task).
 pub fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
-    if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MACS && rayon::current_thread_index().is_none() {
+    if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MACS && crate::device::on_driving_thread() {
         Parallelism::Rayon(0)
     } else {
         Parallelism::None
@@ -373,7 +373,7 @@ pub fn epilogue_block_rows(rows: usize) -> Option<usize> {
     const MIN_ROWS: usize = 256;
     const TARGET_ROWS: usize = 512;
     let threads = rayon::current_num_threads().max(1);
-    if rows < threads * MIN_ROWS || rayon::current_thread_index().is_some() {
+    if rows < threads * MIN_ROWS || !crate::device::on_driving_thread() {
         return None;
     }
     let blocks = (rows / TARGET_ROWS).max(threads).div_ceil(threads) * threads;
