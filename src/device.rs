@@ -106,14 +106,38 @@ pub fn init_runtime() {
     // cores, and a sleep and a wake-up per operation. CMT's many small operations lost about a
     // tenth of a training step to that (perf: sched_yield and futex, 2-core Zen 3). An error
     // means a pool already exists (a library user built one); that one is kept.
-    let _ = rayon::ThreadPoolBuilder::new()
-        .use_current_thread()
-        .build_global();
+    let pool = rayon::ThreadPoolBuilder::new().use_current_thread();
+    if pool.build_global().is_ok() {
+        DRIVING.set(true);
+    }
+}
+
+thread_local! {
+    /// Set on the thread that joined rayon's pool in [`init_runtime`].
+    static DRIVING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Whether the current thread may split work across the pool: any thread outside it, and the
 /// thread that joined it in [`init_runtime`]; not the pool's own workers, which only run parts
 /// of operations already split.
 pub fn on_driving_thread() -> bool {
-    rayon::current_thread_index().is_none_or(|i| i == 0)
+    rayon::current_thread_index().is_none() || DRIVING.get()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thread outside the pool splits work; the pool's own workers do not (the thread that
+    /// joins the pool in `init_runtime` is marked apart, see there).
+    #[test]
+    fn only_threads_that_drive_split_work() {
+        assert!(on_driving_thread());
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .expect("a pool");
+        let inside = pool.broadcast(|_| on_driving_thread());
+        assert_eq!(inside, vec![false, false]);
+    }
 }
