@@ -160,8 +160,10 @@ impl ViewMut {
 /// Products below this many multiply-adds run on one thread (splitting costs more).
 const PARALLEL_MACS: usize = 192 * 192 * 192;
 
-/// Whether a product is split across threads: only large ones, and never from inside a rayon
-/// task (the attention kernels already run one head per task).
+/// Whether a product is split across threads: only large ones, and only from a thread that
+/// drives (`device::on_driving_thread`), never from the pool's own workers. Products that run
+/// inside a task of an already split operation (one attention head, one block of rows) are
+/// given `Parallelism::None` by their callers.
 pub fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
     if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_MACS && crate::device::on_driving_thread() {
         Parallelism::Rayon(0)
