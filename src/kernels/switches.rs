@@ -29,12 +29,15 @@ pub enum Fused {
     Depthwise = 512,
     /// BatchNorm over channels-last rows (`batch_norm.rs`) instead of Burn's.
     BatchNorm = 1024,
+    /// Attention from separate q, k, v with a bias shared by the batch (`bias_attention.rs`,
+    /// CMT's) instead of Burn's operations.
+    BiasAttention = 2048,
 }
 
-const ALL_FUSED: u16 = 2047;
+const ALL_FUSED: u16 = 4095;
 
 /// The names `VITKIT_FUSED` takes, with their bits.
-const FUSED_NAMES: [(&str, u16); 12] = [
+const FUSED_NAMES: [(&str, u16); 13] = [
     ("gelu", Fused::Gelu as u16),
     ("softmax", Fused::Softmax as u16),
     ("layernorm", Fused::LayerNorm as u16),
@@ -46,11 +49,12 @@ const FUSED_NAMES: [(&str, u16); 12] = [
     ("inplace", Fused::WeightInPlace as u16),
     ("depthwise", Fused::Depthwise as u16),
     ("batchnorm", Fused::BatchNorm as u16),
+    ("biasattention", Fused::BiasAttention as u16),
     ("all", ALL_FUSED),
 ];
 
 /// The mask a `VITKIT_FUSED` value names: a comma-separated list of
-/// `gelu,softmax,layernorm,linear,attention,epilogue,cls,split,inplace,depthwise,batchnorm`, `all`, or `none`.
+/// `gelu,softmax,layernorm,linear,attention,epilogue,cls,split,inplace,depthwise,batchnorm,biasattention`, `all`, or `none`.
 /// An unknown name is an error naming it (a typo must not switch every kernel off).
 pub fn parse_fused(list: &str) -> Result<u16, String> {
     if list.trim() == "none" {

@@ -252,6 +252,11 @@ impl Attention {
         let (q, k, v) = self.separate_parts();
         let source = args.kv.clone().unwrap_or_else(|| x.clone());
         let h = self.num_heads;
+        if let Some(bias) = self.fused_bias(&x, args) {
+            let [q, k, v] = [(x, q), (source.clone(), k), (source, v)]
+                .map(|(input, proj)| crate::kernels::linear(input, proj));
+            return (crate::kernels::bias_attention(q, k, v, bias, h), None);
+        }
         let query = split(crate::kernels::linear(args.queries.select(x, 1), q), h);
         let [_, _, _, head_dim] = query.dims();
         // Keys and values with fewer heads than the queries (one for multi-query attention)
@@ -277,6 +282,28 @@ impl Attention {
         ];
         let (out, w) = self.composed(parts, args);
         (out, args.keep_weights.then_some(w))
+    }
+
+    /// The bias `[heads, N, M]` when this call can run as one fused kernel
+    /// (`kernels::bias_attention`): a bias shared by the batch, every query, no mask, no
+    /// weights handed back, no attention dropout, and keys and values with as many heads as
+    /// the queries — CMT's attention.
+    fn fused_bias(&self, x: &Tensor<3>, args: &AttentionArgs) -> Option<Tensor<3>> {
+        let (q, k, v) = self.separate_parts();
+        let widths = [q, k, v].map(|l| l.weight.dims()[1]);
+        let bias = args.bias.as_ref()?;
+        let [nb, h, n, m] = bias.dims();
+        let dropout_active = self.attn_drop.prob > 0.0 && x.device().is_autodiff();
+        (nb == 1
+            && h == self.num_heads
+            && args.mask.is_none()
+            && args.queries == Queries::All
+            && !args.keep_weights
+            && !dropout_active
+            && widths[1] == widths[0]
+            && widths[2] == widths[0]
+            && crate::kernels::bias_attention_applies(x))
+        .then(|| bias.clone().reshape([h, n, m]))
     }
 
     fn separate_parts(&self) -> (&Linear, &Linear, &Linear) {
