@@ -22,6 +22,7 @@ mod depthwise;
 mod gpu;
 mod im2col;
 mod matmul;
+mod max_pool;
 mod norm_ops;
 mod switches;
 mod vit_autodiff;
@@ -32,6 +33,7 @@ pub use bias_softmax::bias_softmax;
 pub use conv::{
     conv2d_channels_last, depthwise_conv, depthwise_conv_residual, depthwise_residual_gelu_affine,
 };
+pub use max_pool::max_pool_3x3_s2;
 pub use norm_ops::{batch_norm_rows_eval, batch_norm_rows_train, linear_gelu_affine};
 pub use switches::{Fused, applies, check_fused_env, enabled, on_flex, parse_fused};
 

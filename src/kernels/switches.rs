@@ -32,12 +32,15 @@ pub enum Fused {
     /// Attention from separate q, k, v with a bias shared by the batch (`bias_attention.rs`,
     /// CMT's) instead of Burn's operations.
     BiasAttention = 2048,
+    /// The 3×3, stride-2 max-pool in one pass with its backward (`max_pool.rs`, NesT's) instead
+    /// of Burn's pairwise maxima.
+    MaxPool = 4096,
 }
 
-const ALL_FUSED: u16 = 4095;
+const ALL_FUSED: u16 = 8191;
 
 /// The names `VITKIT_FUSED` takes, with their bits.
-const FUSED_NAMES: [(&str, u16); 13] = [
+const FUSED_NAMES: [(&str, u16); 14] = [
     ("gelu", Fused::Gelu as u16),
     ("softmax", Fused::Softmax as u16),
     ("layernorm", Fused::LayerNorm as u16),
@@ -50,11 +53,12 @@ const FUSED_NAMES: [(&str, u16); 13] = [
     ("depthwise", Fused::Depthwise as u16),
     ("batchnorm", Fused::BatchNorm as u16),
     ("biasattention", Fused::BiasAttention as u16),
+    ("maxpool", Fused::MaxPool as u16),
     ("all", ALL_FUSED),
 ];
 
 /// The mask a `VITKIT_FUSED` value names: a comma-separated list of
-/// `gelu,softmax,layernorm,linear,attention,epilogue,cls,split,inplace,depthwise,batchnorm,biasattention`, `all`, or `none`.
+/// `gelu,softmax,layernorm,linear,attention,epilogue,cls,split,inplace,depthwise,batchnorm,biasattention,maxpool`, `all`, or `none`.
 /// An unknown name is an error naming it (a typo must not switch every kernel off).
 pub fn parse_fused(list: &str) -> Result<u16, String> {
     if list.trim() == "none" {

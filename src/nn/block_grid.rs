@@ -19,6 +19,9 @@ pub enum PoolPadding {
 /// A 3×3, stride-2 max-pool of an even-sized channels-last map `[B, H, W, C]` → `[B, H/2,
 /// W/2, C]`, padded with −∞: along rows, then along columns (max is separable).
 pub fn max_pool_3x3_s2(x: Tensor<4>, padding: PoolPadding) -> Tensor<4> {
+    if let Some(y) = crate::kernels::max_pool_3x3_s2(x.clone(), padding == PoolPadding::Same) {
+        return y;
+    }
     max_pool_axis(max_pool_axis(x, 1, padding), 2, padding)
 }
 
