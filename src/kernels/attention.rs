@@ -13,7 +13,35 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::cpu::{softmax_grad_rows_in_place, softmax_rows_in_place};
-use super::matmul::{View, ViewMut, product};
+use super::matmul::{View, ViewMut, assume_written, fresh_matrix, product};
+
+/// Runs `task(i, buffer)` for every `i < tasks` on rayon's pool, each with a buffer of `per`
+/// values that the task writes in full: with `keep`, the buffers are consecutive parts of one
+/// vector handed back (the attention probabilities the backward needs); without, each thread
+/// reuses one scratch buffer.
+pub(super) fn per_task(
+    tasks: usize,
+    per: usize,
+    keep: bool,
+    task: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> Option<Vec<f32>> {
+    if keep {
+        let mut kept = Vec::with_capacity(tasks * per);
+        kept.spare_capacity_mut()[..tasks * per]
+            .par_chunks_mut(per.max(1))
+            .enumerate()
+            .for_each(|(i, chunk)| task(i, chunk));
+        // SAFETY: every task wrote its whole chunk.
+        unsafe { kept.set_len(tasks * per) };
+        Some(kept)
+    } else {
+        (0..tasks).into_par_iter().for_each_init(
+            || Vec::<f32>::with_capacity(per),
+            |buf, i| task(i, &mut buf.spare_capacity_mut()[..per]),
+        );
+        None
+    }
+}
 
 /// Sizes of one attention call.
 #[derive(Debug, Clone, Copy)]
@@ -64,15 +92,7 @@ pub fn forward(qkv: &[f32], s: Shape, keep_probs: bool) -> (Vec<f32>, Option<Vec
         "qkv does not match the attention shape"
     );
     let qkv = View::row_major(qkv, s.batch * n, 3 * d);
-    let mut out = Vec::with_capacity(s.batch * n * d);
-    let out_view = ViewMut::strided(
-        &mut out.spare_capacity_mut()[..s.batch * n * d],
-        0,
-        s.batch * n,
-        d,
-        d as isize,
-        1,
-    );
+    let (mut out, out_view) = fresh_matrix(s.batch * n, d);
 
     // One head of one image: scores into `probs` (n x n), softmax in place, probs · v into out.
     let head = |task: usize, probs: &mut [MaybeUninit<f32>]| {
@@ -83,7 +103,7 @@ pub fn forward(qkv: &[f32], s: Shape, keep_probs: bool) -> (Vec<f32>, Option<Vec
         // of `out`; the inputs are borrowed for the whole call.
         unsafe { product(scores, q, k.t(), s.scale(), false, Parallelism::None) };
         // SAFETY: the product just wrote every element.
-        let probs: &mut [f32] = unsafe { &mut *(probs as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        let probs = unsafe { assume_written(probs) };
         softmax_rows_in_place(probs, n);
         let dst = out_view.window(b * n, h * s.head_dim, n, s.head_dim);
         unsafe {
@@ -98,23 +118,7 @@ pub fn forward(qkv: &[f32], s: Shape, keep_probs: bool) -> (Vec<f32>, Option<Vec
         };
     };
 
-    let tasks = s.batch * s.heads;
-    let probs = if keep_probs {
-        let mut probs = Vec::with_capacity(tasks * n * n);
-        probs.spare_capacity_mut()[..tasks * n * n]
-            .par_chunks_mut((n * n).max(1))
-            .enumerate()
-            .for_each(|(task, chunk)| head(task, chunk));
-        // SAFETY: every task wrote its whole chunk.
-        unsafe { probs.set_len(tasks * n * n) };
-        Some(probs)
-    } else {
-        (0..tasks).into_par_iter().for_each_init(
-            || Vec::with_capacity(n * n),
-            |buf: &mut Vec<f32>, task| head(task, &mut buf.spare_capacity_mut()[..n * n]),
-        );
-        None
-    };
+    let probs = per_task(s.batch * s.heads, n * n, keep_probs, head);
     // SAFETY: the heads together wrote every element of `out`.
     unsafe { out.set_len(s.batch * n * d) };
     (out, probs)
@@ -141,66 +145,61 @@ pub fn backward(qkv: &[f32], probs: &[f32], dout: &[f32], s: Shape) -> Vec<f32> 
     );
     let qkv = View::row_major(qkv, s.batch * n, 3 * d);
     let dout = View::row_major(dout, s.batch * n, d);
-    let mut dqkv = Vec::with_capacity(s.batch * n * 3 * d);
-    let dqkv_view = ViewMut::strided(
-        &mut dqkv.spare_capacity_mut()[..s.batch * n * 3 * d],
-        0,
-        s.batch * n,
-        3 * d,
-        3 * d as isize,
-        1,
-    );
+    let (mut dqkv, dqkv_view) = fresh_matrix(s.batch * n, 3 * d);
     let scale = s.scale();
 
-    (0..s.batch * s.heads).into_par_iter().for_each_init(
-        || Vec::with_capacity(n * n),
-        |buf: &mut Vec<f32>, task| {
-            let (b, h) = (task / s.heads, task % s.heads);
-            let p_all = &probs[task * n * n..(task + 1) * n * n];
-            let p = View::row_major(p_all, n, n);
-            let (q, k, v) = (s.part(qkv, b, 0, h), s.part(qkv, b, 1, h), s.part(qkv, b, 2, h));
-            let d_o = dout.window(b * n, h * s.head_dim, n, s.head_dim);
-            let dp = ViewMut::strided(&mut buf.spare_capacity_mut()[..n * n], 0, n, n, n as isize, 1);
-            // SAFETY: `buf` is this task's own; each task writes disjoint column blocks of
-            // `dqkv` (its head's q, k and v columns); the inputs are borrowed for the call.
-            unsafe {
-                // dv = pᵀ · dout
-                product(
-                    s.part_mut(dqkv_view, b, 2, h),
-                    p.t(),
-                    d_o,
-                    1.0,
-                    false,
-                    Parallelism::None,
-                );
-                // dp = dout · vᵀ, then the softmax backward (times the score scale) in place.
-                product(dp, d_o, v.t(), 1.0, false, Parallelism::None);
-                buf.set_len(n * n);
-            }
-            softmax_grad_rows_in_place(p_all, buf, n, scale);
-            let ds = View::row_major(buf, n, n);
-            unsafe {
-                // dq = ds · k, dk = dsᵀ · q
-                product(
-                    s.part_mut(dqkv_view, b, 0, h),
-                    ds,
-                    k,
-                    1.0,
-                    false,
-                    Parallelism::None,
-                );
-                product(
-                    s.part_mut(dqkv_view, b, 1, h),
-                    ds.t(),
-                    q,
-                    1.0,
-                    false,
-                    Parallelism::None,
-                );
-                buf.set_len(0);
-            }
-        },
-    );
+    per_task(s.batch * s.heads, n * n, false, |task, buf| {
+        let (b, h) = (task / s.heads, task % s.heads);
+        let p_all = &probs[task * n * n..(task + 1) * n * n];
+        let p = View::row_major(p_all, n, n);
+        let (q, k, v) = (s.part(qkv, b, 0, h), s.part(qkv, b, 1, h), s.part(qkv, b, 2, h));
+        let d_o = dout.window(b * n, h * s.head_dim, n, s.head_dim);
+        // SAFETY: `buf` is this task's own; each task writes disjoint column blocks of `dqkv`
+        // (its head's q, k and v columns); the inputs are borrowed for the call.
+        unsafe {
+            // dv = pᵀ · dout
+            product(
+                s.part_mut(dqkv_view, b, 2, h),
+                p.t(),
+                d_o,
+                1.0,
+                false,
+                Parallelism::None,
+            );
+            // dp = dout · vᵀ, then the softmax backward (times the score scale) in place.
+            product(
+                ViewMut::strided(buf, 0, n, n, n as isize, 1),
+                d_o,
+                v.t(),
+                1.0,
+                false,
+                Parallelism::None,
+            );
+        }
+        // SAFETY: the product just wrote every element.
+        let buf = unsafe { assume_written(buf) };
+        softmax_grad_rows_in_place(p_all, buf, n, scale);
+        let ds = View::row_major(buf, n, n);
+        unsafe {
+            // dq = ds · k, dk = dsᵀ · q
+            product(
+                s.part_mut(dqkv_view, b, 0, h),
+                ds,
+                k,
+                1.0,
+                false,
+                Parallelism::None,
+            );
+            product(
+                s.part_mut(dqkv_view, b, 1, h),
+                ds.t(),
+                q,
+                1.0,
+                false,
+                Parallelism::None,
+            );
+        }
+    });
     // SAFETY: the heads together wrote every element of `dqkv`.
     unsafe { dqkv.set_len(s.batch * n * 3 * d) };
     dqkv

@@ -20,10 +20,11 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
 use gemm::Parallelism;
-use rayon::prelude::*;
 
+use super::attention::per_task;
+use super::bias_softmax::sum_over_images;
 use super::cpu::{softmax_grad_rows_in_place, softmax_rows_in_place};
-use super::matmul::{View, ViewMut, product};
+use super::matmul::{View, ViewMut, assume_written, fresh_matrix, product};
 use super::{contiguous, f32_tensor, register_grads, shape_of, slice};
 
 #[backend_extension(Flex, Autodiff)]
@@ -122,20 +123,6 @@ impl Shape {
     }
 }
 
-/// A fresh `[rows, D]` buffer and its writable view.
-fn output(rows: usize, dim: usize) -> (Vec<f32>, ViewMut) {
-    let mut out = Vec::with_capacity(rows * dim);
-    let view = ViewMut::strided(
-        &mut out.spare_capacity_mut()[..rows * dim],
-        0,
-        rows,
-        dim,
-        dim as isize,
-        1,
-    );
-    (out, view)
-}
-
 /// The attention output `[B, N, D]`, and with `keep_probs` the probabilities
 /// `[B, heads, N, M]` (what the backward needs).
 pub fn forward(
@@ -156,7 +143,7 @@ pub fn forward(
         View::row_major(k, s.batch * m, d),
         View::row_major(v, s.batch * m, d),
     );
-    let (mut out, out_view) = output(s.batch * n, d);
+    let (mut out, out_view) = fresh_matrix(s.batch * n, d);
 
     // One head of one image: biased scores into `probs`, softmax in place, probs · v into out.
     let head = |task: usize, probs: &mut [MaybeUninit<f32>]| {
@@ -175,7 +162,7 @@ pub fn forward(
             )
         };
         // SAFETY: the product just wrote every element.
-        let probs: &mut [f32] = unsafe { &mut *(probs as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        let probs = unsafe { assume_written(probs) };
         for (p, b) in probs.iter_mut().zip(&bias[h * n * m..(h + 1) * n * m]) {
             *p += b;
         }
@@ -192,30 +179,13 @@ pub fn forward(
         };
     };
 
-    let per = s.scores();
-    let probs = if keep_probs {
-        let mut probs = Vec::with_capacity(s.tasks() * per);
-        probs.spare_capacity_mut()[..s.tasks() * per]
-            .par_chunks_mut(per.max(1))
-            .enumerate()
-            .for_each(|(task, chunk)| head(task, chunk));
-        // SAFETY: every task wrote its whole chunk.
-        unsafe { probs.set_len(s.tasks() * per) };
-        Some(probs)
-    } else {
-        (0..s.tasks()).into_par_iter().for_each_init(
-            || Vec::with_capacity(per),
-            |buf: &mut Vec<f32>, task| head(task, &mut buf.spare_capacity_mut()[..per]),
-        );
-        None
-    };
+    let probs = per_task(s.tasks(), s.scores(), keep_probs, head);
     // SAFETY: the heads together wrote every element of `out`.
     unsafe { out.set_len(s.batch * n * d) };
     (out, probs)
 }
 
-/// Gradients of q, k, v and (with `bias_grad`) of the bias, from the output gradient `dout`
-/// (`[B, N, D]`) and the probabilities kept by [`forward`].
+/// The gradients [`backward`] gives: q's, k's, v's and, when asked for, the bias's.
 pub struct Grads {
     pub dq: Vec<f32>,
     pub dk: Vec<f32>,
@@ -223,6 +193,8 @@ pub struct Grads {
     pub dbias: Option<Vec<f32>>,
 }
 
+/// Gradients of q, k, v and (with `bias_grad`) of the bias, from the output gradient `dout`
+/// (`[B, N, D]`) and the probabilities kept by [`forward`].
 pub fn backward(
     q: &[f32],
     k: &[f32],
@@ -249,11 +221,9 @@ pub fn backward(
         View::row_major(v, s.batch * m, d),
         View::row_major(dout, s.batch * n, d),
     );
-    let (mut dq, dq_view) = output(s.batch * n, d);
-    let (mut dk, dk_view) = output(s.batch * m, d);
-    let (mut dv, dv_view) = output(s.batch * m, d);
-    // The scores' gradients, kept per task when the bias needs their sum over the batch.
-    let mut kept: Vec<f32> = Vec::with_capacity(if bias_grad { s.tasks() * per } else { 0 });
+    let (mut dq, dq_view) = fresh_matrix(s.batch * n, d);
+    let (mut dk, dk_view) = fresh_matrix(s.batch * m, d);
+    let (mut dv, dv_view) = fresh_matrix(s.batch * m, d);
 
     let head = |task: usize, ds: &mut [MaybeUninit<f32>]| {
         let (b, h) = (task / s.heads, task % s.heads);
@@ -282,7 +252,7 @@ pub fn backward(
             );
         }
         // SAFETY: the product just wrote every element.
-        let ds: &mut [f32] = unsafe { &mut *(ds as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        let ds = unsafe { assume_written(ds) };
         // The scores' gradient (also the bias's, per image); q and k get it scaled.
         softmax_grad_rows_in_place(p_all, ds, m, 1.0);
         let ds = View::row_major(ds, n, m);
@@ -307,40 +277,15 @@ pub fn backward(
         }
     };
 
-    if bias_grad {
-        kept.spare_capacity_mut()[..s.tasks() * per]
-            .par_chunks_mut(per.max(1))
-            .enumerate()
-            .for_each(|(task, chunk)| head(task, chunk));
-        // SAFETY: every task wrote its whole chunk.
-        unsafe { kept.set_len(s.tasks() * per) };
-    } else {
-        (0..s.tasks()).into_par_iter().for_each_init(
-            || Vec::with_capacity(per),
-            |buf: &mut Vec<f32>, task| head(task, &mut buf.spare_capacity_mut()[..per]),
-        );
-    }
+    // The scores' gradients are kept per task when the bias needs their sum over the batch.
+    let kept = per_task(s.tasks(), per, bias_grad, head);
     // SAFETY: the tasks together wrote every element of the three gradients.
     unsafe {
         dq.set_len(s.batch * n * d);
         dk.set_len(s.batch * m * d);
         dv.set_len(s.batch * m * d);
     }
-    // The bias is shared by the batch: its gradient sums the images', in image order.
-    let dbias = bias_grad.then(|| {
-        let heads_len = s.heads * per;
-        let mut sum = kept[..heads_len].to_vec();
-        sum.par_chunks_mut(4096).enumerate().for_each(|(i, chunk)| {
-            let start = i * 4096;
-            for image in 1..s.batch {
-                let from = &kept[image * heads_len + start..][..chunk.len()];
-                for (s, g) in chunk.iter_mut().zip(from) {
-                    *s += g;
-                }
-            }
-        });
-        sum
-    });
+    let dbias = kept.map(|ds| sum_over_images(&ds, s.heads * per));
     Grads { dq, dk, dv, dbias }
 }
 

@@ -63,6 +63,24 @@ fn flex_bias_softmax(x: &FlexTensor, bias: &FlexTensor) -> FlexTensor {
     f32_tensor(out, shape)
 }
 
+/// The gradient of a bias shared by the batch: `x` (`[B, per]`) summed over its images, in
+/// image order for every element (so the result does not depend on the threads).
+pub(super) fn sum_over_images(x: &[f32], per: usize) -> Vec<f32> {
+    const CHUNK: usize = 4096;
+    let mut sum = vec![0.0f32; per];
+    if per == 0 {
+        return sum;
+    }
+    sum.par_chunks_mut(CHUNK).enumerate().for_each(|(i, part)| {
+        for image in x.chunks_exact(per) {
+            for (s, v) in part.iter_mut().zip(&image[i * CHUNK..]) {
+                *s += v;
+            }
+        }
+    });
+    sum
+}
+
 impl BiasSoftmaxOps for Flex {
     fn bias_softmax(x: FlexTensor, bias: FlexTensor) -> FlexTensor {
         flex_bias_softmax(&contiguous(x), &bias)
@@ -83,16 +101,8 @@ impl Backward<Flex, 2> for BiasSoftmaxBackward {
         let m = shape[shape.num_dims() - 1];
         let dx = cpu::softmax_backward(slice(&y), slice(&grad), m);
         let [node_x, node_bias] = ops.parents.map(|p| p.map(|n| n.id));
-        let dbias = node_bias.map(|_| {
-            let per = bias_shape.num_elements();
-            let mut sum = vec![0.0f32; per];
-            for image in dx.chunks_exact(per) {
-                for (s, v) in sum.iter_mut().zip(image) {
-                    *s += v;
-                }
-            }
-            f32_tensor(sum, bias_shape)
-        });
+        let dbias =
+            node_bias.map(|_| f32_tensor(sum_over_images(&dx, bias_shape.num_elements()), bias_shape));
         register_grads(grads, [(node_x, Some(f32_tensor(dx, shape))), (node_bias, dbias)]);
     }
 }

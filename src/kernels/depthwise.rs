@@ -43,6 +43,13 @@ impl Epilogue<'_> {
     };
 }
 
+/// The input coordinate that offset `k` of the window of output coordinate `o` reads, for a
+/// window moving by `stride` over an input of `size` with `padding` before it; `None` in the
+/// padding.
+pub(super) fn window_input(o: usize, k: usize, stride: usize, padding: usize, size: usize) -> Option<usize> {
+    (o * stride + k).checked_sub(padding).filter(|&i| i < size)
+}
+
 impl Geometry {
     pub fn out_height(&self) -> usize {
         (self.height + 2 * self.padding - self.kernel) / self.stride + 1
@@ -52,9 +59,7 @@ impl Geometry {
     }
     /// The input coordinate tap `k` of output coordinate `o` reads, if inside the input.
     pub(super) fn input_at(&self, o: usize, k: usize, size: usize) -> Option<usize> {
-        (o * self.stride + k)
-            .checked_sub(self.padding)
-            .filter(|&i| i < size)
+        window_input(o, k, self.stride, self.padding, size)
     }
     /// The output coordinate whose tap `k` reads input coordinate `i`, if any.
     pub(super) fn output_at(&self, i: usize, k: usize, size: usize) -> Option<usize> {

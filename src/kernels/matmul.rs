@@ -157,6 +157,31 @@ impl ViewMut {
     }
 }
 
+/// A fresh `rows x cols` row-major buffer (still empty: its caller writes all of it through
+/// the view, then sets its length) and a writable view of it. The view points into the
+/// buffer's heap storage, which moving the `Vec` does not move.
+pub fn fresh_matrix(rows: usize, cols: usize) -> (Vec<f32>, ViewMut) {
+    let mut out = Vec::with_capacity(rows * cols);
+    let view = ViewMut::strided(
+        &mut out.spare_capacity_mut()[..rows * cols],
+        0,
+        rows,
+        cols,
+        cols as isize,
+        1,
+    );
+    (out, view)
+}
+
+/// A buffer that has just been written in full, as initialised values.
+///
+/// # Safety
+/// Every element of `buf` must have been written.
+pub unsafe fn assume_written(buf: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: same layout; the caller vouches that every element is initialised.
+    unsafe { &mut *(buf as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
 /// Products below this many multiply-adds run on one thread (splitting costs more).
 const PARALLEL_MACS: usize = 192 * 192 * 192;
 
@@ -413,7 +438,7 @@ pub fn linear_blocks(
             // SAFETY: each task owns its block of `out` and writes all of it.
             unsafe { product(dst, x.window(first, 0, n, d_in), w, 1.0, false, Parallelism::None) };
             // SAFETY: just written in full by the product.
-            let block = unsafe { &mut *(block as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            let block = unsafe { assume_written(block) };
             epilogue(first, block);
         });
     // SAFETY: the blocks together cover every element.
@@ -451,15 +476,7 @@ pub fn linear_onto(mut start: Vec<f32>, x: &[f32], rows: usize, w: View) -> Vec<
 pub fn linear_grad_input(dy: &[f32], rows: usize, w: View) -> Vec<f32> {
     let (d_in, d_out) = (w.rows, w.cols);
     let dy = View::row_major(dy, rows, d_out);
-    let mut out = Vec::with_capacity(rows * d_in);
-    let dst = ViewMut::strided(
-        &mut out.spare_capacity_mut()[..rows * d_in],
-        0,
-        rows,
-        d_in,
-        d_in as isize,
-        1,
-    );
+    let (mut out, dst) = fresh_matrix(rows, d_in);
     // SAFETY: `out` is fresh and the product writes all of it.
     unsafe {
         product(dst, dy, w.t(), 1.0, false, parallelism(rows, d_in, d_out));
@@ -473,15 +490,7 @@ pub fn linear_grad_input(dy: &[f32], rows: usize, w: View) -> Vec<f32> {
 pub fn linear_grad_weight(x: &[f32], dy: &[f32], rows: usize, d_in: usize, d_out: usize) -> Vec<f32> {
     let x = View::row_major(x, rows, d_in);
     let dy = View::row_major(dy, rows, d_out);
-    let mut out = Vec::with_capacity(d_in * d_out);
-    let dst = ViewMut::strided(
-        &mut out.spare_capacity_mut()[..d_in * d_out],
-        0,
-        d_in,
-        d_out,
-        d_out as isize,
-        1,
-    );
+    let (mut out, dst) = fresh_matrix(d_in, d_out);
     // SAFETY: `out` is fresh and the product writes all of it.
     unsafe {
         product(dst, x.t(), dy, 1.0, false, parallelism(d_in, d_out, rows));

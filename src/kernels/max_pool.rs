@@ -76,14 +76,14 @@ impl Pool {
 
     /// The input coordinate of window offset `d` (0..3) for output coordinate `o`, if inside.
     fn input_at(&self, o: usize, d: usize, size: usize) -> Option<usize> {
-        let start = 2 * o + d;
-        let i = if self.same {
-            Some(start)
-        } else {
-            start.checked_sub(1)
-        };
-        i.filter(|&i| i < size)
+        super::depthwise::window_input(o, d, 2, usize::from(!self.same), size)
     }
+}
+
+/// Whether `v` replaces the window's best so far: larger, or the first NaN (PyTorch's rule).
+#[inline(always)]
+fn wins(v: f32, best: f32) -> bool {
+    v > best || (v.is_nan() && !best.is_nan())
 }
 
 /// The pooled map `[B, H/2, W/2, C]` and, with `keep_arg`, for every output value the window
@@ -124,14 +124,14 @@ pub fn forward(x: &[f32], p: Pool, keep_arg: bool) -> (Vec<f32>, Option<Vec<u8>>
                         match won.as_deref_mut() {
                             Some(won) => {
                                 for ((b, &v), w) in best.iter_mut().zip(v).zip(won.iter_mut()) {
-                                    let take = v > *b || (v.is_nan() && !b.is_nan());
+                                    let take = wins(v, *b);
                                     *b = if take { v } else { *b };
                                     *w = if take { tap } else { *w };
                                 }
                             }
                             None => {
                                 for (b, &v) in best.iter_mut().zip(v) {
-                                    let take = v > *b || (v.is_nan() && !b.is_nan());
+                                    let take = wins(v, *b);
                                     *b = if take { v } else { *b };
                                 }
                             }

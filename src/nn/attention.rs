@@ -223,8 +223,7 @@ impl Attention {
     /// [`Self::heads`] from the fused projection's output `qkv: [B, N, 3 * D]`.
     fn fused_heads(&self, qkv: Tensor<3>, args: &AttentionArgs) -> (Tensor<3>, Option<Tensor<4>>) {
         let (h, keep) = (self.num_heads, args.keep_weights);
-        let dropout_active = self.attn_drop.prob > 0.0 && qkv.device().is_autodiff();
-        if args.is_plain() && !dropout_active && crate::kernels::attention_applies(&qkv) {
+        if args.is_plain() && !self.dropout_active(&qkv) && crate::kernels::attention_applies(&qkv) {
             let weights = keep.then(|| {
                 let parts = [0, 1, 2].map(|i| fused_part(qkv.clone(), h, i));
                 self.composed(parts, args).1
@@ -293,17 +292,22 @@ impl Attention {
         let widths = [q, k, v].map(|l| l.weight.dims()[1]);
         let bias = args.bias.as_ref()?;
         let [nb, h, n, m] = bias.dims();
-        let dropout_active = self.attn_drop.prob > 0.0 && x.device().is_autodiff();
         (nb == 1
             && h == self.num_heads
             && args.mask.is_none()
             && args.queries == Queries::All
             && !args.keep_weights
-            && !dropout_active
+            && !self.dropout_active(x)
             && widths[1] == widths[0]
             && widths[2] == widths[0]
             && crate::kernels::bias_attention_applies(x))
         .then(|| bias.clone().reshape([h, n, m]))
+    }
+
+    /// Whether attention dropout acts on this call (a positive rate, while training): the fused
+    /// kernels have none, so they stand aside then.
+    fn dropout_active(&self, x: &Tensor<3>) -> bool {
+        self.attn_drop.prob > 0.0 && x.device().is_autodiff()
     }
 
     fn separate_parts(&self) -> (&Linear, &Linear, &Linear) {
