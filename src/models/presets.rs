@@ -319,6 +319,11 @@ pub const PRESETS: &[Preset] = &[
         config: || sit(28, 4, 96, 6, 4, 10),
     },
     Preset {
+        name: "sit_wide_patch7_28",
+        description: "SiT, dim 192, depth 6, 3 heads, 7x7 patches on 28x28: twice the mini preset's width at 1.3x its cost",
+        config: || sit(28, 7, 192, 6, 3, 10),
+    },
+    Preset {
         name: "sit_mini_patch4_32",
         description: "SiT, dim 96, depth 6, 4 heads, 4x4 patches on 32x32",
         config: || sit(32, 4, 96, 6, 4, 10),
