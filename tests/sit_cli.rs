@@ -51,6 +51,14 @@ fn probe(source: &[&str], out: &Path) -> f64 {
     state["value"].as_f64().unwrap()
 }
 
+/// The weights file of a run's best checkpoint.
+fn best_weights(run: &Path) -> std::path::PathBuf {
+    let best: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("best.json")).unwrap()).unwrap();
+    run.join(best["checkpoint"].as_str().unwrap())
+        .join("model.safetensors")
+}
+
 #[test]
 fn sit_pretraining_learns_features_a_probe_can_read() {
     let dir = tempfile::tempdir().unwrap();
@@ -87,6 +95,27 @@ fn sit_pretraining_learns_features_a_probe_can_read() {
         &["--checkpoint", run.to_str().unwrap()],
         &dir.path().join("p_sit"),
     );
+    // The probe's checkpoint is the plain classifier: `eval` reads it and gets the logged
+    // accuracy, and its backbone is the pretraining run's, untouched.
+    let p_sit = dir.path().join("p_sit");
+    let eval = ok(&[
+        "eval",
+        "--checkpoint",
+        p_sit.to_str().unwrap(),
+        "--data",
+        "synthetic-upright",
+    ]);
+    assert!(
+        eval.contains(&format!("top-1 {:.2}%", 100.0 * pretrained)),
+        "{eval}"
+    );
+    let (backbone, _) = vitkit::io::read_safetensors(&best_weights(&run)).unwrap();
+    let (probed, _) = vitkit::io::read_safetensors(&best_weights(&p_sit)).unwrap();
+    for (name, t) in &probed {
+        if !name.contains("_head.") {
+            assert_eq!(t.values, backbone[name].values, "the probe changed {name}");
+        }
+    }
     let random = probe(&["--model", "sit_nano_patch8_32"], &dir.path().join("p_random"));
     println!("probe top-1: SiT {pretrained:.4}, random initialisation {random:.4}");
     assert!(
@@ -140,6 +169,46 @@ fn sit_resumes_bit_for_bit_and_draws_its_pipeline() {
     pretrain(&resumed, &[&short[..], &["--resume"]].concat());
     let differ = differing_tensors(&straight, &resumed);
     assert!(differ.is_empty(), "a resumed SiT run differs in {differ:?}");
+    // A probe resumes too; its heads go back and forth between raw and standardised features,
+    // so they agree to rounding.
+    let probe_of = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "probe",
+            "--checkpoint",
+            straight.to_str().unwrap(),
+            "--data",
+            "synthetic-upright",
+            "--epochs",
+            "2",
+            "--max-steps-per-epoch",
+            "3",
+            "--batch-size",
+            "8",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        ok(&args);
+    };
+    let (probe_straight, probe_resumed) = (dir.path().join("ps"), dir.path().join("pr"));
+    probe_of(&probe_straight, &[]);
+    probe_of(&probe_resumed, &["--stop-after-epoch", "1"]);
+    probe_of(&probe_resumed, &["--resume"]);
+    let weights = |run: &Path| {
+        vitkit::io::read_safetensors(&run.join("checkpoints/epoch-0002/model.safetensors"))
+            .unwrap()
+            .0
+    };
+    let (a, b) = (weights(&probe_straight), weights(&probe_resumed));
+    for (name, t) in &a {
+        let gap = t
+            .values
+            .iter()
+            .zip(&b[name].values)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(gap < 1e-5, "a resumed probe differs in {name} by {gap}");
+    }
     let grid = dir.path().join("grid.png");
     ok(&[
         "show-data",
@@ -188,6 +257,19 @@ fn sit_refuses_bad_input_with_clear_errors() {
             &out("x"),
         ],
         &["unknown self-supervised method", "sit"],
+    );
+    // The probe reads each image's features once: augmentation cannot apply.
+    fails_with(
+        &[
+            "probe",
+            "--model",
+            "sit_nano_patch8_32",
+            "--crop-padding",
+            "2",
+            "--out",
+            &out("aug"),
+        ],
+        &["no augmentation", "--linear-probe"],
     );
     // A supervised run is not a pretraining run.
     let supervised = dir.path().join("supervised");

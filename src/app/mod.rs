@@ -149,6 +149,13 @@ pub fn run_train(req: &TrainRequest, device: &Device) -> Result<TrainOutcome> {
         data: splits.info.clone(),
         train: Some(req.recipe.clone()),
     };
+    // A linear probe that sees each image as it is reads the frozen backbone's features once.
+    let on_features = req.recipe.task == TaskKind::Classify
+        && req.recipe.trainable == crate::train::Trainable::Head
+        && req.recipe.augment.is_none();
+    if on_features {
+        return crate::train::train_probe(model, run, &splits, &req.out, &req.session, &train_device);
+    }
     train(
         model,
         task.as_ref(),

@@ -41,7 +41,8 @@ enum Command {
     /// Self-supervised pretraining without labels (`--method sit`), with train's options.
     Pretrain(pretext::PretrainArgs),
     /// Linear evaluation of a SiT pretraining run: frozen backbone, a linear head on each of its
-    /// two tokens (or --model at random initialisation without --checkpoint).
+    /// two tokens, trained on the backbone's standardised features computed once (or --model at
+    /// random initialisation without --checkpoint).
     Probe(pretext::ProbeArgs),
     /// Evaluate a checkpoint on a dataset's test split.
     Eval(EvalArgs),

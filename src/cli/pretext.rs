@@ -84,6 +84,13 @@ pub fn probe(mut args: ProbeArgs, device: &str) -> anyhow::Result<()> {
     {
         args.train.out = dir.join("probe");
     }
+    if args.train.crop_padding.is_some() || args.train.hflip.is_some() {
+        anyhow::bail!(
+            "the probe trains on the frozen backbone's features of each image as it is, computed once: \
+             no augmentation (for an augmented probe: `vitkit train --init RUN --model MODEL --linear-probe`)"
+        );
+    }
+    args.train.no_augment = true;
     args.train.linear_probe = true;
     let device = open_device(device)?;
     let out = args.train.out.clone();

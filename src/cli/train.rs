@@ -104,7 +104,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     pub(crate) accum_steps: usize,
     /// Train only the classifier head; the rest stays as initialised (or as --weights has it)
-    /// and runs as in inference.
+    /// and runs as in inference. With --no-augment the backbone's features are computed once
+    /// and standardised, and the head trains on them.
     #[arg(long)]
     pub(crate) linear_probe: bool,
     #[command(flatten)]

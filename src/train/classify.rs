@@ -20,7 +20,7 @@ pub struct Classification {
 }
 
 /// `(1-ε)·onehot + ε/K` targets, built on the host.
-fn smoothed_targets(labels: &[u32], classes: usize, smoothing: f64) -> Vec<f32> {
+pub(super) fn smoothed_targets(labels: &[u32], classes: usize, smoothing: f64) -> Vec<f32> {
     let off = (smoothing / classes as f64) as f32;
     let on = (1.0 - smoothing) as f32 + off;
     let mut t = vec![off; labels.len() * classes];
@@ -52,6 +52,32 @@ pub fn correct_predictions(logits: Tensor<2>, labels: &[u32]) -> Result<usize> {
         .zip(labels)
         .filter(|(p, l)| **p == **l as i64)
         .count())
+}
+
+/// Each head trains with its own cross-entropy against `targets` (their sum is the loss); the
+/// prediction is the mean of the heads' logits. Returns both.
+pub(super) fn heads_loss(heads: Vec<Tensor<2>>, targets: &Tensor<2>) -> Result<(Tensor<1>, Tensor<2>)> {
+    let count = heads.len();
+    let mut loss = None;
+    let mut sum_logits = None;
+    for logits in heads {
+        let ce = (log_softmax(logits.clone(), 1) * targets.clone())
+            .sum_dim(1)
+            .mean()
+            .neg();
+        loss = Some(match loss {
+            None => ce,
+            Some(l) => l + ce,
+        });
+        sum_logits = Some(match sum_logits {
+            None => logits,
+            Some(s) => s + logits,
+        });
+    }
+    match (loss, sum_logits) {
+        (Some(loss), Some(sum)) => Ok((loss, sum.div_scalar(count as f64))),
+        _ => Err(VitError::Other("the classifier has no head".into())),
+    }
 }
 
 impl Classification {
@@ -104,29 +130,8 @@ impl Task for Classification {
             ),
             ctx.device,
         );
-        // Each head trains with its own cross-entropy (their sum); the prediction is their mean.
-        let heads = self.head_logits(model, x, ctx)?;
-        let count = heads.len();
-        let mut loss = None;
-        let mut sum_logits = None;
-        for logits in heads {
-            let ce = (log_softmax(logits.clone(), 1) * targets.clone())
-                .sum_dim(1)
-                .mean()
-                .neg();
-            loss = Some(match loss {
-                None => ce,
-                Some(l) => l + ce,
-            });
-            sum_logits = Some(match sum_logits {
-                None => logits,
-                Some(s) => s + logits,
-            });
-        }
-        let (Some(loss), Some(sum_logits)) = (loss, sum_logits) else {
-            return Err(VitError::Other("the classifier has no head".into()));
-        };
-        let correct = correct_predictions(sum_logits.div_scalar(count as f64), &labels)?;
+        let (loss, mean_logits) = heads_loss(self.head_logits(model, x, ctx)?, &targets)?;
+        let correct = correct_predictions(mean_logits, &labels)?;
         Ok(Step {
             loss,
             values: vec![correct as f64 / b.max(1) as f64],

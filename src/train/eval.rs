@@ -75,6 +75,76 @@ pub fn predict_batch(
     })
 }
 
+/// Running loss, top-1, top-5 and confusion counts of scored rows.
+pub(crate) struct Tally {
+    confusion: Vec<Vec<u64>>,
+    loss: f64,
+    top1: usize,
+    top5: usize,
+    count: usize,
+}
+
+impl Tally {
+    pub(crate) fn new(classes: usize) -> Self {
+        Self {
+            confusion: vec![vec![0u64; classes]; classes],
+            loss: 0.0,
+            top1: 0,
+            top5: 0,
+            count: 0,
+        }
+    }
+
+    /// Adds rows of class probabilities with their labels.
+    pub(crate) fn add(&mut self, probs: &[Vec<f32>], labels: &[u32]) -> Result<()> {
+        if probs.len() != labels.len() {
+            return Err(VitError::Other(format!(
+                "{} predictions for {} labels",
+                probs.len(),
+                labels.len()
+            )));
+        }
+        for (p, &label) in probs.iter().zip(labels) {
+            let label = label as usize;
+            if label >= p.len() || label >= self.confusion.len() {
+                return Err(VitError::Config(format!(
+                    "label {label} but the model has {} classes",
+                    p.len()
+                )));
+            }
+            self.loss -= (p[label].max(1e-12)).ln() as f64;
+            let target = p[label];
+            // Rank of the true class: how many classes score strictly higher.
+            let rank = p.iter().filter(|&&q| q > target).count();
+            self.top1 += (rank == 0) as usize;
+            self.top5 += (rank < 5) as usize;
+            let predicted = p
+                .iter()
+                .enumerate()
+                .fold(0, |best, (i, &q)| if q > p[best] { i } else { best });
+            self.confusion[label][predicted] += 1;
+            self.count += 1;
+        }
+        Ok(())
+    }
+
+    /// Adds rows of logits `[N, K]` (host, row-major) with their labels.
+    pub(crate) fn add_logits(&mut self, logits: &[f32], classes: usize, labels: &[u32]) -> Result<()> {
+        self.add(&softmax_rows(logits, classes), labels)
+    }
+
+    pub(crate) fn finish(self) -> EvalResult {
+        let n = self.count.max(1) as f64;
+        EvalResult {
+            count: self.count,
+            loss: self.loss / n,
+            top1: self.top1 as f64 / n,
+            top5: self.top5 as f64 / n,
+            confusion: self.confusion,
+        }
+    }
+}
+
 /// Evaluates `model` (in validation mode) on every image of `data`.
 pub fn evaluate(
     model: &dyn Classifier,
@@ -85,43 +155,15 @@ pub fn evaluate(
     device: &Device,
 ) -> Result<EvalResult> {
     let loader = BatchLoader::in_order(data, batch_size, norm.clone());
-    let mut confusion = vec![vec![0u64; num_classes]; num_classes];
-    let (mut loss, mut top1, mut top5, mut count) = (0f64, 0usize, 0usize, 0usize);
+    let mut tally = Tally::new(num_classes);
     for batch in loader {
         let labels = batch.labels()?.to_vec();
         let shape = batch.shape;
         let images = batch.into_images();
         let preds = predict_batch(model, images, shape, device)?;
-        for (p, &label) in preds.probs.iter().zip(&labels) {
-            let label = label as usize;
-            if label >= p.len() {
-                return Err(VitError::Config(format!(
-                    "label {label} but the model has {} classes",
-                    p.len()
-                )));
-            }
-            loss -= (p[label].max(1e-12)).ln() as f64;
-            let target = p[label];
-            // Rank of the true class: how many classes score strictly higher.
-            let rank = p.iter().filter(|&&q| q > target).count();
-            top1 += (rank == 0) as usize;
-            top5 += (rank < 5) as usize;
-            let predicted = p
-                .iter()
-                .enumerate()
-                .fold(0, |best, (i, &q)| if q > p[best] { i } else { best });
-            confusion[label][predicted] += 1;
-            count += 1;
-        }
+        tally.add(&preds.probs, &labels)?;
     }
-    let n = count.max(1) as f64;
-    Ok(EvalResult {
-        count,
-        loss: loss / n,
-        top1: top1 as f64 / n,
-        top5: top5 as f64 / n,
-        confusion,
-    })
+    Ok(tally.finish())
 }
 
 /// `f` of every image of `data` in order (normalised by `norm`, `batch_size` at a time): the

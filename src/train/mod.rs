@@ -11,7 +11,9 @@ pub mod gan;
 mod log;
 mod loop_;
 mod optim;
+pub mod probe;
 mod run;
+mod run_dir;
 pub mod sit;
 mod task;
 
@@ -21,6 +23,7 @@ pub use eval::{EvalResult, Predictions, evaluate, predict_batch};
 pub use log::{EpochRecord, format_value, show_value};
 pub use loop_::{Session, TrainOutcome, train};
 pub use optim::{build_optimizer, clip_grad_norm, freeze_backbone, no_decay_ids};
+pub use probe::train_probe;
 pub use run::{RunConfig, TrainState};
 pub use task::{BestBy, Step, StepContext, Task};
 
