@@ -17,10 +17,11 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::classify::{correct_predictions, heads_loss, smoothed_targets};
+use super::classify::{Classification, correct_predictions, heads_loss, smoothed_targets};
 use super::eval::{Tally, rows_in_order};
 use super::log::EpochRecord;
 use super::run_dir::{EpochCloser, OpenedRun, Schedule, open_run};
+use super::task::Task;
 use super::{BestBy, RunConfig, Session, TrainOutcome, clip_grad_norm, freeze_backbone};
 use crate::data::DatasetSplits;
 use crate::io::ParamPath;
@@ -182,7 +183,7 @@ impl Refold<'_> {
             self.weight = Some((head, standardized));
             return Ok(Some(moved));
         }
-        let Some((owner, w)) = self.weight.take().filter(|(h, _)| *h == head) else {
+        let Some((_, w)) = self.weight.take().filter(|(h, _)| *h == head) else {
             return Err(VitError::Other(format!("{name} came before its weight")));
         };
         let outputs = values.len();
@@ -193,7 +194,6 @@ impl Refold<'_> {
                 *t += a * v as f64;
             }
         }
-        debug_assert_eq!(owner, head);
         let sign = if self.to == Space::Raw { -1.0 } else { 1.0 };
         Ok(Some(
             values
@@ -264,13 +264,13 @@ pub fn train_probe(
     session: &Session,
     device: &Device,
 ) -> Result<TrainOutcome> {
-    model.classifier()?;
     let classes = run.model.classes()?;
-    if let Some(&bad) = splits.train.labels.iter().find(|&&l| l as usize >= classes) {
-        return Err(VitError::Config(format!(
-            "dataset has label {bad} but the model has {classes} classes"
-        )));
+    // The classification task's checks: a classifier, and labels it has classes for.
+    Classification {
+        classes,
+        label_smoothing: 0.0,
     }
+    .check(&model, splits)?;
     let norm = run.normalize()?;
     norm.check_channels(splits.train.channels)?;
     let heads = run.model.head_params();
