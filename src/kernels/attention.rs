@@ -150,59 +150,61 @@ pub fn backward(qkv: &[f32], probs: &[f32], dout: &[f32], s: Shape) -> Vec<f32> 
 
     per_task(s.batch * s.heads, n * n, false, |task, buf| {
         let (b, h) = (task / s.heads, task % s.heads);
-        let p_all = &probs[task * n * n..(task + 1) * n * n];
-        let p = View::row_major(p_all, n, n);
+        let p = &probs[task * n * n..(task + 1) * n * n];
         let (q, k, v) = (s.part(qkv, b, 0, h), s.part(qkv, b, 1, h), s.part(qkv, b, 2, h));
         let d_o = dout.window(b * n, h * s.head_dim, n, s.head_dim);
+        let grads = [0, 1, 2].map(|part| s.part_mut(dqkv_view, b, part, h));
         // SAFETY: `buf` is this task's own; each task writes disjoint column blocks of `dqkv`
-        // (its head's q, k and v columns); the inputs are borrowed for the call.
-        unsafe {
-            // dv = pᵀ · dout
-            product(
-                s.part_mut(dqkv_view, b, 2, h),
-                p.t(),
-                d_o,
-                1.0,
-                false,
-                Parallelism::None,
-            );
-            // dp = dout · vᵀ, then the softmax backward (times the score scale) in place.
-            product(
-                ViewMut::strided(buf, 0, n, n, n as isize, 1),
-                d_o,
-                v.t(),
-                1.0,
-                false,
-                Parallelism::None,
-            );
-        }
-        // SAFETY: the product just wrote every element.
-        let buf = unsafe { assume_written(buf) };
-        softmax_grad_rows_in_place(p_all, buf, n, scale);
-        let ds = View::row_major(buf, n, n);
-        unsafe {
-            // dq = ds · k, dk = dsᵀ · q
-            product(
-                s.part_mut(dqkv_view, b, 0, h),
-                ds,
-                k,
-                1.0,
-                false,
-                Parallelism::None,
-            );
-            product(
-                s.part_mut(dqkv_view, b, 1, h),
-                ds.t(),
-                q,
-                1.0,
-                false,
-                Parallelism::None,
-            );
-        }
+        // (its head's q, k and v columns); the inputs are borrowed for the call. The score
+        // scale goes into the scores' gradient, so q's and k's products take it unscaled.
+        unsafe { head_backward(p, [q, k, v], d_o, grads, buf, [scale, 1.0]) };
     });
     // SAFETY: the heads together wrote every element of `dqkv`.
     unsafe { dqkv.set_len(s.batch * n * 3 * d) };
     dqkv
+}
+
+/// One head's backward from its kept probabilities `p` (`n x m`, row-major) and its output's
+/// gradient `d_o` (`n x head_dim`), for both attention kernels: dv = pᵀ·dO; the scores'
+/// gradient, softmax's backward of dO·vᵀ times `scales[0]`, in `ds` (left there: CMT sums it
+/// over the batch for its bias); dq = `scales[1]`·ds·k and dk = `scales[1]`·dsᵀ·q. The fused
+/// kernel folds the attention scale into the scores' gradient, CMT's into the two products
+/// (its bias's gradient is the unscaled one).
+///
+/// # Safety
+/// `grads` (dq, dk, dv) are this head's own windows, touched by nobody else meanwhile; `ds`
+/// holds `n·m` values; the storage behind every view outlives the call.
+pub(super) unsafe fn head_backward(
+    p: &[f32],
+    [q, k, v]: [View; 3],
+    d_o: View,
+    [dq, dk, dv]: [ViewMut; 3],
+    ds: &mut [MaybeUninit<f32>],
+    scales: [f32; 2],
+) {
+    let (n, m) = (q.rows, k.rows);
+    let probs = View::row_major(p, n, m);
+    // SAFETY: the caller's guarantees; `ds` is written in full before it is read.
+    unsafe {
+        product(dv, probs.t(), d_o, 1.0, false, Parallelism::None);
+        product(
+            ViewMut::strided(ds, 0, n, m, m as isize, 1),
+            d_o,
+            v.t(),
+            1.0,
+            false,
+            Parallelism::None,
+        );
+    }
+    // SAFETY: the product just wrote every element.
+    let ds = unsafe { assume_written(ds) };
+    softmax_grad_rows_in_place(p, ds, m, scales[0]);
+    let ds = View::row_major(ds, n, m);
+    // SAFETY: as above.
+    unsafe {
+        product(dq, ds, k, scales[1], false, Parallelism::None);
+        product(dk, ds.t(), q, scales[1], false, Parallelism::None);
+    }
 }
 
 #[cfg(test)]

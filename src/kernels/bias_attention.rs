@@ -21,9 +21,9 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
 use gemm::Parallelism;
 
-use super::attention::per_task;
+use super::attention::{head_backward, per_task};
 use super::bias_softmax::sum_over_images;
-use super::cpu::{softmax_grad_rows_in_place, softmax_rows_in_place};
+use super::cpu::softmax_rows_in_place;
 use super::matmul::{View, ViewMut, assume_written, fresh_matrix, product};
 use super::{contiguous, f32_tensor, register_grads, shape_of, slice};
 
@@ -227,54 +227,17 @@ pub fn backward(
 
     let head = |task: usize, ds: &mut [MaybeUninit<f32>]| {
         let (b, h) = (task / s.heads, task % s.heads);
-        let p_all = &probs[task * per..(task + 1) * per];
-        let p = View::row_major(p_all, n, m);
-        let d_o = s.head(dout, n, b, h);
+        let p = &probs[task * per..(task + 1) * per];
+        let inputs = [s.head(q, n, b, h), s.head(k, m, b, h), s.head(v, m, b, h)];
+        let grads = [
+            s.head_mut(dq_view, n, b, h),
+            s.head_mut(dk_view, m, b, h),
+            s.head_mut(dv_view, m, b, h),
+        ];
         // SAFETY: `ds` is this task's own; each task writes its own column blocks of dq, dk and
-        // dv; the inputs are borrowed for the whole call.
-        unsafe {
-            // dv = pᵀ · dout; dp = dout · vᵀ
-            product(
-                s.head_mut(dv_view, m, b, h),
-                p.t(),
-                d_o,
-                1.0,
-                false,
-                Parallelism::None,
-            );
-            product(
-                ViewMut::strided(ds, 0, n, m, m as isize, 1),
-                d_o,
-                s.head(v, m, b, h).t(),
-                1.0,
-                false,
-                Parallelism::None,
-            );
-        }
-        // SAFETY: the product just wrote every element.
-        let ds = unsafe { assume_written(ds) };
-        // The scores' gradient (also the bias's, per image); q and k get it scaled.
-        softmax_grad_rows_in_place(p_all, ds, m, 1.0);
-        let ds = View::row_major(ds, n, m);
-        unsafe {
-            // dq = scale · ds · k; dk = scale · dsᵀ · q
-            product(
-                s.head_mut(dq_view, n, b, h),
-                ds,
-                s.head(k, m, b, h),
-                s.scale(),
-                false,
-                Parallelism::None,
-            );
-            product(
-                s.head_mut(dk_view, m, b, h),
-                ds.t(),
-                s.head(q, n, b, h),
-                s.scale(),
-                false,
-                Parallelism::None,
-            );
-        }
+        // dv; the inputs are borrowed for the whole call. The scores' gradient stays unscaled
+        // (it is also the bias's, per image); q's and k's products take the scale.
+        unsafe { head_backward(p, inputs, s.head(dout, n, b, h), grads, ds, [1.0, s.scale()]) };
     };
 
     // The scores' gradients are kept per task when the bias needs their sum over the batch.
