@@ -1,6 +1,7 @@
 //! Tells the tests whether this CPU has AVX-512 BF16 (cfg `no_avx512_bf16` when it lacks
-//! it), so the bf16-product tests report themselves ignored, with the reason, instead of
-//! passing without testing anything.
+//! it) and whether this machine has OpenBLAS (cfg `no_openblas`), so the bf16-product and
+//! system-BLAS tests report themselves ignored, with the reason, instead of passing without
+//! testing anything.
 //!
 //! With the `cuda` feature only: links a stand-in for each LLVM entry point that Burn's CUDA
 //! backend brings in but vitkit never calls.
@@ -25,8 +26,19 @@ fn host_has_avx512_bf16() -> bool {
     }
 }
 
+/// Where `kernels/blas.rs` finds OpenBLAS on Debian and Ubuntu (`libopenblas0-pthread`): when
+/// none exists, cfg `no_openblas` marks its tests ignored, with the reason.
+const OPENBLAS_FILES: [&str; 2] = [
+    "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
+    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
+];
+
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(no_avx512_bf16)");
+    println!("cargo::rustc-check-cfg=cfg(no_openblas)");
+    if !OPENBLAS_FILES.iter().any(|f| std::path::Path::new(f).exists()) {
+        println!("cargo::rustc-cfg=no_openblas");
+    }
     if !host_has_avx512_bf16() {
         println!("cargo::rustc-cfg=no_avx512_bf16");
     }

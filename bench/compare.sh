@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# vitkit against PyTorch (timm's ViT and NesT, the official CMT code, open_clip's CLIP) on the same machine, in one run: for each case the two are run
+# vitkit against PyTorch (timm's ViT and NesT, the official CMT code, open_clip's CLIP, SiT from timm's parts) on the same machine, in one run: for each case the two are run
 # alternately (vitkit, PyTorch, vitkit, PyTorch, ...), and the table gives per case the median
 # over pairs of the vitkit/PyTorch ratios of step time and peak memory.
 #
@@ -51,6 +51,8 @@ elif [ "$device" = cpu ]; then
         "nest_tiny infer 8"
         "clip_tiny_32 train 64"
         "clip_tiny_32 infer 64"
+        "sit_wide_patch7_28 pretrain 128 --in-chans 1"
+        "sit_wide_patch7_28 infer 128 --in-chans 1"
     )
 else
     cases=(

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The PyTorch side of `vitkit bench` (timm's ViT; the official CMT code): the same architecture, batch, optimizer and loss,
+"""The PyTorch side of `vitkit bench` (timm's ViT; the official CMT code; SiT from timm's parts): the same architecture, batch, optimizer and loss,
 timed the same way, printed as the same JSON object.
 
 The model comes from vitkit's own preset table (`vitkit models --json`), so both sides build
@@ -11,7 +11,10 @@ identical shapes:
 
 Train mode times one full step: forward, soft-target cross entropy, backward, global-norm
 gradient clipping at 1.0 and AdamW (lr 1e-4, weight decay 0.05 except on 1-D parameters and the
-class/position embeddings, eps 1e-8), as vitkit's bench does. Peak memory is the process's peak
+class/position embeddings, eps 1e-8), as vitkit's bench does. Pretrain mode (SiT presets) times
+one SiT pretraining step: two views of each of the batch's images, corrupted, through the pretext
+heads; rotation cross entropy, NT-Xent (tau 0.5) and L1 reconstruction with the learned uncertainty
+weights; then the same backward, clipping and AdamW. Peak memory is the process's peak
 resident set (ru_maxrss, the same quantity as vitkit's VmHWM); on CUDA the peak of
 torch.cuda.max_memory_allocated is reported as well.
 """
@@ -30,7 +33,7 @@ def parse_args():
     p.add_argument("--models-json", required=True, help="output of `vitkit models --json`")
     p.add_argument("--model", default="vit_tiny_patch4_32")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--mode", choices=["train", "infer"], default="train")
+    p.add_argument("--mode", choices=["train", "infer", "pretrain"], default="train")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--in-chans", type=int)
@@ -109,8 +112,61 @@ def build_clip(cfg):
     return CLIP(embed_dim=cfg["embed_dim"], vision_cfg=vision, text_cfg=text, quick_gelu=cfg["quick_gelu"])
 
 
-def build_model(cfg, timm):
+def build_sit(cfg, pretext):
+    """SiT v1 from timm's PatchEmbed and Block (the parity tests' reference module, in
+    tools/make_sit_fixtures.py): pretext heads for pretraining, else the two-token classifier,
+    whose logits are the mean of its two heads' as vitkit's."""
+    import torch
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+    from make_sit_fixtures import SiT
+
+    if cfg["mlp_ratio"] != 4.0 or not cfg["qkv_bias"] or cfg["img_size"][0] != cfg["img_size"][1]:
+        sys.exit("pytorch_baseline: the SiT reference has mlp ratio 4, qkv bias and square images")
+    model = SiT(img=cfg["img_size"][0], patch=cfg["patch_size"], chans=cfg["in_chans"], dim=cfg["embed_dim"],
+                depth=cfg["depth"], heads=cfg["num_heads"], classes=None if pretext else cfg["num_classes"],
+                contrastive=cfg["contrastive_dim"])
+    if pretext:
+        return model
+
+    class TwoTokenClassifier(torch.nn.Module):
+        def __init__(self, sit):
+            super().__init__()
+            self.sit = sit
+            self.head = sit.contrastive_head  # the weight a step reads back
+
+        def forward(self, x):
+            rot, con = self.sit(x)
+            return 0.5 * (rot + con)
+
+    return TwoTokenClassifier(model)
+
+
+def sit_pretext_loss(model, corrupted, clean, rotations):
+    """SiT's objective on 2n views (view 1 of each image, then view 2). NT-Xent is written with
+    one product of the normalised embeddings (the official loss builds a [2n, 2n, E] tensor of
+    cosine similarities; this is the same number, and the faster baseline)."""
+    import torch
+    import torch.nn.functional as F
+
+    rot, con, rec = model(corrupted)
+    n = corrupted.shape[0] // 2
+    z = F.normalize(con, dim=1)
+    sim = (z @ z.t()) / 0.5
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=sim.device), float("-inf"))
+    positives = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(sim.device)
+    losses = torch.stack([F.cross_entropy(rot, rotations), F.cross_entropy(sim, positives), F.l1_loss(rec, clean)])
+    s = torch.cat([model.rot_w, model.contrastive_w, model.recons_w])
+    a = torch.tensor([1.0, 1.0, 0.5], device=s.device)
+    return (torch.exp(-a * s) * losses + 0.5 * s).sum()
+
+
+def build_model(cfg, timm, mode="train"):
     family = cfg.get("family")
+    if family == "sit":
+        return build_sit(cfg, pretext=mode == "pretrain")
+    if mode == "pretrain":
+        sys.exit(f"pytorch_baseline: pretrain mode takes a SiT preset, not family {family!r}")
     if family == "clip":
         return build_clip(cfg)
     if family == "cmt":
@@ -129,7 +185,7 @@ def build_model(cfg, timm):
 def adamw_groups(model):
     decay, no_decay = [], []
     for name, param in model.named_parameters():
-        if param.ndim <= 1 or name in ("cls_token", "pos_embed"):
+        if param.ndim <= 1 or name.split(".")[-1] in ("cls_token", "pos_embed", "rot_token", "contrastive_token"):
             no_decay.append(param)
         else:
             decay.append(param)
@@ -178,9 +234,15 @@ def main():
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[args.dtype]
-    model = build_model(cfg, timm).to(device=device, dtype=dtype)
+    model = build_model(cfg, timm, args.mode).to(device=device, dtype=dtype)
     h, w = cfg["img_size"]
-    x = torch.randn(args.batch_size, cfg["in_chans"], h, w, device=device, dtype=dtype)
+    pretrain = args.mode == "pretrain"
+    # Pretraining: two views of each image, corrupted inputs and clean targets, each view's rotation.
+    views = 2 * args.batch_size if pretrain else args.batch_size
+    x = torch.randn(views, cfg["in_chans"], h, w, device=device, dtype=dtype)
+    if pretrain:
+        clean = torch.randn_like(x)
+        rotations = torch.randint(0, 4, (views,), device=device)
     labels = torch.rand(args.batch_size, cfg["num_classes"], device=device)
     if clip:
         ctx, eot = cfg["text"]["context_length"], cfg["text"]["vocab_size"] - 1
@@ -222,9 +284,12 @@ def main():
                 if clip:
                     img, txt = clip_forward(model)
                     loss = clip_loss(img.float(), txt.float(), model.logit_scale.exp())
+                elif pretrain:
+                    loss = sit_pretext_loss(fwd, x, clean, rotations)
+                    loss.item()  # vitkit's loop reads every step's loss, as here
                 else:
                     logits = fwd(x)
-            if not clip:
+            if not clip and not pretrain:
                 loss = -(torch.log_softmax(logits.float(), dim=1) * labels).sum(1).mean()
             scaler.scale(loss).backward()
             scaler.unscale_(optim)
@@ -232,7 +297,8 @@ def main():
             scaler.step(optim)
             scaler.update()
             # Reading a weight waits for the step, as vitkit's bench does.
-            return (model.text_projection if clip else model.head.weight)[0, 0].item()
+            return (model.text_projection if clip else model.contrastive_head.weight if pretrain
+                    else model.head.weight)[0, 0].item()
 
     times = []
     for i in range(args.warmup + args.steps):

@@ -9,16 +9,25 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Distribution, Tensor};
 use serde::Serialize;
 
+use crate::data::pretext::standard_normal;
+use crate::data::{Batch, Normalize};
 use crate::models::{Model, ModelConfig};
 use crate::train::gan::{GanLoss, discriminator_loss, generator_loss};
-use crate::train::{TrainConfig, build_optimizer};
+use crate::train::sit::{SitPretraining, SitTasks, prepare_views, pretext_heads};
+use crate::train::{StepContext, Task, TrainConfig, build_optimizer, clip_grad_norm};
 use crate::{Result, VitError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BenchMode {
     Train,
     Infer,
+    /// One SiT pretraining step (a model built with its pretext heads).
+    Pretrain,
 }
+
+/// The global gradient-norm threshold of every timed training step: the training loop's
+/// default (`TrainConfig::grad_clip`), and what the PyTorch baseline clips at.
+const GRAD_CLIP: Option<f64> = Some(1.0);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchResult {
@@ -45,6 +54,8 @@ pub struct BenchResult {
     pub dtype: String,
     /// "bf16" when linear layers multiply in bf16 with f32 sums (`--autocast bf16` on the CPU).
     pub autocast: Option<String>,
+    /// What ran the f32 products on the CPU: the gemm crate or a system OpenBLAS.
+    pub products: String,
 }
 
 fn peak_rss_mib() -> f64 {
@@ -75,6 +86,11 @@ pub fn bench(
     let shape = [batch, config.in_chans(), h, w];
     let mut times = Vec::with_capacity(steps);
     match mode {
+        BenchMode::Pretrain => pretrain_steps(config, batch, steps + warmup, device, |i, t| {
+            if i >= warmup {
+                times.push(t);
+            }
+        })?,
         BenchMode::Infer if config.generates_images() => {
             // Sampling: latents in, images out (the averaged generator, as `sample` uses).
             let m = config.build(device)?;
@@ -154,7 +170,8 @@ pub fn bench(
                     towers.encode_text(&ids, batch)?,
                     towers.logit_scale(),
                 );
-                let grads = GradientsParams::from_grads(loss.backward(), &m);
+                let mut grads = GradientsParams::from_grads(loss.backward(), &m);
+                clip_grad_norm(&m, &mut grads, GRAD_CLIP);
                 m = optim.step(1e-4, m, grads);
                 wait_for_update(&m);
                 if i >= warmup {
@@ -201,7 +218,8 @@ pub fn bench(
                 let t = Instant::now();
                 let logits = m.classifier()?.logits(x.clone());
                 let loss = (log_softmax(logits, 1) * labels.clone()).sum_dim(1).mean().neg();
-                let grads = GradientsParams::from_grads(loss.backward(), &m);
+                let mut grads = GradientsParams::from_grads(loss.backward(), &m);
+                clip_grad_norm(&m, &mut grads, GRAD_CLIP);
                 m = optim.step(1e-4, m, grads);
                 // Wait for the step to finish before stopping the clock.
                 wait_for_update(&m);
@@ -214,18 +232,19 @@ pub fn bench(
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    let macs = if mode == BenchMode::Train {
-        config.train_macs()
-    } else {
-        config.forward_macs()
+    let (macs, inputs) = match mode {
+        BenchMode::Train => (config.train_macs(), batch),
+        // Two views of every image go through the model.
+        BenchMode::Pretrain => (config.train_macs(), 2 * batch),
+        BenchMode::Infer => (config.forward_macs(), batch),
     };
-    let gflop = 2.0 * macs * batch as f64 / 1e9;
+    let gflop = 2.0 * macs * inputs as f64 / 1e9;
     Ok(BenchResult {
         model: model.to_string(),
-        mode: if mode == BenchMode::Train {
-            "train"
-        } else {
-            "infer"
+        mode: match mode {
+            BenchMode::Train => "train",
+            BenchMode::Infer => "infer",
+            BenchMode::Pretrain => "pretrain",
         }
         .into(),
         batch_size: batch,
@@ -242,7 +261,74 @@ pub fn bench(
         device: format!("{device:?}"),
         dtype: format!("{:?}", device.settings().float_dtype).to_lowercase(),
         autocast: crate::kernels::bf16_products().then(|| "bf16".to_string()),
+        products: crate::kernels::product_backend(),
     })
+}
+
+/// `total` SiT pretraining steps as `vitkit pretrain --method sit` runs them, each step's wall
+/// time handed to `record` with its index: `batch` images as two views each, rotated and
+/// corrupted (prepared once beforehand, as the loader prepares them beside the model), the three
+/// losses with their uncertainty weights read back as the loop logs them, backward, gradient
+/// clipping and AdamW.
+fn pretrain_steps(
+    config: &ModelConfig,
+    batch: usize,
+    total: usize,
+    device: &Device,
+    mut record: impl FnMut(usize, f64),
+) -> Result<()> {
+    let ad = device.clone().autodiff();
+    let mut m = config.build(&ad)?;
+    pretext_heads(&m)?;
+    let mut optim = build_optimizer(&m, config, &TrainConfig::default());
+    let [h, w] = config.img_size();
+    let c = config.in_chans();
+    let mut rng: rand::rngs::StdRng = rand::SeedableRng::seed_from_u64(0);
+    let mut view = || {
+        (0..batch * c * h * w)
+            .map(|_| standard_normal(&mut rng))
+            .collect::<Vec<f32>>()
+    };
+    let mut prepared = Batch {
+        views: vec![view(), view()],
+        labels: None,
+        targets: None,
+        indices: (0..batch).collect(),
+        shape: [batch, c, h, w],
+    };
+    let identity = Normalize {
+        mean: vec![0.0; c],
+        std: vec![1.0; c],
+        out_channels: c,
+    };
+    prepare_views(
+        &mut prepared,
+        &identity,
+        0.0,
+        &mut rand::SeedableRng::seed_from_u64(1),
+    );
+    let task = SitPretraining {
+        tasks: SitTasks::default(),
+        batch_size: batch,
+    };
+    let ctx = StepContext {
+        device: &ad,
+        frozen_backbone: false,
+        phase: 0,
+    };
+    for i in 0..total {
+        let this = prepared.clone();
+        let t = Instant::now();
+        let step = task.step(&m, this, &ctx)?;
+        // The loop reads every step's loss (its divergence check).
+        let _ = step.loss.clone().into_scalar::<f32>();
+        let mut grads = GradientsParams::from_grads(step.loss.backward(), &m);
+        clip_grad_norm(&m, &mut grads, GRAD_CLIP);
+        m = optim.step(1e-4, m, grads);
+        wait_for_update(&m);
+        record(i, t.elapsed().as_secs_f64());
+    }
+    Ok(())
 }
 
 /// Reads the last parameter the optimizer updated (the head, for every family so far): on a

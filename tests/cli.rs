@@ -461,6 +461,65 @@ fn bench_runs_in_bf16_and_rejects_unknown_dtypes() {
     );
 }
 
+/// `bench --mode pretrain` times a SiT model built with its pretext heads, counting the
+/// arithmetic of both views of every image; other families have no such step.
+#[test]
+fn bench_pretrain_times_a_sit_pretraining_step() {
+    let out = vitkit(&[
+        "bench",
+        "--model",
+        "sit_nano_patch8_32",
+        "--mode",
+        "pretrain",
+        "--batch-size",
+        "4",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(r["mode"], "pretrain", "{stdout}");
+    assert_eq!(r["config"]["heads"], "pretext", "{stdout}");
+    let pretext = vitkit::models::preset("sit_nano_patch8_32")
+        .unwrap()
+        .adapted(&vitkit::models::Adaptation {
+            pretext: Some(true),
+            ..Default::default()
+        })
+        .unwrap();
+    let want = 2.0 * pretext.train_macs() * 8.0 / 1e9;
+    let got = r["gflop_per_step"].as_f64().expect("gflop_per_step");
+    assert!(
+        (got - want).abs() <= 1e-9 * want,
+        "{got} GFLOP, want {want} (8 views)"
+    );
+    let products = r["products"].as_str().expect("products");
+    assert!(
+        products == "gemm" || products.starts_with("openblas"),
+        "{products}"
+    );
+    fails_with(
+        &[
+            "bench",
+            "--model",
+            "vit_nano_patch8_32",
+            "--mode",
+            "pretrain",
+            "--steps",
+            "1",
+        ],
+        &["no pretext heads", "SiT"],
+    );
+    fails_with(
+        &["bench", "--steps", "1", "--mode", "finetune"],
+        &["unknown --mode 'finetune'", "pretrain"],
+    );
+}
+
 #[test]
 fn bench_autocast_is_for_cpu_inference_in_bf16() {
     let out = tiny_bench("infer", &["--autocast", "bf16"]);

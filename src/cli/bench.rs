@@ -13,7 +13,9 @@ pub struct BenchArgs {
     model: String,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
-    /// train (forward, backward and an AdamW step) or infer (forward only).
+    /// train (forward, backward and an AdamW step), infer (forward only), or pretrain (a SiT
+    /// model's pretraining step: two views of each of the batch's images through its pretext
+    /// heads, the three weighted losses, backward and AdamW).
     #[arg(long, default_value = "train")]
     mode: String,
     #[arg(long, default_value_t = 10)]
@@ -57,7 +59,8 @@ pub fn bench(args: BenchArgs, device: &str) -> anyhow::Result<()> {
     let mode = match args.mode.as_str() {
         "train" => BenchMode::Train,
         "infer" => BenchMode::Infer,
-        other => anyhow::bail!("unknown --mode '{other}'; valid: train, infer"),
+        "pretrain" => BenchMode::Pretrain,
+        other => anyhow::bail!("unknown --mode '{other}'; valid: train, infer, pretrain"),
     };
     if args.autocast.autocast.is_some() && mode != BenchMode::Infer {
         anyhow::bail!("--autocast is for inference (--mode infer)");
@@ -67,6 +70,8 @@ pub fn bench(args: BenchArgs, device: &str) -> anyhow::Result<()> {
         num_classes: args.num_classes,
         in_chans: args.in_chans,
         global_pool: args.global_pool,
+        // Pretext heads only where they are asked for (families without them ignore this).
+        pretext: (mode == BenchMode::Pretrain).then_some(true),
         ..Adaptation::default()
     })?;
     let r = bench(
@@ -83,7 +88,7 @@ pub fn bench(args: BenchArgs, device: &str) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "{} {} batch {}: median {:.1} ms (min {:.1}, max {:.1}) over {} steps, {:.1} images/s, {:.1} GFLOP/s, peak RSS {:.0} MiB",
+            "{} {} batch {}: median {:.1} ms (min {:.1}, max {:.1}) over {} steps, {:.1} images/s, {:.1} GFLOP/s, peak RSS {:.0} MiB; products: {}",
             r.model,
             r.mode,
             r.batch_size,
@@ -93,7 +98,8 @@ pub fn bench(args: BenchArgs, device: &str) -> anyhow::Result<()> {
             r.steps,
             r.images_per_s,
             r.gflops,
-            r.peak_rss_mib
+            r.peak_rss_mib,
+            r.products
         );
     }
     Ok(())

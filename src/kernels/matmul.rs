@@ -81,6 +81,11 @@ impl View {
         (self.ptr as usize, self.rows, self.cols, self.rs, self.cs)
     }
 
+    /// The first element's address and the row and column strides, for a foreign product.
+    pub(super) fn raw(&self) -> (*const f32, isize, isize) {
+        (self.ptr, self.rs, self.cs)
+    }
+
     /// The distance between consecutive rows, in elements.
     pub fn row_stride(&self) -> isize {
         self.rs
@@ -121,6 +126,11 @@ unsafe impl Send for ViewMut {}
 unsafe impl Sync for ViewMut {}
 
 impl ViewMut {
+    /// The first element's address and the row and column strides, for a foreign product.
+    pub(super) fn raw(&self) -> (*mut f32, isize, isize) {
+        (self.ptr, self.rs, self.cs)
+    }
+
     /// A strided window of `data` (which may still be uninitialised: products only write it,
     /// unless asked to accumulate). Panics if it would reach outside `data`.
     pub fn strided(
@@ -228,6 +238,11 @@ pub unsafe fn product(dst: ViewMut, a: View, b: View, s: f32, accumulate: bool, 
             .for_each(|(dst, a, b)| unsafe { product(dst, a, b, s, accumulate, Parallelism::None) });
         return;
     }
+    // One thread's product: the system BLAS where it is faster (see `blas.rs`).
+    // SAFETY: the caller's guarantees are `blas::product`'s.
+    if matches!(par, Parallelism::None) && unsafe { super::blas::product(dst, a, b, s, accumulate) } {
+        return;
+    }
     // SAFETY: shapes checked above; bounds were checked when the views were built.
     unsafe {
         gemm::gemm(
@@ -239,6 +254,10 @@ pub unsafe fn product(dst: ViewMut, a: View, b: View, s: f32, accumulate: bool, 
 
 /// Rows of the gemm crate's micro-kernel tile (16 f32 lanes x 4 registers with AVX-512).
 const KERNEL_ROWS: usize = 64;
+
+/// A multiple of the rows (or columns) of each part of a product the system BLAS runs: its
+/// micro-kernels' tile sides (16 and 4 on AVX2) divide it.
+const BLAS_PART_ALIGN: usize = 16;
 
 /// Elements of the packed operand (1 MiB of f32) below which gemm's own threading is kept:
 /// it stays in cache, its duplicated packing is cheap, and gemm balances small shapes better.
@@ -258,13 +277,26 @@ fn split_parts(dst: ViewMut, a: View, b: View, par: Parallelism) -> Option<Vec<(
     if !super::enabled(super::Fused::SplitProducts) || threads < 2 {
         return None;
     }
-    let by_cols = dst.cs.unsigned_abs() < dst.rs.unsigned_abs();
+    let (by_cols, step) = if super::blas::blas().is_some() {
+        // The system BLAS runs one part per thread: cut the longer side of the output.
+        let by_cols = dst.cols > dst.rows;
+        let len = dst.cols.max(dst.rows);
+        if len < threads * BLAS_PART_ALIGN {
+            return None;
+        }
+        (
+            by_cols,
+            len.div_ceil(threads).div_ceil(BLAS_PART_ALIGN) * BLAS_PART_ALIGN,
+        )
+    } else {
+        let by_cols = dst.cs.unsigned_abs() < dst.rs.unsigned_abs();
+        let len = if by_cols { dst.cols } else { dst.rows };
+        if len < threads * 2 * KERNEL_ROWS || len * a.cols < SPLIT_MIN_PACKED {
+            return None;
+        }
+        (by_cols, len.div_ceil(threads).div_ceil(KERNEL_ROWS) * KERNEL_ROWS)
+    };
     let len = if by_cols { dst.cols } else { dst.rows };
-    let depth = a.cols;
-    if len < threads * 2 * KERNEL_ROWS || len * depth < SPLIT_MIN_PACKED {
-        return None;
-    }
-    let step = len.div_ceil(threads).div_ceil(KERNEL_ROWS) * KERNEL_ROWS;
     Some(
         (0..len)
             .step_by(step)

@@ -16,6 +16,7 @@ mod batch_norm;
 mod bf16;
 mod bias_attention;
 mod bias_softmax;
+mod blas;
 mod conv;
 mod cpu;
 mod depthwise;
@@ -30,6 +31,7 @@ mod vit_autodiff;
 pub use bf16::{bf16_products, set_bf16_products};
 pub use bias_attention::{bias_attention, bias_attention_applies};
 pub use bias_softmax::bias_softmax;
+pub use blas::product_backend;
 pub use conv::{
     conv2d_channels_last, depthwise_conv, depthwise_conv_residual, depthwise_residual_gelu_affine,
 };

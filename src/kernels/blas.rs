@@ -1,0 +1,355 @@
+//! f32 products through a system OpenBLAS, loaded at run time, on CPUs where it beats the gemm
+//! crate: those without AVX-512. There gemm's AVX2 micro-kernel ran 12–28% below OpenBLAS
+//! 0.3.21's on every ViT product shape measured (one thread, Zen 3, `bench/gemm_vs_blas`); with
+//! AVX-512 gemm's own kernel is the one vitkit was measured fastest with, so it stays.
+//!
+//! OpenBLAS only ever runs single-threaded, inside the parts vitkit cuts a product into for its
+//! own rayon threads (`matmul::split_parts`): one thread pool in the process, not two fighting
+//! over the cores. Without the library, or with `VITKIT_BLAS=gemm` (or `VITKIT_FUSED` leaving
+//! out `blas`), every product stays on the gemm crate; `VITKIT_BLAS=openblas` asks for OpenBLAS on any CPU, `VITKIT_BLAS=/path/lib.so`
+//! names the library file.
+
+use std::ffi::{CString, c_int, c_void};
+use std::sync::OnceLock;
+
+use super::matmul::{View, ViewMut};
+
+type Sgemm = unsafe extern "C" fn(
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    f32,
+    *const f32,
+    c_int,
+    *const f32,
+    c_int,
+    f32,
+    *mut f32,
+    c_int,
+);
+type SetThreads = unsafe extern "C" fn(c_int);
+
+const ROW_MAJOR: c_int = 101;
+const NO_TRANS: c_int = 111;
+const TRANS: c_int = 112;
+
+/// The library's names: the loader's search path (Debian's `libopenblas0` links it there),
+/// then the directory of Debian's pthread build itself.
+const CANDIDATES: [&str; 2] = [
+    "libopenblas.so.0",
+    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
+];
+
+/// Products below this many multiply-adds stay on gemm: a BLAS call's fixed cost (argument
+/// checks, buffer set-up) outweighs its faster kernel on the attention heads' small products.
+const MIN_MACS: usize = 64 * 64 * 64;
+
+/// The loaded library's product, and the file it came from.
+pub struct Blas {
+    sgemm: Sgemm,
+    pub path: String,
+}
+
+static BLAS: OnceLock<Option<Blas>> = OnceLock::new();
+
+/// What runs the f32 products on the CPU: "openblas (PATH)" or "gemm".
+pub fn product_backend() -> String {
+    blas().map_or_else(|| "gemm".to_string(), |b| format!("openblas ({})", b.path))
+}
+
+/// The system BLAS in use, if any (loaded on first call; none while `VITKIT_FUSED` leaves
+/// `blas` out).
+pub fn blas() -> Option<&'static Blas> {
+    if !super::enabled(super::Fused::SystemBlas) {
+        return None;
+    }
+    BLAS.get_or_init(|| choose(std::env::var("VITKIT_BLAS").ok().as_deref()))
+        .as_ref()
+}
+
+fn choose(setting: Option<&str>) -> Option<Blas> {
+    match setting.map(str::trim) {
+        Some("gemm") | Some("none") => None,
+        Some("openblas") => CANDIDATES.iter().find_map(|p| open(p)),
+        Some(path) if !path.is_empty() && path != "auto" => open(path),
+        _ if wide_simd() => None,
+        _ => CANDIDATES.iter().find_map(|p| open(p)),
+    }
+}
+
+/// Whether gemm takes its AVX-512 path on this CPU.
+fn wide_simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `dlopen`s `path` and finds `cblas_sgemm`; OpenBLAS's own threads are turned down to one.
+fn open(path: &str) -> Option<Blas> {
+    let name = CString::new(path).ok()?;
+    // SAFETY: loading a shared library runs its initialisers, which for a BLAS set up its
+    // buffers; the handle is never closed, so the symbols stay valid for the process's life.
+    let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    if handle.is_null() {
+        return None;
+    }
+    let symbol = |s: &str| -> *mut c_void {
+        let s = CString::new(s).expect("symbol names hold no NUL");
+        // SAFETY: a valid handle and a NUL-terminated name.
+        unsafe { libc::dlsym(handle, s.as_ptr()) }
+    };
+    let sgemm = symbol("cblas_sgemm");
+    let set_threads = symbol("openblas_set_num_threads");
+    if sgemm.is_null() || set_threads.is_null() {
+        return None;
+    }
+    // SAFETY: both symbols have these C signatures in every OpenBLAS.
+    let (sgemm, set_threads) = unsafe {
+        (
+            std::mem::transmute::<*mut c_void, Sgemm>(sgemm),
+            std::mem::transmute::<*mut c_void, SetThreads>(set_threads),
+        )
+    };
+    // SAFETY: a plain setter of OpenBLAS's global thread count.
+    unsafe { set_threads(1) };
+    Some(Blas {
+        sgemm,
+        path: path.to_string(),
+    })
+}
+
+/// How CBLAS reads a strided matrix in row-major layout: not transposed (columns adjacent,
+/// leading dimension the row stride) or transposed (rows adjacent); `None` for other strides.
+fn layout(rows: usize, cols: usize, rs: isize, cs: isize) -> Option<(c_int, c_int)> {
+    let lead = |stride: isize, min: usize| -> Option<c_int> {
+        let stride = usize::try_from(stride).ok()?;
+        (stride >= min.max(1))
+            .then(|| c_int::try_from(stride).ok())
+            .flatten()
+    };
+    if cs == 1 {
+        // One row only: any leading dimension will do; the column count is the smallest legal.
+        Some((
+            NO_TRANS,
+            if rows == 1 {
+                c_int::try_from(cols.max(1)).ok()?
+            } else {
+                lead(rs, cols)?
+            },
+        ))
+    } else if rs == 1 {
+        Some((
+            TRANS,
+            if cols == 1 {
+                c_int::try_from(rows.max(1)).ok()?
+            } else {
+                lead(cs, rows)?
+            },
+        ))
+    } else {
+        None
+    }
+}
+
+/// `dst = s · a · b` (or `+=` when `accumulate`) on one thread through the system BLAS, when
+/// one is loaded, the product is large enough and every operand's strides suit CBLAS; returns
+/// whether it ran (if not, nothing was written).
+///
+/// # Safety
+/// As `matmul::product`: `dst` overlaps neither input, nobody else touches it meanwhile, and
+/// the storage behind the views outlives the call. When `accumulate` is false `dst` may be
+/// uninitialised (BLAS does not read C when beta is 0).
+pub unsafe fn product(dst: ViewMut, a: View, b: View, s: f32, accumulate: bool) -> bool {
+    let large = dst.rows.saturating_mul(dst.cols).saturating_mul(a.cols) >= MIN_MACS;
+    // SAFETY: the caller's guarantees carry over.
+    large && blas().is_some_and(|blas| unsafe { product_with(blas, dst, a, b, s, accumulate) })
+}
+
+/// [`product`] through `blas`, whatever the product's size.
+///
+/// # Safety
+/// As [`product`].
+unsafe fn product_with(blas: &Blas, dst: ViewMut, a: View, b: View, s: f32, accumulate: bool) -> bool {
+    let (m, n, k) = (dst.rows, dst.cols, a.cols);
+    let (dp, drs, dcs) = dst.raw();
+    let (ap, ars, acs) = a.raw();
+    let (bp, brs, bcs) = b.raw();
+    // Row-major C = A·B; a column-major C is the row-major Cᵀ = Bᵀ·Aᵀ.
+    let (c_ld, swap) = match (drs, dcs) {
+        (rs, 1) => (layout(m, n, rs, 1), false),
+        (1, cs) => (layout(n, m, cs, 1), true),
+        _ => return false,
+    };
+    let Some((_, ldc)) = c_ld else {
+        return false;
+    };
+    let (first, second, (rows, cols)) = if swap {
+        ((bp, bcs, brs, n, k), (ap, acs, ars, k, m), (n, m))
+    } else {
+        ((ap, ars, acs, m, k), (bp, brs, bcs, k, n), (m, n))
+    };
+    let (Some((ta, lda)), Some((tb, ldb))) = (
+        layout(first.3, first.4, first.1, first.2),
+        layout(second.3, second.4, second.1, second.2),
+    ) else {
+        return false;
+    };
+    let (Ok(ri), Ok(ci), Ok(ki)) = (c_int::try_from(rows), c_int::try_from(cols), c_int::try_from(k)) else {
+        return false;
+    };
+    // SAFETY: shapes, strides and leading dimensions were checked against CBLAS's rules above,
+    // and the views' extents when they were built; the caller's guarantees cover aliasing.
+    unsafe {
+        (blas.sgemm)(
+            ROW_MAJOR,
+            ta,
+            tb,
+            ri,
+            ci,
+            ki,
+            s,
+            first.0,
+            lda,
+            second.0,
+            ldb,
+            if accumulate { 1.0 } else { 0.0 },
+            dp,
+            ldc,
+        )
+    };
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::MaybeUninit;
+
+    use super::*;
+
+    /// Storage for an `rows x cols` matrix, row-major with a padded row stride or, when
+    /// `transposed`, column-major with a padded column stride; the padding holds NaN.
+    fn matrix(rows: usize, cols: usize, transposed: bool, seed: u32) -> (Vec<f32>, isize, isize) {
+        let (outer, inner) = if transposed { (cols, rows) } else { (rows, cols) };
+        let stride = inner + 3;
+        let mut data = vec![f32::NAN; outer * stride];
+        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        for o in 0..outer {
+            for i in 0..inner {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                data[o * stride + i] = (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+            }
+        }
+        let (rs, cs) = if transposed {
+            (1, stride as isize)
+        } else {
+            (stride as isize, 1)
+        };
+        (data, rs, cs)
+    }
+
+    fn at(data: &[f32], rs: isize, cs: isize, r: usize, c: usize) -> f32 {
+        data[(r as isize * rs + c as isize * cs) as usize]
+    }
+
+    fn openblas() -> Blas {
+        choose(Some("openblas")).expect("build.rs found an OpenBLAS library, but it did not load")
+    }
+
+    /// Every layout CBLAS takes (each operand as stored or transposed, the output row- or
+    /// column-major), with and without accumulation, against a sum in f64; the output's
+    /// padding is never written.
+    #[test]
+    #[cfg_attr(no_openblas, ignore = "no OpenBLAS library on this machine")]
+    fn products_match_a_float64_sum_in_every_layout() {
+        let blas = openblas();
+        for (m, n, k) in [(80, 72, 64), (1, 512, 600), (600, 1, 512), (33, 257, 31)] {
+            for bits in 0..16u32 {
+                let [ta, tb, td, accumulate] = [0, 1, 2, 3].map(|i| bits >> i & 1 == 1);
+                let (a, ars, acs) = matrix(m, k, ta, 1 + bits);
+                let (b, brs, bcs) = matrix(k, n, tb, 2 + bits);
+                let (d0, drs, dcs) = matrix(m, n, td, 3 + bits);
+                let mut d: Vec<MaybeUninit<f32>> = d0.iter().map(|&v| MaybeUninit::new(v)).collect();
+                let s = 0.75;
+                let ran = unsafe {
+                    product_with(
+                        &blas,
+                        ViewMut::strided(&mut d, 0, m, n, drs, dcs),
+                        View::strided(&a, 0, m, k, ars, acs),
+                        View::strided(&b, 0, k, n, brs, bcs),
+                        s,
+                        accumulate,
+                    )
+                };
+                assert!(ran, "{m}x{n}x{k}, layout bits {bits:04b}: declined");
+                // SAFETY: every element was initialised from `d0`.
+                let d: Vec<f32> = d.iter().map(|v| unsafe { v.assume_init() }).collect();
+                for r in 0..m {
+                    for c in 0..n {
+                        let sum: f64 = (0..k)
+                            .map(|i| at(&a, ars, acs, r, i) as f64 * at(&b, brs, bcs, i, c) as f64)
+                            .sum();
+                        let want = s as f64 * sum
+                            + if accumulate {
+                                at(&d0, drs, dcs, r, c) as f64
+                            } else {
+                                0.0
+                            };
+                        let got = at(&d, drs, dcs, r, c) as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{m}x{n}x{k}, layout bits {bits:04b}, ({r}, {c}): {got} vs {want}"
+                        );
+                    }
+                }
+                let untouched = d
+                    .iter()
+                    .zip(&d0)
+                    .filter(|(x, y)| y.is_nan() && !x.is_nan())
+                    .count();
+                assert_eq!(
+                    untouched, 0,
+                    "{m}x{n}x{k}, layout bits {bits:04b}: padding written"
+                );
+            }
+        }
+    }
+
+    /// Strides CBLAS cannot express are left to gemm, with nothing written.
+    #[test]
+    #[cfg_attr(no_openblas, ignore = "no OpenBLAS library on this machine")]
+    fn other_strides_are_declined() {
+        let blas = openblas();
+        let (m, n, k) = (64, 64, 64);
+        let a = vec![1.0f32; 2 * m * k];
+        let b = vec![1.0f32; k * n];
+        let mut d = vec![MaybeUninit::new(-1.0f32); m * n];
+        // Every other column of `a`: neither of its strides is 1.
+        let ran = unsafe {
+            product_with(
+                &blas,
+                ViewMut::strided(&mut d, 0, m, n, n as isize, 1),
+                View::strided(&a, 0, m, k, 2 * k as isize, 2),
+                View::row_major(&b, k, n),
+                1.0,
+                false,
+            )
+        };
+        assert!(!ran);
+        assert!(d.iter().all(|v| unsafe { v.assume_init() } == -1.0));
+    }
+
+    #[test]
+    fn the_gemm_setting_and_a_missing_file_load_nothing() {
+        assert!(choose(Some("gemm")).is_none());
+        assert!(choose(Some("none")).is_none());
+        assert!(choose(Some("/nonexistent/libopenblas.so.0")).is_none());
+    }
+}
