@@ -772,6 +772,44 @@ fn unknown_fused_kernel_names_are_errors() {
     assert!(vitkit::kernels::parse_fused("attn").is_err());
 }
 
+/// Products run on the gemm crate when asked, and a BLAS library named but not loadable is
+/// reported (the run goes on, on gemm), never timed silently as something else.
+#[test]
+fn the_product_library_is_chosen_by_vitkit_blas() {
+    let bench = |blas: &str| {
+        Command::new(env!("CARGO_BIN_EXE_vitkit"))
+            .args([
+                "bench",
+                "--model",
+                "vit_nano_patch8_32",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--json",
+            ])
+            .env("VITKIT_BLAS", blas)
+            .output()
+            .unwrap()
+    };
+    let products = |out: &Output| {
+        let r: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).expect("one JSON object");
+        r["products"].as_str().expect("products").to_string()
+    };
+    let gemm = bench("gemm");
+    assert!(gemm.status.success());
+    assert_eq!(products(&gemm), "gemm");
+    let missing = bench("/nonexistent/libopenblas.so.0");
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(missing.status.success(), "{stderr}");
+    assert_eq!(products(&missing), "gemm");
+    assert!(
+        stderr.contains("no loadable OpenBLAS") && stderr.contains("/nonexistent/libopenblas.so.0"),
+        "{stderr}"
+    );
+}
+
 /// A folder dataset is known by its path: a run trained on one folder will not resume on
 /// another, and `eval` finds the same folder from another working directory.
 #[test]

@@ -6,8 +6,9 @@
 //! OpenBLAS only ever runs single-threaded, inside the parts vitkit cuts a product into for its
 //! own rayon threads (`matmul::split_parts`): one thread pool in the process, not two fighting
 //! over the cores. Without the library, or with `VITKIT_BLAS=gemm` (or `VITKIT_FUSED` leaving
-//! out `blas`), every product stays on the gemm crate; `VITKIT_BLAS=openblas` asks for OpenBLAS on any CPU, `VITKIT_BLAS=/path/lib.so`
-//! names the library file.
+//! out `blas`), every product stays on the gemm crate; `VITKIT_BLAS=openblas` asks for OpenBLAS
+//! on any CPU, `VITKIT_BLAS=/path/lib.so` names the library file (one that cannot be loaded is
+//! reported on stderr, and the products stay on gemm).
 
 use std::ffi::{CString, c_int, c_void};
 use std::sync::OnceLock;
@@ -71,13 +72,25 @@ pub fn blas() -> Option<&'static Blas> {
 }
 
 fn choose(setting: Option<&str>) -> Option<Blas> {
-    match setting.map(str::trim) {
-        Some("gemm") | Some("none") => None,
+    let asked = match setting.map(str::trim) {
+        Some("gemm") | Some("none") => return None,
+        None | Some("") | Some("auto") if wide_simd() => return None,
+        None | Some("") | Some("auto") => return CANDIDATES.iter().find_map(|p| open(p)),
         Some("openblas") => CANDIDATES.iter().find_map(|p| open(p)),
-        Some(path) if !path.is_empty() && path != "auto" => open(path),
-        _ if wide_simd() => None,
-        _ => CANDIDATES.iter().find_map(|p| open(p)),
+        Some(path) => open(path),
+    };
+    if asked.is_none() {
+        // Asked for by name and not there: say so rather than time the wrong thing silently.
+        eprintln!(
+            "vitkit: VITKIT_BLAS={}: no loadable OpenBLAS (tried {}); matrix products use the gemm crate",
+            setting.unwrap_or_default(),
+            match setting.map(str::trim) {
+                Some("openblas") => CANDIDATES.join(", "),
+                other => other.unwrap_or_default().to_string(),
+            }
+        );
     }
+    asked
 }
 
 /// Whether gemm takes its AVX-512 path on this CPU.
