@@ -13,7 +13,7 @@ use crate::data::pretext::standard_normal;
 use crate::data::{Batch, Normalize};
 use crate::models::{Model, ModelConfig};
 use crate::train::gan::{GanLoss, discriminator_loss, generator_loss};
-use crate::train::sit::{SitPretraining, SitTasks, prepare_views, pretext_heads};
+use crate::train::sit::{SitPretraining, SitTasks, prepare_views};
 use crate::train::{StepContext, Task, TrainConfig, build_optimizer, clip_grad_norm};
 use crate::{Result, VitError};
 
@@ -24,10 +24,6 @@ pub enum BenchMode {
     /// One SiT pretraining step (a model built with its pretext heads).
     Pretrain,
 }
-
-/// The global gradient-norm threshold of every timed training step: the training loop's
-/// default (`TrainConfig::grad_clip`), and what the PyTorch baseline clips at.
-const GRAD_CLIP: Option<f64> = Some(1.0);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchResult {
@@ -85,8 +81,11 @@ pub fn bench(
     let [h, w] = config.img_size();
     let shape = [batch, config.in_chans(), h, w];
     let mut times = Vec::with_capacity(steps);
+    // The training loop's defaults: its AdamW and its gradient clipping (PyTorch's baseline
+    // clips at the same norm).
+    let recipe = TrainConfig::default();
     match mode {
-        BenchMode::Pretrain => pretrain_steps(config, batch, steps + warmup, device, |i, t| {
+        BenchMode::Pretrain => pretrain_steps(config, &recipe, batch, steps + warmup, device, |i, t| {
             if i >= warmup {
                 times.push(t);
             }
@@ -112,7 +111,7 @@ pub fn bench(
             // One GAN step: the discriminator's update, then the generator's (non-saturating).
             let ad = device.clone().autodiff();
             let mut m = config.build(&ad)?;
-            let mut optim = build_optimizer(&m, config, &TrainConfig::default());
+            let mut optim = build_optimizer(&m, config, &recipe);
             let real = Tensor::<4>::random(shape, Distribution::Uniform(-1.0, 1.0), &ad);
             for i in 0..warmup + steps {
                 let t = Instant::now();
@@ -159,7 +158,7 @@ pub fn bench(
         BenchMode::Train if config.num_classes().is_none() => {
             let ad = device.clone().autodiff();
             let mut m = config.build(&ad)?;
-            let mut optim = build_optimizer(&m, config, &TrainConfig::default());
+            let mut optim = build_optimizer(&m, config, &recipe);
             let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &ad);
             let ids = bench_token_ids(&m, batch)?;
             for i in 0..warmup + steps {
@@ -171,7 +170,7 @@ pub fn bench(
                     towers.logit_scale(),
                 );
                 let mut grads = GradientsParams::from_grads(loss.backward(), &m);
-                clip_grad_norm(&m, &mut grads, GRAD_CLIP);
+                clip_grad_norm(&m, &mut grads, recipe.grad_clip);
                 m = optim.step(1e-4, m, grads);
                 wait_for_update(&m);
                 if i >= warmup {
@@ -211,7 +210,7 @@ pub fn bench(
             let ad = device.clone().autodiff();
             let mut m = config.build(&ad)?;
             let classes = config.classes()?;
-            let mut optim = build_optimizer(&m, config, &TrainConfig::default());
+            let mut optim = build_optimizer(&m, config, &recipe);
             let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &ad);
             let labels = Tensor::<2>::random([batch, classes], Distribution::Uniform(0.0, 1.0), &ad);
             for i in 0..warmup + steps {
@@ -219,7 +218,7 @@ pub fn bench(
                 let logits = m.classifier()?.logits(x.clone());
                 let loss = (log_softmax(logits, 1) * labels.clone()).sum_dim(1).mean().neg();
                 let mut grads = GradientsParams::from_grads(loss.backward(), &m);
-                clip_grad_norm(&m, &mut grads, GRAD_CLIP);
+                clip_grad_norm(&m, &mut grads, recipe.grad_clip);
                 m = optim.step(1e-4, m, grads);
                 // Wait for the step to finish before stopping the clock.
                 wait_for_update(&m);
@@ -272,6 +271,7 @@ pub fn bench(
 /// clipping and AdamW.
 fn pretrain_steps(
     config: &ModelConfig,
+    recipe: &TrainConfig,
     batch: usize,
     total: usize,
     device: &Device,
@@ -279,8 +279,7 @@ fn pretrain_steps(
 ) -> Result<()> {
     let ad = device.clone().autodiff();
     let mut m = config.build(&ad)?;
-    pretext_heads(&m)?;
-    let mut optim = build_optimizer(&m, config, &TrainConfig::default());
+    let mut optim = build_optimizer(&m, config, recipe);
     let [h, w] = config.img_size();
     let c = config.in_chans();
     let mut rng: rand::rngs::StdRng = rand::SeedableRng::seed_from_u64(0);
@@ -323,7 +322,7 @@ fn pretrain_steps(
         // The loop reads every step's loss (its divergence check).
         let _ = step.loss.clone().into_scalar::<f32>();
         let mut grads = GradientsParams::from_grads(step.loss.backward(), &m);
-        clip_grad_norm(&m, &mut grads, GRAD_CLIP);
+        clip_grad_norm(&m, &mut grads, recipe.grad_clip);
         m = optim.step(1e-4, m, grads);
         wait_for_update(&m);
         record(i, t.elapsed().as_secs_f64());

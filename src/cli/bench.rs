@@ -70,7 +70,7 @@ pub fn bench(args: BenchArgs, device: &str) -> anyhow::Result<()> {
         num_classes: args.num_classes,
         in_chans: args.in_chans,
         global_pool: args.global_pool,
-        // Pretext heads only where they are asked for (families without them ignore this).
+        // Pretext heads only for `pretrain` (a family without them refuses it, naming SiT).
         pretext: (mode == BenchMode::Pretrain).then_some(true),
         ..Adaptation::default()
     })?;

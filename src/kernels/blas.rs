@@ -72,25 +72,24 @@ pub fn blas() -> Option<&'static Blas> {
 }
 
 fn choose(setting: Option<&str>) -> Option<Blas> {
-    let asked = match setting.map(str::trim) {
-        Some("gemm") | Some("none") => return None,
-        None | Some("") | Some("auto") if wide_simd() => return None,
-        None | Some("") | Some("auto") => return CANDIDATES.iter().find_map(|p| open(p)),
-        Some("openblas") => CANDIDATES.iter().find_map(|p| open(p)),
-        Some(path) => open(path),
+    let setting = setting.map(str::trim).filter(|v| !v.is_empty() && *v != "auto");
+    let tried: Vec<&str> = match setting {
+        Some("gemm" | "none") => return None,
+        None if wide_simd() => return None,
+        None => return CANDIDATES.iter().find_map(|p| open(p)),
+        Some("openblas") => CANDIDATES.to_vec(),
+        Some(path) => vec![path],
     };
-    if asked.is_none() {
+    let found = tried.iter().find_map(|p| open(p));
+    if found.is_none() {
         // Asked for by name and not there: say so rather than time the wrong thing silently.
         eprintln!(
             "vitkit: VITKIT_BLAS={}: no loadable OpenBLAS (tried {}); matrix products use the gemm crate",
             setting.unwrap_or_default(),
-            match setting.map(str::trim) {
-                Some("openblas") => CANDIDATES.join(", "),
-                other => other.unwrap_or_default().to_string(),
-            }
+            tried.join(", ")
         );
     }
-    asked
+    found
 }
 
 /// Whether gemm takes its AVX-512 path on this CPU.
@@ -139,37 +138,17 @@ fn open(path: &str) -> Option<Blas> {
     })
 }
 
-/// How CBLAS reads a strided matrix in row-major layout: not transposed (columns adjacent,
-/// leading dimension the row stride) or transposed (rows adjacent); `None` for other strides.
+/// How CBLAS reads a strided `rows x cols` matrix in row-major layout, with its leading
+/// dimension: not transposed (columns adjacent) or transposed (rows adjacent); `None` for other
+/// strides. A single row (column) may have any stride across it: the smallest legal one is given.
 fn layout(rows: usize, cols: usize, rs: isize, cs: isize) -> Option<(c_int, c_int)> {
-    let lead = |stride: isize, min: usize| -> Option<c_int> {
-        let stride = usize::try_from(stride).ok()?;
-        (stride >= min.max(1))
-            .then(|| c_int::try_from(stride).ok())
-            .flatten()
+    let (trans, lead, min) = match (rs, cs) {
+        (_, 1) => (NO_TRANS, if rows == 1 { cols as isize } else { rs }, cols),
+        (1, _) => (TRANS, if cols == 1 { rows as isize } else { cs }, rows),
+        _ => return None,
     };
-    if cs == 1 {
-        // One row only: any leading dimension will do; the column count is the smallest legal.
-        Some((
-            NO_TRANS,
-            if rows == 1 {
-                c_int::try_from(cols.max(1)).ok()?
-            } else {
-                lead(rs, cols)?
-            },
-        ))
-    } else if rs == 1 {
-        Some((
-            TRANS,
-            if cols == 1 {
-                c_int::try_from(rows.max(1)).ok()?
-            } else {
-                lead(cs, rows)?
-            },
-        ))
-    } else {
-        None
-    }
+    let lead = usize::try_from(lead).ok().filter(|&l| l >= min.max(1))?;
+    Some((trans, c_int::try_from(lead).ok()?))
 }
 
 /// `dst = s · a · b` (or `+=` when `accumulate`) on one thread through the system BLAS, when
@@ -191,53 +170,31 @@ pub unsafe fn product(dst: ViewMut, a: View, b: View, s: f32, accumulate: bool) 
 /// # Safety
 /// As [`product`].
 unsafe fn product_with(blas: &Blas, dst: ViewMut, a: View, b: View, s: f32, accumulate: bool) -> bool {
-    let (m, n, k) = (dst.rows, dst.cols, a.cols);
-    let (dp, drs, dcs) = dst.raw();
-    let (ap, ars, acs) = a.raw();
-    let (bp, brs, bcs) = b.raw();
-    // Row-major C = A·B; a column-major C is the row-major Cᵀ = Bᵀ·Aᵀ.
-    let (c_ld, swap) = match (drs, dcs) {
-        (rs, 1) => (layout(m, n, rs, 1), false),
-        (1, cs) => (layout(n, m, cs, 1), true),
+    // CBLAS writes a row-major C; a column-major one is the row-major Cᵀ = Bᵀ·Aᵀ.
+    let (dst, a, b) = match dst.raw() {
+        (_, _, 1) => (dst, a, b),
+        (_, 1, _) => (dst.t(), b.t(), a.t()),
         _ => return false,
     };
-    let Some((_, ldc)) = c_ld else {
-        return false;
-    };
-    let (first, second, (rows, cols)) = if swap {
-        ((bp, bcs, brs, n, k), (ap, acs, ars, k, m), (n, m))
-    } else {
-        ((ap, ars, acs, m, k), (bp, brs, bcs, k, n), (m, n))
-    };
-    let (Some((ta, lda)), Some((tb, ldb))) = (
-        layout(first.3, first.4, first.1, first.2),
-        layout(second.3, second.4, second.1, second.2),
+    let ((dp, drs, _), (ap, ars, acs), (bp, brs, bcs)) = (dst.raw(), a.raw(), b.raw());
+    let (Some((_, ldc)), Some((ta, lda)), Some((tb, ldb))) = (
+        layout(dst.rows, dst.cols, drs, 1),
+        layout(a.rows, a.cols, ars, acs),
+        layout(b.rows, b.cols, brs, bcs),
     ) else {
         return false;
     };
-    let (Ok(ri), Ok(ci), Ok(ki)) = (c_int::try_from(rows), c_int::try_from(cols), c_int::try_from(k)) else {
+    let (Ok(m), Ok(n), Ok(k)) = (
+        c_int::try_from(dst.rows),
+        c_int::try_from(dst.cols),
+        c_int::try_from(a.cols),
+    ) else {
         return false;
     };
+    let beta = if accumulate { 1.0 } else { 0.0 };
     // SAFETY: shapes, strides and leading dimensions were checked against CBLAS's rules above,
     // and the views' extents when they were built; the caller's guarantees cover aliasing.
-    unsafe {
-        (blas.sgemm)(
-            ROW_MAJOR,
-            ta,
-            tb,
-            ri,
-            ci,
-            ki,
-            s,
-            first.0,
-            lda,
-            second.0,
-            ldb,
-            if accumulate { 1.0 } else { 0.0 },
-            dp,
-            ldc,
-        )
-    };
+    unsafe { (blas.sgemm)(ROW_MAJOR, ta, tb, m, n, k, s, ap, lda, bp, ldb, beta, dp, ldc) };
     true
 }
 

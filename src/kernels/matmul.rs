@@ -131,6 +131,17 @@ impl ViewMut {
         (self.ptr, self.rs, self.cs)
     }
 
+    /// The transpose, without moving data.
+    pub(super) fn t(self) -> Self {
+        Self {
+            ptr: self.ptr,
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+
     /// A strided window of `data` (which may still be uninitialised: products only write it,
     /// unless asked to accumulate). Panics if it would reach outside `data`.
     pub fn strided(
@@ -277,26 +288,22 @@ fn split_parts(dst: ViewMut, a: View, b: View, par: Parallelism) -> Option<Vec<(
     if !super::enabled(super::Fused::SplitProducts) || threads < 2 {
         return None;
     }
-    let (by_cols, step) = if super::blas::blas().is_some() {
+    let (by_cols, len, align) = if super::blas::blas().is_some() {
         // The system BLAS runs one part per thread: cut the longer side of the output.
-        let by_cols = dst.cols > dst.rows;
         let len = dst.cols.max(dst.rows);
         if len < threads * BLAS_PART_ALIGN {
             return None;
         }
-        (
-            by_cols,
-            len.div_ceil(threads).div_ceil(BLAS_PART_ALIGN) * BLAS_PART_ALIGN,
-        )
+        (dst.cols > dst.rows, len, BLAS_PART_ALIGN)
     } else {
         let by_cols = dst.cs.unsigned_abs() < dst.rs.unsigned_abs();
         let len = if by_cols { dst.cols } else { dst.rows };
         if len < threads * 2 * KERNEL_ROWS || len * a.cols < SPLIT_MIN_PACKED {
             return None;
         }
-        (by_cols, len.div_ceil(threads).div_ceil(KERNEL_ROWS) * KERNEL_ROWS)
+        (by_cols, len, KERNEL_ROWS)
     };
-    let len = if by_cols { dst.cols } else { dst.rows };
+    let step = len.div_ceil(threads).div_ceil(align) * align;
     Some(
         (0..len)
             .step_by(step)
