@@ -1,7 +1,7 @@
 //! Tells the tests whether this CPU has AVX-512 BF16 (cfg `no_avx512_bf16` when it lacks
-//! it) and whether this machine has OpenBLAS (cfg `no_openblas`), so the bf16-product and
-//! system-BLAS tests report themselves ignored, with the reason, instead of passing without
-//! testing anything.
+//! it), AVX2 and FMA (cfg `no_avx2_fma`), and whether this machine has OpenBLAS (cfg
+//! `no_openblas`), so the bf16-product, packed-kernel and system-BLAS tests report themselves
+//! ignored, with the reason, instead of passing without testing anything.
 //!
 //! With the `cuda` feature only: links a stand-in for each LLVM entry point that Burn's CUDA
 //! backend brings in but vitkit never calls.
@@ -26,6 +26,18 @@ fn host_has_avx512_bf16() -> bool {
     }
 }
 
+/// Whether the machine building (and testing) vitkit runs the packed AVX2 + FMA kernel.
+fn host_has_avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Where `kernels/blas.rs` finds OpenBLAS on Debian and Ubuntu (`libopenblas0-pthread`): when
 /// none exists, cfg `no_openblas` marks its tests ignored, with the reason.
 const OPENBLAS_FILES: [&str; 2] = [
@@ -36,6 +48,10 @@ const OPENBLAS_FILES: [&str; 2] = [
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(no_avx512_bf16)");
     println!("cargo::rustc-check-cfg=cfg(no_openblas)");
+    println!("cargo::rustc-check-cfg=cfg(no_avx2_fma)");
+    if !host_has_avx2_fma() {
+        println!("cargo::rustc-cfg=no_avx2_fma");
+    }
     if !OPENBLAS_FILES.iter().any(|f| std::path::Path::new(f).exists()) {
         println!("cargo::rustc-cfg=no_openblas");
     }

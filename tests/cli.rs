@@ -499,7 +499,7 @@ fn bench_pretrain_times_a_sit_pretraining_step() {
     );
     let products = r["products"].as_str().expect("products");
     assert!(
-        products == "gemm" || products.starts_with("openblas"),
+        products == "gemm" || products == "packed (AVX2)" || products.starts_with("openblas"),
         "{products}"
     );
     fails_with(
@@ -772,8 +772,9 @@ fn unknown_fused_kernel_names_are_errors() {
     assert!(vitkit::kernels::parse_fused("attn").is_err());
 }
 
-/// Products run on the gemm crate when asked, and a BLAS library named but not loadable is
-/// reported (the run goes on, on gemm), never timed silently as something else.
+/// Products run on the gemm crate or the packed kernel when asked, and a BLAS library named
+/// but not loadable is reported (the run goes on with the default), never timed silently as
+/// something else.
 #[test]
 fn the_product_library_is_chosen_by_vitkit_blas() {
     let bench = |blas: &str| {
@@ -800,10 +801,23 @@ fn the_product_library_is_chosen_by_vitkit_blas() {
     let gemm = bench("gemm");
     assert!(gemm.status.success());
     assert_eq!(products(&gemm), "gemm");
+    let packed = bench("packed");
+    #[cfg(target_arch = "x86_64")]
+    let avx2_fma = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx2_fma = false;
+    if avx2_fma {
+        assert!(packed.status.success());
+        assert_eq!(products(&packed), "packed (AVX2)");
+    } else {
+        assert!(String::from_utf8_lossy(&packed.stderr).contains("lacks AVX2 or FMA"));
+        assert_eq!(products(&packed), "gemm");
+    }
+    let default = products(&bench("auto"));
     let missing = bench("/nonexistent/libopenblas.so.0");
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(missing.status.success(), "{stderr}");
-    assert_eq!(products(&missing), "gemm");
+    assert_eq!(products(&missing), default);
     assert!(
         stderr.contains("no loadable OpenBLAS") && stderr.contains("/nonexistent/libopenblas.so.0"),
         "{stderr}"

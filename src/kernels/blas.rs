@@ -1,14 +1,19 @@
-//! f32 products through a system OpenBLAS, loaded at run time, on CPUs where it beats the gemm
-//! crate: those without AVX-512. There gemm's AVX2 micro-kernel ran 12–28% below OpenBLAS
-//! 0.3.21's on every ViT product shape measured (one thread, Zen 3, `bench/gemm_vs_blas`); with
-//! AVX-512 gemm's own kernel is the one vitkit was measured fastest with, so it stays.
+//! Which code runs the f32 matrix products on the CPU, and the system OpenBLAS, loaded at run
+//! time, as one of the choices.
 //!
-//! OpenBLAS only ever runs single-threaded, inside the parts vitkit cuts a product into for its
-//! own rayon threads (`matmul::split_parts`): one thread pool in the process, not two fighting
-//! over the cores. Without the library, or with `VITKIT_BLAS=gemm` (or `VITKIT_FUSED` leaving
-//! out `blas`), every product stays on the gemm crate; `VITKIT_BLAS=openblas` asks for OpenBLAS
-//! on any CPU, `VITKIT_BLAS=/path/lib.so` names the library file (one that cannot be loaded is
-//! reported on stderr, and the products stay on gemm).
+//! - `gemm`: the gemm crate. The default on CPUs with AVX-512, where its AVX-512 kernel is what
+//!   vitkit was measured fastest with.
+//! - `packed`: vitkit's own kernel for AVX2 + FMA (`packed.rs`). The default on x86-64 CPUs
+//!   without AVX-512: there gemm's AVX2 kernel ran 12–28% below OpenBLAS 0.3.21 on every ViT
+//!   product shape, and the packed kernel level with or above OpenBLAS (one thread, Zen 3,
+//!   `bench/gemm_vs_blas`), without needing a system library.
+//! - `openblas`: a system OpenBLAS (`VITKIT_BLAS=openblas`, or `VITKIT_BLAS=/path/lib.so` for a
+//!   given file; one that cannot be loaded is reported on stderr, and the default is used).
+//!
+//! The packed kernel and OpenBLAS only ever run single-threaded, inside the parts vitkit cuts a
+//! product into for its own rayon threads (`matmul::split_parts`): one thread pool in the
+//! process, not two fighting over the cores. `VITKIT_FUSED` leaving out `blas` keeps every
+//! product on the gemm crate.
 
 use std::ffi::{CString, c_int, c_void};
 use std::sync::OnceLock;
@@ -48,48 +53,84 @@ const CANDIDATES: [&str; 2] = [
 /// checks, buffer set-up) outweighs its faster kernel on the attention heads' small products.
 const MIN_MACS: usize = 64 * 64 * 64;
 
-/// The loaded library's product, and the file it came from.
+/// A loaded OpenBLAS's product, and the file it came from.
 pub struct Blas {
     sgemm: Sgemm,
     pub path: String,
 }
 
-static BLAS: OnceLock<Option<Blas>> = OnceLock::new();
+/// What runs the single-threaded parts of the products.
+pub enum Products {
+    Gemm,
+    Packed,
+    OpenBlas(Blas),
+}
 
-/// What runs the f32 products on the CPU: "openblas (PATH)" or "gemm".
+static PRODUCTS: OnceLock<Products> = OnceLock::new();
+
+/// What runs the f32 products on the CPU: "gemm", "packed (AVX2)" or "openblas (PATH)".
 pub fn product_backend() -> String {
-    blas().map_or_else(|| "gemm".to_string(), |b| format!("openblas ({})", b.path))
-}
-
-/// The system BLAS in use, if any (loaded on first call; none while `VITKIT_FUSED` leaves
-/// `blas` out).
-pub fn blas() -> Option<&'static Blas> {
-    if !super::enabled(super::Fused::SystemBlas) {
-        return None;
+    match products() {
+        Products::Gemm => "gemm".to_string(),
+        Products::Packed => "packed (AVX2)".to_string(),
+        Products::OpenBlas(b) => format!("openblas ({})", b.path),
     }
-    BLAS.get_or_init(|| choose(std::env::var("VITKIT_BLAS").ok().as_deref()))
-        .as_ref()
 }
 
-fn choose(setting: Option<&str>) -> Option<Blas> {
+/// The products' code (chosen on first call; gemm while `VITKIT_FUSED` leaves `blas` out).
+pub fn products() -> &'static Products {
+    if !super::enabled(super::Fused::SystemBlas) {
+        return &Products::Gemm;
+    }
+    PRODUCTS.get_or_init(|| choose(std::env::var("VITKIT_BLAS").ok().as_deref()))
+}
+
+/// Whether threaded products are cut into one single-threaded part per thread for a kernel
+/// other than gemm's (see `matmul::split_parts`).
+pub fn single_threaded_parts() -> bool {
+    !matches!(products(), Products::Gemm)
+}
+
+fn choose(setting: Option<&str>) -> Products {
     let setting = setting.map(str::trim).filter(|v| !v.is_empty() && *v != "auto");
+    let default = || {
+        if !wide_simd() && super::packed::available() {
+            Products::Packed
+        } else {
+            Products::Gemm
+        }
+    };
     let tried: Vec<&str> = match setting {
-        Some("gemm" | "none") => return None,
-        None if wide_simd() => return None,
-        None => return CANDIDATES.iter().find_map(|p| open(p)),
+        None => return default(),
+        Some("gemm" | "none") => return Products::Gemm,
+        Some("packed") if super::packed::available() => return Products::Packed,
+        Some("packed") => {
+            eprintln!(
+                "vitkit: VITKIT_BLAS=packed: this CPU lacks AVX2 or FMA; matrix products use the gemm crate"
+            );
+            return Products::Gemm;
+        }
         Some("openblas") => CANDIDATES.to_vec(),
         Some(path) => vec![path],
     };
-    let found = tried.iter().find_map(|p| open(p));
-    if found.is_none() {
-        // Asked for by name and not there: say so rather than time the wrong thing silently.
-        eprintln!(
-            "vitkit: VITKIT_BLAS={}: no loadable OpenBLAS (tried {}); matrix products use the gemm crate",
-            setting.unwrap_or_default(),
-            tried.join(", ")
-        );
+    match tried.iter().find_map(|p| open(p)) {
+        Some(blas) => Products::OpenBlas(blas),
+        None => {
+            // Asked for by name and not there: say so rather than time the wrong thing silently.
+            let fallback = default();
+            eprintln!(
+                "vitkit: VITKIT_BLAS={}: no loadable OpenBLAS (tried {}); matrix products use {}",
+                setting.unwrap_or_default(),
+                tried.join(", "),
+                if matches!(fallback, Products::Packed) {
+                    "the packed kernel"
+                } else {
+                    "the gemm crate"
+                }
+            );
+            fallback
+        }
     }
-    found
 }
 
 /// Whether gemm takes its AVX-512 path on this CPU.
@@ -151,18 +192,29 @@ fn layout(rows: usize, cols: usize, rs: isize, cs: isize) -> Option<(c_int, c_in
     Some((trans, c_int::try_from(lead).ok()?))
 }
 
-/// `dst = s · a · b` (or `+=` when `accumulate`) on one thread through the system BLAS, when
-/// one is loaded, the product is large enough and every operand's strides suit CBLAS; returns
-/// whether it ran (if not, nothing was written).
+/// `dst = s · a · b` (or `+=` when `accumulate`) on one thread through the packed kernel or
+/// the system BLAS, when one is chosen and the product is large enough (and, for BLAS, every
+/// operand's strides suit CBLAS); returns whether it ran (if not, nothing was written).
 ///
 /// # Safety
 /// As `matmul::product`: `dst` overlaps neither input, nobody else touches it meanwhile, and
 /// the storage behind the views outlives the call. When `accumulate` is false `dst` may be
-/// uninitialised (BLAS does not read C when beta is 0).
+/// uninitialised (neither reads it then).
 pub unsafe fn product(dst: ViewMut, a: View, b: View, s: f32, accumulate: bool) -> bool {
     let large = dst.rows.saturating_mul(dst.cols).saturating_mul(a.cols) >= MIN_MACS;
-    // SAFETY: the caller's guarantees carry over.
-    large && blas().is_some_and(|blas| unsafe { product_with(blas, dst, a, b, s, accumulate) })
+    if !large {
+        return false;
+    }
+    match products() {
+        Products::Gemm => false,
+        // SAFETY: the caller's guarantees carry over; `choose` checked the CPU's features.
+        Products::Packed => unsafe {
+            super::packed::product(dst, a, b, s, accumulate);
+            true
+        },
+        // SAFETY: the caller's guarantees carry over.
+        Products::OpenBlas(blas) => unsafe { product_with(blas, dst, a, b, s, accumulate) },
+    }
 }
 
 /// [`product`] through `blas`, whatever the product's size.
@@ -203,93 +255,25 @@ mod tests {
     use std::mem::MaybeUninit;
 
     use super::*;
-
-    /// Storage for an `rows x cols` matrix, row-major with a padded row stride or, when
-    /// `transposed`, column-major with a padded column stride; the padding holds NaN.
-    fn matrix(rows: usize, cols: usize, transposed: bool, seed: u32) -> (Vec<f32>, isize, isize) {
-        let (outer, inner) = if transposed { (cols, rows) } else { (rows, cols) };
-        let stride = inner + 3;
-        let mut data = vec![f32::NAN; outer * stride];
-        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        for o in 0..outer {
-            for i in 0..inner {
-                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                data[o * stride + i] = (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
-            }
-        }
-        let (rs, cs) = if transposed {
-            (1, stride as isize)
-        } else {
-            (stride as isize, 1)
-        };
-        (data, rs, cs)
-    }
-
-    fn at(data: &[f32], rs: isize, cs: isize, r: usize, c: usize) -> f32 {
-        data[(r as isize * rs + c as isize * cs) as usize]
-    }
+    use crate::kernels::layouts::check_every_layout;
 
     fn openblas() -> Blas {
-        choose(Some("openblas")).expect("build.rs found an OpenBLAS library, but it did not load")
+        CANDIDATES
+            .iter()
+            .find_map(|p| open(p))
+            .expect("build.rs found an OpenBLAS library, but it did not load")
     }
 
-    /// Every layout CBLAS takes (each operand as stored or transposed, the output row- or
-    /// column-major), with and without accumulation, against a sum in f64; the output's
-    /// padding is never written.
+    /// Every layout CBLAS takes, with and without accumulation, against sums in f64.
     #[test]
     #[cfg_attr(no_openblas, ignore = "no OpenBLAS library on this machine")]
     fn products_match_a_float64_sum_in_every_layout() {
         let blas = openblas();
-        for (m, n, k) in [(80, 72, 64), (1, 512, 600), (600, 1, 512), (33, 257, 31)] {
-            for bits in 0..16u32 {
-                let [ta, tb, td, accumulate] = [0, 1, 2, 3].map(|i| bits >> i & 1 == 1);
-                let (a, ars, acs) = matrix(m, k, ta, 1 + bits);
-                let (b, brs, bcs) = matrix(k, n, tb, 2 + bits);
-                let (d0, drs, dcs) = matrix(m, n, td, 3 + bits);
-                let mut d: Vec<MaybeUninit<f32>> = d0.iter().map(|&v| MaybeUninit::new(v)).collect();
-                let s = 0.75;
-                let ran = unsafe {
-                    product_with(
-                        &blas,
-                        ViewMut::strided(&mut d, 0, m, n, drs, dcs),
-                        View::strided(&a, 0, m, k, ars, acs),
-                        View::strided(&b, 0, k, n, brs, bcs),
-                        s,
-                        accumulate,
-                    )
-                };
-                assert!(ran, "{m}x{n}x{k}, layout bits {bits:04b}: declined");
-                // SAFETY: every element was initialised from `d0`.
-                let d: Vec<f32> = d.iter().map(|v| unsafe { v.assume_init() }).collect();
-                for r in 0..m {
-                    for c in 0..n {
-                        let sum: f64 = (0..k)
-                            .map(|i| at(&a, ars, acs, r, i) as f64 * at(&b, brs, bcs, i, c) as f64)
-                            .sum();
-                        let want = s as f64 * sum
-                            + if accumulate {
-                                at(&d0, drs, dcs, r, c) as f64
-                            } else {
-                                0.0
-                            };
-                        let got = at(&d, drs, dcs, r, c) as f64;
-                        assert!(
-                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                            "{m}x{n}x{k}, layout bits {bits:04b}, ({r}, {c}): {got} vs {want}"
-                        );
-                    }
-                }
-                let untouched = d
-                    .iter()
-                    .zip(&d0)
-                    .filter(|(x, y)| y.is_nan() && !x.is_nan())
-                    .count();
-                assert_eq!(
-                    untouched, 0,
-                    "{m}x{n}x{k}, layout bits {bits:04b}: padding written"
-                );
-            }
-        }
+        let shapes = [(80, 72, 64), (1, 512, 600), (600, 1, 512), (33, 257, 31)];
+        check_every_layout(&shapes, |dst, a, b, s, accumulate| {
+            // SAFETY: the checker's buffers are distinct and outlive the call.
+            unsafe { product_with(&blas, dst, a, b, s, accumulate) }
+        });
     }
 
     /// Strides CBLAS cannot express are left to gemm, with nothing written.
@@ -318,8 +302,13 @@ mod tests {
 
     #[test]
     fn the_gemm_setting_and_a_missing_file_load_nothing() {
-        assert!(choose(Some("gemm")).is_none());
-        assert!(choose(Some("none")).is_none());
-        assert!(choose(Some("/nonexistent/libopenblas.so.0")).is_none());
+        assert!(matches!(choose(Some("gemm")), Products::Gemm));
+        assert!(matches!(choose(Some("none")), Products::Gemm));
+        let missing = choose(Some("/nonexistent/libopenblas.so.0"));
+        assert!(!matches!(missing, Products::OpenBlas(_)));
+        // The default on CPUs without AVX-512 is the packed kernel, wherever it runs.
+        let expected_packed = !wide_simd() && crate::kernels::packed::available();
+        assert_eq!(matches!(choose(None), Products::Packed), expected_packed);
+        assert_eq!(matches!(missing, Products::Packed), expected_packed);
     }
 }

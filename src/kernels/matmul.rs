@@ -242,14 +242,18 @@ pub unsafe fn product(dst: ViewMut, a: View, b: View, s: f32, accumulate: bool, 
         }
         return;
     }
-    if let Some(parts) = split_parts(dst, a, b, par) {
+    // SAFETY: the caller's guarantees carry over.
+    if unsafe { super::split::sum_parts(dst, a, b, s, accumulate, par) } {
+        return;
+    }
+    if let Some(parts) = super::split::output_parts(dst, a, b, par) {
         // SAFETY: the parts write disjoint windows of `dst`; the caller's guarantees carry over.
         parts
             .into_par_iter()
             .for_each(|(dst, a, b)| unsafe { product(dst, a, b, s, accumulate, Parallelism::None) });
         return;
     }
-    // One thread's product: the system BLAS where it is faster (see `blas.rs`).
+    // One thread's product: the packed kernel or the system BLAS where chosen (see `blas.rs`).
     // SAFETY: the caller's guarantees are `blas::product`'s.
     if matches!(par, Parallelism::None) && unsafe { super::blas::product(dst, a, b, s, accumulate) } {
         return;
@@ -261,70 +265,6 @@ pub unsafe fn product(dst: ViewMut, a: View, b: View, s: f32, accumulate: bool, 
             b.rs, 1.0f32, s, false, false, false, par,
         )
     }
-}
-
-/// Rows of the gemm crate's micro-kernel tile (16 f32 lanes x 4 registers with AVX-512).
-const KERNEL_ROWS: usize = 64;
-
-/// A multiple of the rows (or columns) of each part of a product the system BLAS runs: its
-/// micro-kernels' tile sides (16 and 4 on AVX2) divide it.
-const BLAS_PART_ALIGN: usize = 16;
-
-/// Elements of the packed operand (1 MiB of f32) below which gemm's own threading is kept:
-/// it stays in cache, its duplicated packing is cheap, and gemm balances small shapes better.
-const SPLIT_MIN_PACKED: usize = 1 << 18;
-
-/// One part per thread of a threaded product, cut along the output dimension that gemm walks
-/// with its micro-kernel's rows (the one `dst` is contiguous in), or `None` to let gemm thread
-/// it. Why: gemm's own threads split the other dimension, so every thread packs the whole of
-/// the operand it walks by rows (a weight matrix, for a linear layer); cut this way, each
-/// packs its share. For one 224px image through ViT-B/16 that took 31% off the inference step.
-fn split_parts(dst: ViewMut, a: View, b: View, par: Parallelism) -> Option<Vec<(ViewMut, View, View)>> {
-    let threads = match par {
-        Parallelism::None => return None,
-        Parallelism::Rayon(0) => rayon::current_num_threads(),
-        Parallelism::Rayon(n) => n,
-    };
-    if !super::enabled(super::Fused::SplitProducts) || threads < 2 {
-        return None;
-    }
-    let (by_cols, len, align) = if super::blas::blas().is_some() {
-        // The system BLAS runs one part per thread: cut the longer side of the output.
-        let len = dst.cols.max(dst.rows);
-        if len < threads * BLAS_PART_ALIGN {
-            return None;
-        }
-        (dst.cols > dst.rows, len, BLAS_PART_ALIGN)
-    } else {
-        let by_cols = dst.cs.unsigned_abs() < dst.rs.unsigned_abs();
-        let len = if by_cols { dst.cols } else { dst.rows };
-        if len < threads * 2 * KERNEL_ROWS || len * a.cols < SPLIT_MIN_PACKED {
-            return None;
-        }
-        (by_cols, len, KERNEL_ROWS)
-    };
-    let step = len.div_ceil(threads).div_ceil(align) * align;
-    Some(
-        (0..len)
-            .step_by(step)
-            .map(|start| (start, step.min(len - start)))
-            .map(|(start, n)| {
-                if by_cols {
-                    (
-                        dst.window(0, start, dst.rows, n),
-                        a,
-                        b.window(0, start, b.rows, n),
-                    )
-                } else {
-                    (
-                        dst.window(start, 0, n, dst.cols),
-                        a.window(start, 0, n, a.cols),
-                        b,
-                    )
-                }
-            })
-            .collect(),
-    )
 }
 
 /// `y = x · w + bias` for `x: [rows, w.rows]` row-major and `w: [d_in, d_out]` (any strides):
@@ -633,40 +573,6 @@ mod tests {
         close(&linear(&x, rows, w, Some(&bias)), &with_bias);
         let onto: Vec<f32> = product.iter().zip(&start).map(|(p, s)| p + s).collect();
         close(&linear_onto(start, &x, rows, w), &onto);
-    }
-
-    #[test]
-    fn products_split_across_threads_match_naive_products() {
-        // Sizes past the split thresholds, an output width that halves unevenly (512 + 488).
-        let (m, k, n) = (150, 600, 1000);
-        let a = values(m * k, 4.0);
-        let b = values(k * n, 5.0);
-        let expected = naive(&a, &b, m, k, n);
-        let (a_view, b_view) = (View::row_major(&a, m, k), View::row_major(&b, k, n));
-        let par = Parallelism::Rayon(2);
-
-        // Row-major output: split along its columns.
-        let mut out = vec![1.0f32; m * n];
-        // SAFETY: viewing initialised floats as MaybeUninit only forgets that they are.
-        let spare = unsafe { &mut *(out.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>]) };
-        let dst = ViewMut::strided(spare, 0, m, n, n as isize, 1);
-        assert_eq!(split_parts(dst, a_view, b_view, par).map(|p| p.len()), Some(2));
-        // SAFETY: `out` is initialised, owned here and does not overlap the operands.
-        unsafe { product(dst, a_view, b_view, 1.0, true, par) };
-        let shifted: Vec<f32> = expected.iter().map(|e| e + 1.0).collect();
-        close(&out, &shifted);
-
-        // Column-major output (the transposed problem): split along its rows.
-        let (at, bt) = (b_view.t(), a_view.t());
-        let mut out_t = vec![0.0f32; n * m];
-        // SAFETY: as above.
-        let spare = unsafe { &mut *(out_t.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>]) };
-        let dst = ViewMut::strided(spare, 0, n, m, 1, n as isize);
-        assert_eq!(split_parts(dst, at, bt, par).map(|p| p.len()), Some(2));
-        // SAFETY: as above.
-        unsafe { product(dst, at, bt, 2.0, false, par) };
-        let doubled: Vec<f32> = expected.iter().map(|e| 2.0 * e).collect();
-        close(&out_t, &doubled);
     }
 
     #[test]

@@ -22,9 +22,13 @@ mod cpu;
 mod depthwise;
 mod gpu;
 mod im2col;
+#[cfg(test)]
+mod layouts;
 mod matmul;
 mod max_pool;
 mod norm_ops;
+mod packed;
+mod split;
 mod switches;
 mod vit_autodiff;
 

@@ -35,15 +35,18 @@ pub enum Fused {
     /// The 3×3, stride-2 max-pool in one pass with its backward (`max_pool.rs`, NesT's) instead
     /// of Burn's pairwise maxima.
     MaxPool = 4096,
-    /// Not a kernel: products through a system OpenBLAS where one is chosen (`blas.rs`;
-    /// `VITKIT_BLAS` says which library) instead of the gemm crate.
+    /// Not a kernel switch as such: products through the packed AVX2 kernel or a system
+    /// OpenBLAS, whichever `blas.rs` chooses (`VITKIT_BLAS`), instead of the gemm crate.
     SystemBlas = 8192,
+    /// Not a kernel: a threaded product whose sum is much longer than its output (a weight
+    /// gradient) cut along the sum (see `split::sum_parts`) instead of along the output.
+    SplitSum = 16384,
 }
 
-const ALL_FUSED: u16 = 16383;
+const ALL_FUSED: u16 = 32767;
 
 /// The names `VITKIT_FUSED` takes, with their bits.
-const FUSED_NAMES: [(&str, u16); 15] = [
+const FUSED_NAMES: [(&str, u16); 16] = [
     ("gelu", Fused::Gelu as u16),
     ("softmax", Fused::Softmax as u16),
     ("layernorm", Fused::LayerNorm as u16),
@@ -58,11 +61,12 @@ const FUSED_NAMES: [(&str, u16); 15] = [
     ("biasattention", Fused::BiasAttention as u16),
     ("maxpool", Fused::MaxPool as u16),
     ("blas", Fused::SystemBlas as u16),
+    ("sumsplit", Fused::SplitSum as u16),
     ("all", ALL_FUSED),
 ];
 
 /// The mask a `VITKIT_FUSED` value names: a comma-separated list of
-/// `gelu,softmax,layernorm,linear,attention,epilogue,cls,split,inplace,depthwise,batchnorm,biasattention,maxpool,blas`, `all`, or `none`.
+/// `gelu,softmax,layernorm,linear,attention,epilogue,cls,split,inplace,depthwise,batchnorm,biasattention,maxpool,blas,sumsplit`, `all`, or `none`.
 /// An unknown name is an error naming it (a typo must not switch every kernel off).
 pub fn parse_fused(list: &str) -> Result<u16, String> {
     if list.trim() == "none" {
