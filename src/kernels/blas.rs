@@ -4,9 +4,9 @@
 //! - `gemm`: the gemm crate. The default on CPUs with AVX-512, where its AVX-512 kernel is what
 //!   vitkit was measured fastest with.
 //! - `packed`: vitkit's own kernel for AVX2 + FMA (`packed.rs`). The default on x86-64 CPUs
-//!   without AVX-512: there gemm's AVX2 kernel ran 12–28% below OpenBLAS 0.3.21 on every ViT
-//!   product shape, and the packed kernel level with or above OpenBLAS (one thread, Zen 3,
-//!   `bench/gemm_vs_blas`), without needing a system library.
+//!   without AVX-512: there it ran ahead of both gemm's AVX2 kernel and OpenBLAS 0.3.21 at
+//!   every ViT product shape, and of OpenBLAS in all 14 benchmark steps and gemm in 13 (Zen 3;
+//!   `examples/products.rs`, docs/performance.md), without needing a system library.
 //! - `openblas`: a system OpenBLAS (`VITKIT_BLAS=openblas`, or `VITKIT_BLAS=/path/lib.so` for a
 //!   given file; one that cannot be loaded is reported on stderr, and the default is used).
 //!

@@ -1,10 +1,12 @@
 //! f32 products on one thread with vitkit's own packed kernel, for x86-64 CPUs with AVX2 and
-//! FMA but without AVX-512. Why: there the gemm crate's AVX2 path ran at 53–78 GFLOP/s on
-//! ViT's product shapes and OpenBLAS 0.3.21 at 60–85 (one Zen 3 core, peak 98), while this
-//! kernel, the classic packed layout with a 6×16 register tile, runs 5–19% above OpenBLAS
-//! on the activation-sized products and level with it on weight gradients
-//! (`bench/gemm_vs_blas`), needs no system library, and writes its output directly (no
-//! zeroing pass when not accumulating).
+//! FMA but without AVX-512. Why: there it beat both the gemm crate's AVX2 path and OpenBLAS
+//! 0.3.21 at every ViT product shape, needs no system library, and writes its output directly
+//! (no zeroing pass when not accumulating). Measured with `examples/products.rs` on two Zen 3
+//! cores (peak 202 GFLOP/s), best of 10: 185–193 GFLOP/s on ViT-Ti/4 and ViT-B/16 batch-8
+//! shapes against gemm's 175–187 and OpenBLAS's 174–182; 156 against 151 and 156 for one
+//! 197-token image. Whole training and inference steps, alternated: 1–7% faster than with
+//! OpenBLAS in all 14 benchmark cases, 1–14% faster than with gemm in 13 (one 224px image
+//! through ViT-B/16: 8% slower; docs/performance.md, session 19).
 //!
 //! Layout: the product is cut into blocks of `NC` output columns × `KC` steps of the sum; each
 //! block of `b` is packed once into 16-column panels (16 values per step, contiguous), and for
