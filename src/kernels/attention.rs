@@ -13,7 +13,8 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::cpu::{softmax_grad_rows_in_place, softmax_rows_in_place};
-use super::matmul::{View, ViewMut, assume_written, fresh_matrix, product};
+use super::matmul::product;
+use super::views::{View, ViewMut, assume_written, fresh_matrix};
 
 /// Runs `task(i, buffer)` for every `i < tasks` on rayon's pool, each with a buffer of `per`
 /// values that the task writes in full: with `keep`, the buffers are consecutive parts of one

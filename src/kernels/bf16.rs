@@ -19,7 +19,7 @@ use burn::backend::flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::SendPtr;
-use super::matmul::View;
+use super::views::View;
 
 /// Output features per micro-tile: four registers of sixteen f32 lanes.
 const FEATURES: usize = 64;

@@ -24,7 +24,8 @@ use gemm::Parallelism;
 use super::attention::{head_backward, per_task};
 use super::bias_softmax::sum_over_images;
 use super::cpu::softmax_rows_in_place;
-use super::matmul::{View, ViewMut, assume_written, fresh_matrix, product};
+use super::matmul::product;
+use super::views::{View, ViewMut, assume_written, fresh_matrix};
 use super::{contiguous, f32_tensor, register_grads, shape_of, slice};
 
 #[backend_extension(Flex, Autodiff)]

@@ -11,14 +11,14 @@
 //!   given file; one that cannot be loaded is reported on stderr, and the default is used).
 //!
 //! The packed kernel and OpenBLAS only ever run single-threaded, inside the parts vitkit cuts a
-//! product into for its own rayon threads (`matmul::split_parts`): one thread pool in the
+//! product into for its own rayon threads (`split::output_parts`): one thread pool in the
 //! process, not two fighting over the cores. `VITKIT_FUSED` leaving out `blas` keeps every
 //! product on the gemm crate.
 
 use std::ffi::{CString, c_int, c_void};
 use std::sync::OnceLock;
 
-use super::matmul::{View, ViewMut};
+use super::views::{View, ViewMut};
 
 type Sgemm = unsafe extern "C" fn(
     c_int,
@@ -51,6 +51,7 @@ const CANDIDATES: [&str; 2] = [
 
 /// Products below this many multiply-adds stay on gemm: a BLAS call's fixed cost (argument
 /// checks, buffer set-up) outweighs its faster kernel on the attention heads' small products.
+/// The packed kernel keeps the same threshold (not measured below it).
 const MIN_MACS: usize = 64 * 64 * 64;
 
 /// A loaded OpenBLAS's product, and the file it came from.
@@ -86,7 +87,7 @@ pub fn products() -> &'static Products {
 }
 
 /// Whether threaded products are cut into one single-threaded part per thread for a kernel
-/// other than gemm's (see `matmul::split_parts`).
+/// other than gemm's (see `split::output_parts`).
 pub fn single_threaded_parts() -> bool {
     !matches!(products(), Products::Gemm)
 }

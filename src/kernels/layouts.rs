@@ -4,7 +4,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::matmul::{View, ViewMut};
+use super::views::{View, ViewMut};
 
 /// Storage for an `rows x cols` matrix, row-major with a padded row stride or, when
 /// `transposed`, column-major with a padded column stride; the padding holds NaN.

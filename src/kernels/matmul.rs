@@ -1,4 +1,6 @@
-//! Matrix products for the linear layers, on the `gemm` crate directly.
+//! Matrix products for the linear layers, without Burn's matmul: one entry point, `product`,
+//! which cuts a threaded product into parts (`split.rs`) and runs each on the code `blas.rs`
+//! chose (vitkit's packed AVX2 kernel, a system OpenBLAS, or the gemm crate).
 //!
 //! Why not Burn's matmul: flex allocates every product's output zeroed and then copies it once
 //! more to realign it (`FlexTensor::empty`), adds the bias in a separate pass, and a `[out, in]`
@@ -10,198 +12,7 @@ use std::mem::MaybeUninit;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-/// Panics unless a `rows x cols` matrix at `offset` with strides `rs`, `cs` (non-negative)
-/// lies inside storage of `len` elements.
-fn check_extent(len: usize, offset: usize, rows: usize, cols: usize, rs: isize, cs: isize) {
-    assert!(rs >= 0 && cs >= 0, "negative strides are not supported");
-    if rows > 0 && cols > 0 {
-        let last = offset + (rows - 1) * rs as usize + (cols - 1) * cs as usize;
-        assert!(last < len, "strided matrix reaches past its storage");
-    }
-}
-
-/// A read-only strided matrix: element `(r, c)` lies at `ptr + r * rs + c * cs`.
-#[derive(Debug, Clone, Copy)]
-pub struct View {
-    ptr: *const f32,
-    pub rows: usize,
-    pub cols: usize,
-    rs: isize,
-    cs: isize,
-}
-
-// SAFETY: a `View` only reads, and every function taking one keeps the borrowed storage alive
-// (it is built from a slice or a tensor the caller holds) for the duration of the call.
-unsafe impl Send for View {}
-unsafe impl Sync for View {}
-
-impl View {
-    /// A row-major `rows x cols` matrix over `data`.
-    pub fn row_major(data: &[f32], rows: usize, cols: usize) -> Self {
-        assert_eq!(data.len(), rows * cols, "matrix data does not match its shape");
-        Self {
-            ptr: data.as_ptr(),
-            rows,
-            cols,
-            rs: cols as isize,
-            cs: 1,
-        }
-    }
-
-    /// A strided matrix inside `data` starting at `offset`. Panics if any element would fall
-    /// outside `data` (strides must be non-negative).
-    pub fn strided(data: &[f32], offset: usize, rows: usize, cols: usize, rs: isize, cs: isize) -> Self {
-        check_extent(data.len(), offset, rows, cols, rs, cs);
-        Self {
-            ptr: data[offset..].as_ptr(),
-            rows,
-            cols,
-            rs,
-            cs,
-        }
-    }
-
-    /// The `rows x cols` sub-matrix whose top-left element is `(r0, c0)`.
-    pub fn window(self, r0: usize, c0: usize, rows: usize, cols: usize) -> Self {
-        assert!(
-            r0 + rows <= self.rows && c0 + cols <= self.cols,
-            "window outside the matrix"
-        );
-        Self {
-            // SAFETY: inside the parent matrix, checked above.
-            ptr: unsafe { self.ptr.offset(r0 as isize * self.rs + c0 as isize * self.cs) },
-            rows,
-            cols,
-            ..self
-        }
-    }
-
-    /// Where and how the view reads: equal keys read the same elements of the same storage.
-    pub fn key(&self) -> (usize, usize, usize, isize, isize) {
-        (self.ptr as usize, self.rows, self.cols, self.rs, self.cs)
-    }
-
-    /// The first element's address and the row and column strides, for a foreign product.
-    pub(super) fn raw(&self) -> (*const f32, isize, isize) {
-        (self.ptr, self.rs, self.cs)
-    }
-
-    /// The distance between consecutive rows, in elements.
-    pub fn row_stride(&self) -> isize {
-        self.rs
-    }
-
-    /// Column `c` as a slice, for a view whose columns are contiguous (row stride 1).
-    pub fn contiguous_column(&self, c: usize) -> &[f32] {
-        assert!(self.rs == 1 && c < self.cols, "no contiguous column {c}");
-        // SAFETY: the view's extent was checked against its storage when it was built, and the
-        // storage outlives the view (see the `Send` note above).
-        unsafe { std::slice::from_raw_parts(self.ptr.offset(c as isize * self.cs), self.rows) }
-    }
-
-    /// The transpose, without moving data.
-    pub fn t(self) -> Self {
-        Self {
-            ptr: self.ptr,
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-        }
-    }
-}
-
-/// A writable strided matrix; see [`View`].
-#[derive(Debug, Clone, Copy)]
-pub struct ViewMut {
-    ptr: *mut f32,
-    pub rows: usize,
-    pub cols: usize,
-    rs: isize,
-    cs: isize,
-}
-
-// SAFETY: callers hand disjoint `ViewMut`s to different threads (see the attention kernels).
-unsafe impl Send for ViewMut {}
-unsafe impl Sync for ViewMut {}
-
-impl ViewMut {
-    /// The first element's address and the row and column strides, for a foreign product.
-    pub(super) fn raw(&self) -> (*mut f32, isize, isize) {
-        (self.ptr, self.rs, self.cs)
-    }
-
-    /// The transpose, without moving data.
-    pub(super) fn t(self) -> Self {
-        Self {
-            ptr: self.ptr,
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-        }
-    }
-
-    /// A strided window of `data` (which may still be uninitialised: products only write it,
-    /// unless asked to accumulate). Panics if it would reach outside `data`.
-    pub fn strided(
-        data: &mut [MaybeUninit<f32>],
-        offset: usize,
-        rows: usize,
-        cols: usize,
-        rs: isize,
-        cs: isize,
-    ) -> Self {
-        check_extent(data.len(), offset, rows, cols, rs, cs);
-        Self {
-            ptr: data[offset..].as_mut_ptr().cast(),
-            rows,
-            cols,
-            rs,
-            cs,
-        }
-    }
-
-    /// The `rows x cols` sub-matrix whose top-left element is `(r0, c0)`.
-    pub fn window(self, r0: usize, c0: usize, rows: usize, cols: usize) -> Self {
-        assert!(
-            r0 + rows <= self.rows && c0 + cols <= self.cols,
-            "window outside the matrix"
-        );
-        Self {
-            // SAFETY: inside the parent matrix, checked above.
-            ptr: unsafe { self.ptr.offset(r0 as isize * self.rs + c0 as isize * self.cs) },
-            rows,
-            cols,
-            ..self
-        }
-    }
-}
-
-/// A fresh `rows x cols` row-major buffer (still empty: its caller writes all of it through
-/// the view, then sets its length) and a writable view of it. The view points into the
-/// buffer's heap storage, which moving the `Vec` does not move.
-pub fn fresh_matrix(rows: usize, cols: usize) -> (Vec<f32>, ViewMut) {
-    let mut out = Vec::with_capacity(rows * cols);
-    let view = ViewMut::strided(
-        &mut out.spare_capacity_mut()[..rows * cols],
-        0,
-        rows,
-        cols,
-        cols as isize,
-        1,
-    );
-    (out, view)
-}
-
-/// A buffer that has just been written in full, as initialised values.
-///
-/// # Safety
-/// Every element of `buf` must have been written.
-pub unsafe fn assume_written(buf: &mut [MaybeUninit<f32>]) -> &mut [f32] {
-    // SAFETY: same layout; the caller vouches that every element is initialised.
-    unsafe { &mut *(buf as *mut [MaybeUninit<f32>] as *mut [f32]) }
-}
+use super::views::{View, ViewMut, assume_written, fresh_matrix};
 
 /// Products below this many multiply-adds run on one thread (splitting costs more).
 const PARALLEL_MACS: usize = 192 * 192 * 192;
@@ -233,17 +44,18 @@ pub unsafe fn product(dst: ViewMut, a: View, b: View, s: f32, accumulate: bool, 
     if a.cols == 0 {
         // An empty sum: gemm leaves dst alone, so clear it here unless accumulating.
         if !accumulate {
+            let (ptr, rs, cs) = dst.raw();
             for r in 0..dst.rows {
                 for c in 0..dst.cols {
                     // SAFETY: in bounds by construction of `dst`.
-                    unsafe { *dst.ptr.offset(r as isize * dst.rs + c as isize * dst.cs) = 0.0 };
+                    unsafe { *ptr.offset(r as isize * rs + c as isize * cs) = 0.0 };
                 }
             }
         }
         return;
     }
     // SAFETY: the caller's guarantees carry over.
-    if unsafe { super::split::sum_parts(dst, a, b, s, accumulate, par) } {
+    if unsafe { super::split::sum_parts(dst, a, b, s, accumulate, par, product) } {
         return;
     }
     if let Some(parts) = super::split::output_parts(dst, a, b, par) {
@@ -258,11 +70,12 @@ pub unsafe fn product(dst: ViewMut, a: View, b: View, s: f32, accumulate: bool, 
     if matches!(par, Parallelism::None) && unsafe { super::blas::product(dst, a, b, s, accumulate) } {
         return;
     }
+    let ((dp, drs, dcs), (ap, ars, acs), (bp, brs, bcs)) = (dst.raw(), a.raw(), b.raw());
     // SAFETY: shapes checked above; bounds were checked when the views were built.
     unsafe {
         gemm::gemm(
-            dst.rows, dst.cols, a.cols, dst.ptr, dst.cs, dst.rs, accumulate, a.ptr, a.cs, a.rs, b.ptr, b.cs,
-            b.rs, 1.0f32, s, false, false, false, par,
+            dst.rows, dst.cols, a.cols, dp, dcs, drs, accumulate, ap, acs, ars, bp, bcs, brs, 1.0f32, s,
+            false, false, false, par,
         )
     }
 }
@@ -319,11 +132,14 @@ pub fn linear(x: &[f32], rows: usize, w: View, bias: Option<&[f32]>) -> Vec<f32>
 /// the weight where it lies instead of packing (copying) it on every call. Packing ViT-B/16's
 /// 344 MB of weights for one 224px image's 197 tokens was 29% of its inference profile; from
 /// two images on, the copy is amortised enough that gemm's usual orientation wins (measured).
+/// The packed AVX2 kernel packs the weight either way; on this path it measured level with
+/// gemm or ahead (197 rows through ViT-B/16's qkv: 156 against 151 GFLOP/s, two Zen 3 cores).
 const WEIGHT_IN_PLACE_MAX_ROWS: usize = 256;
 
 fn weight_in_place(rows: usize, w: View) -> bool {
-    w.rs == 1
-        && w.cs != 1
+    let (_, rs, cs) = w.raw();
+    rs == 1
+        && cs != 1
         && rows <= WEIGHT_IN_PLACE_MAX_ROWS
         && rows * w.rows * w.cols >= PARALLEL_MACS
         && super::enabled(super::Fused::WeightInPlace)
@@ -574,12 +390,87 @@ mod tests {
         let onto: Vec<f32> = product.iter().zip(&start).map(|(p, s)| p + s).collect();
         close(&linear_onto(start, &x, rows, w), &onto);
     }
+}
+
+/// Products cut across threads (`split.rs`) against the same product on one thread.
+#[cfg(test)]
+mod cut_tests {
+    use std::mem::MaybeUninit;
+
+    use super::*;
+    use crate::kernels::layouts::matrix;
+    use crate::kernels::split::{output_parts, sum_parts};
+
+    /// `s · a · b` (+ `start`) for an `m × k` and a `k × n` matrix, into a fresh output laid
+    /// out as `template`'s strides say, threaded as `par` says.
+    fn run(dims: (usize, usize, usize), transposed_out: bool, par: Parallelism, s: f32) -> Vec<f32> {
+        let (m, n, k) = dims;
+        let (a, ars, acs) = matrix(m, k, false, 7);
+        let (b, brs, bcs) = matrix(k, n, true, 8);
+        let (d, drs, dcs) = matrix(m, n, transposed_out, 9);
+        let mut d: Vec<MaybeUninit<f32>> = d.iter().map(|&v| MaybeUninit::new(v)).collect();
+        let dst = ViewMut::strided(&mut d, 0, m, n, drs, dcs);
+        // SAFETY: distinct buffers, held across the call; `d` is initialised (accumulate).
+        unsafe {
+            product(
+                dst,
+                View::strided(&a, 0, m, k, ars, acs),
+                View::strided(&b, 0, k, n, brs, bcs),
+                s,
+                true,
+                par,
+            )
+        };
+        // SAFETY: initialised from `matrix`'s values.
+        d.iter().map(|v| unsafe { v.assume_init() }).collect()
+    }
+
+    fn close(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!(
+                x.is_nan() && y.is_nan() || (x - y).abs() < 1e-4 * (1.0 + y.abs()),
+                "{x} vs {y}"
+            );
+        }
+    }
 
     #[test]
-    fn strided_views_are_bounds_checked() {
-        let data = vec![0.0f32; 10];
-        assert!(std::panic::catch_unwind(|| View::strided(&data, 4, 2, 4, 4, 1)).is_err());
-        let v = View::strided(&data, 2, 2, 4, 4, 1);
-        assert_eq!((v.rows, v.cols), (2, 4));
+    fn products_cut_along_the_output_match_one_thread() {
+        // Sizes past the split thresholds of every product code (gemm cuts a column-major
+        // output by rows: 300 of them, each 900 long), output sides that halve unevenly.
+        let (m, n, k) = (300, 1000, 900);
+        for transposed_out in [false, true] {
+            let (d, drs, dcs) = matrix(m, n, transposed_out, 9);
+            let mut d: Vec<MaybeUninit<f32>> = d.iter().map(|&v| MaybeUninit::new(v)).collect();
+            let (a, b) = (vec![0.0; m * k], vec![0.0; k * n]);
+            let parts = output_parts(
+                ViewMut::strided(&mut d, 0, m, n, drs, dcs),
+                View::row_major(&a, m, k),
+                View::row_major(&b, k, n),
+                Parallelism::Rayon(2),
+            );
+            assert_eq!(parts.map(|p| p.len()), Some(2));
+            let threaded = run((m, n, k), transposed_out, Parallelism::Rayon(2), 0.5);
+            close(&threaded, &run((m, n, k), transposed_out, Parallelism::None, 0.5));
+        }
+    }
+
+    #[test]
+    fn products_cut_along_the_sum_match_one_thread() {
+        // A weight gradient's shape: the sum far longer than the output, cut unevenly.
+        let (m, n, k) = (48, 40, 2001);
+        let (a, b) = (vec![0.0; m * k], vec![0.0; k * n]);
+        let mut d = vec![MaybeUninit::new(0.0f32); m * n];
+        let dst = ViewMut::strided(&mut d, 0, m, n, n as isize, 1);
+        let (av, bv) = (View::row_major(&a, m, k), View::row_major(&b, k, n));
+        // SAFETY: distinct buffers held across the call.
+        let cut = unsafe { sum_parts(dst, av, bv, 1.0, false, Parallelism::Rayon(2), product) };
+        // Only the packed kernel and a system BLAS run single-threaded parts.
+        assert_eq!(cut, crate::kernels::blas::single_threaded_parts());
+        for transposed_out in [false, true] {
+            let threaded = run((m, n, k), transposed_out, Parallelism::Rayon(2), 0.5);
+            close(&threaded, &run((m, n, k), transposed_out, Parallelism::None, 0.5));
+        }
     }
 }

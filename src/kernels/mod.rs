@@ -30,6 +30,7 @@ mod norm_ops;
 mod packed;
 mod split;
 mod switches;
+mod views;
 mod vit_autodiff;
 
 pub use bf16::{bf16_products, set_bf16_products};
@@ -291,12 +292,12 @@ fn flex_gelu(x: FlexTensor) -> FlexTensor {
 }
 
 /// A 2-d weight as a strided matrix view over its storage (copied only if a stride is negative).
-fn weight_view(w: &FlexTensor) -> matmul::View {
+fn weight_view(w: &FlexTensor) -> views::View {
     let layout = w.layout();
     let dims = layout.shape();
     assert_eq!(dims.num_dims(), 2, "linear weight must be 2-d");
     let strides = layout.strides();
-    matmul::View::strided(
+    views::View::strided(
         w.storage::<f32>(),
         layout.start_offset(),
         dims[0],

@@ -15,7 +15,7 @@
 //! steps: per step two loads of `b`, six broadcasts of `a`, twelve FMAs. A 16-column panel of
 //! `b` (16 KiB) stays in L1 while every 6-row panel of the `a` block (in L2) passes under it.
 
-use super::matmul::{View, ViewMut};
+use super::views::{View, ViewMut};
 
 /// Rows of the register tile.
 const MR: usize = 6;
@@ -72,7 +72,7 @@ mod x86 {
     use std::cell::RefCell;
 
     use super::{KC, MC, MR, NC, NR};
-    use crate::kernels::matmul::{View, ViewMut};
+    use crate::kernels::views::{View, ViewMut};
 
     thread_local! {
         /// Each thread's packed blocks of `a` and `b`, kept between products.

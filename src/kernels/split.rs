@@ -3,7 +3,11 @@
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::matmul::{View, ViewMut, product};
+use super::views::{View, ViewMut};
+
+/// A single-threaded product, `dst (+)= s · a · b` (`matmul::product`, handed in: the parts of
+/// a cut product are products themselves).
+pub type Product = unsafe fn(ViewMut, View, View, f32, bool, Parallelism);
 
 /// Rows of the gemm crate's micro-kernel tile (16 f32 lanes x 4 registers with AVX-512).
 const KERNEL_ROWS: usize = 64;
@@ -89,8 +93,16 @@ const SUM_PART_MIN: usize = 256;
 /// not depend on scheduling (it does on the thread count, as any cut of a sum).
 ///
 /// # Safety
-/// As `matmul::product`.
-pub unsafe fn sum_parts(dst: ViewMut, a: View, b: View, s: f32, accumulate: bool, par: Parallelism) -> bool {
+/// As `matmul::product`; `product` must be a product with those guarantees.
+pub unsafe fn sum_parts(
+    dst: ViewMut,
+    a: View,
+    b: View,
+    s: f32,
+    accumulate: bool,
+    par: Parallelism,
+    product: Product,
+) -> bool {
     let threads = match par {
         Parallelism::None => return false,
         Parallelism::Rayon(0) => rayon::current_num_threads(),
@@ -151,84 +163,4 @@ pub unsafe fn sum_parts(dst: ViewMut, a: View, b: View, s: f32, accumulate: bool
         }
     });
     true
-}
-
-#[cfg(test)]
-mod tests {
-    use std::mem::MaybeUninit;
-
-    use super::*;
-    use crate::kernels::layouts::matrix;
-
-    /// `s · a · b` (+ `start`) for an `m × k` and a `k × n` matrix, into a fresh output laid
-    /// out as `template`'s strides say, threaded as `par` says.
-    fn run(dims: (usize, usize, usize), transposed_out: bool, par: Parallelism, s: f32) -> Vec<f32> {
-        let (m, n, k) = dims;
-        let (a, ars, acs) = matrix(m, k, false, 7);
-        let (b, brs, bcs) = matrix(k, n, true, 8);
-        let (d, drs, dcs) = matrix(m, n, transposed_out, 9);
-        let mut d: Vec<MaybeUninit<f32>> = d.iter().map(|&v| MaybeUninit::new(v)).collect();
-        let dst = ViewMut::strided(&mut d, 0, m, n, drs, dcs);
-        // SAFETY: distinct buffers, held across the call; `d` is initialised (accumulate).
-        unsafe {
-            product(
-                dst,
-                View::strided(&a, 0, m, k, ars, acs),
-                View::strided(&b, 0, k, n, brs, bcs),
-                s,
-                true,
-                par,
-            )
-        };
-        // SAFETY: initialised from `matrix`'s values.
-        d.iter().map(|v| unsafe { v.assume_init() }).collect()
-    }
-
-    fn close(a: &[f32], b: &[f32]) {
-        assert_eq!(a.len(), b.len());
-        for (x, y) in a.iter().zip(b) {
-            assert!(
-                x.is_nan() && y.is_nan() || (x - y).abs() < 1e-4 * (1.0 + y.abs()),
-                "{x} vs {y}"
-            );
-        }
-    }
-
-    #[test]
-    fn products_cut_along_the_output_match_one_thread() {
-        // Sizes past the split thresholds, an output width that halves unevenly.
-        let (m, n, k) = (150, 1000, 600);
-        for transposed_out in [false, true] {
-            let (d, drs, dcs) = matrix(m, n, transposed_out, 9);
-            let mut d: Vec<MaybeUninit<f32>> = d.iter().map(|&v| MaybeUninit::new(v)).collect();
-            let (a, b) = (vec![0.0; m * k], vec![0.0; k * n]);
-            let parts = output_parts(
-                ViewMut::strided(&mut d, 0, m, n, drs, dcs),
-                View::row_major(&a, m, k),
-                View::row_major(&b, k, n),
-                Parallelism::Rayon(2),
-            );
-            assert_eq!(parts.map(|p| p.len()), Some(2));
-            let threaded = run((m, n, k), transposed_out, Parallelism::Rayon(2), 0.5);
-            close(&threaded, &run((m, n, k), transposed_out, Parallelism::None, 0.5));
-        }
-    }
-
-    #[test]
-    fn products_cut_along_the_sum_match_one_thread() {
-        // A weight gradient's shape: the sum far longer than the output, cut unevenly.
-        let (m, n, k) = (48, 40, 2001);
-        let (a, b) = (vec![0.0; m * k], vec![0.0; k * n]);
-        let mut d = vec![MaybeUninit::new(0.0f32); m * n];
-        let dst = ViewMut::strided(&mut d, 0, m, n, n as isize, 1);
-        let (av, bv) = (View::row_major(&a, m, k), View::row_major(&b, k, n));
-        // SAFETY: distinct buffers held across the call.
-        let cut = unsafe { sum_parts(dst, av, bv, 1.0, false, Parallelism::Rayon(2)) };
-        // Only the packed kernel and a system BLAS run single-threaded parts.
-        assert_eq!(cut, super::super::blas::single_threaded_parts());
-        for transposed_out in [false, true] {
-            let threaded = run((m, n, k), transposed_out, Parallelism::Rayon(2), 0.5);
-            close(&threaded, &run((m, n, k), transposed_out, Parallelism::None, 0.5));
-        }
-    }
 }

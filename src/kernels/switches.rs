@@ -20,7 +20,7 @@ pub enum Fused {
     /// The bias, GELU and residual add done inside the linear layers around them.
     Epilogue = 64,
     /// Not a kernel: threaded products split along the weights' output features (see
-    /// `matmul::split_parts`) instead of gemm's own threading.
+    /// `split::output_parts`) instead of gemm's own threading.
     SplitProducts = 128,
     /// Not a kernel: for few rows, linear layers read their `[out, in]` weight in place rather
     /// than have gemm pack it (see `matmul::weight_in_place`).
