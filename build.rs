@@ -1,5 +1,5 @@
 //! Tells the tests whether this CPU has AVX-512 BF16 (cfg `no_avx512_bf16` when it lacks
-//! it), AVX2 and FMA (cfg `no_avx2_fma`), and whether this machine has OpenBLAS (cfg
+//! it), AVX-512 (cfg `no_avx512f`), AVX2 and FMA (cfg `no_avx2_fma`), and whether this machine has OpenBLAS (cfg
 //! `no_openblas`), so the bf16-product, packed-kernel and system-BLAS tests report themselves
 //! ignored, with the reason, instead of passing without testing anything.
 //!
@@ -19,6 +19,18 @@ fn host_has_avx512_bf16() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the machine building (and testing) vitkit has AVX-512 (the packed AVX-512 kernel).
+fn host_has_avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -49,6 +61,10 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(no_avx512_bf16)");
     println!("cargo::rustc-check-cfg=cfg(no_openblas)");
     println!("cargo::rustc-check-cfg=cfg(no_avx2_fma)");
+    println!("cargo::rustc-check-cfg=cfg(no_avx512f)");
+    if !host_has_avx512f() {
+        println!("cargo::rustc-cfg=no_avx512f");
+    }
     if !host_has_avx2_fma() {
         println!("cargo::rustc-cfg=no_avx2_fma");
     }

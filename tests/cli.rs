@@ -499,7 +499,7 @@ fn bench_pretrain_times_a_sit_pretraining_step() {
     );
     let products = r["products"].as_str().expect("products");
     assert!(
-        products == "gemm" || products == "packed (AVX2)" || products.starts_with("openblas"),
+        products == "gemm" || products.starts_with("packed (") || products.starts_with("openblas"),
         "{products}"
     );
     fails_with(
@@ -801,17 +801,28 @@ fn the_product_library_is_chosen_by_vitkit_blas() {
     let gemm = bench("gemm");
     assert!(gemm.status.success());
     assert_eq!(products(&gemm), "gemm");
-    let packed = bench("packed");
+    let (packed, packed_avx2) = (bench("packed"), bench("packed-avx2"));
     #[cfg(target_arch = "x86_64")]
-    let avx2_fma = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+    let (avx2_fma, avx512) = (
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"),
+        cfg!(feature = "avx512") && std::is_x86_feature_detected!("avx512f"),
+    );
     #[cfg(not(target_arch = "x86_64"))]
-    let avx2_fma = false;
+    let (avx2_fma, avx512) = (false, false);
     if avx2_fma {
-        assert!(packed.status.success());
-        assert_eq!(products(&packed), "packed (AVX2)");
+        assert!(packed.status.success() && packed_avx2.status.success());
+        let widest = if avx512 {
+            "packed (AVX-512)"
+        } else {
+            "packed (AVX2)"
+        };
+        assert_eq!(products(&packed), widest);
+        assert_eq!(products(&packed_avx2), "packed (AVX2)");
     } else {
-        assert!(String::from_utf8_lossy(&packed.stderr).contains("lacks AVX2 or FMA"));
-        assert_eq!(products(&packed), "gemm");
+        for out in [&packed, &packed_avx2] {
+            assert!(String::from_utf8_lossy(&out.stderr).contains("lacks AVX2 or FMA"));
+            assert_eq!(products(out), "gemm");
+        }
     }
     let default = products(&bench("auto"));
     let missing = bench("/nonexistent/libopenblas.so.0");

@@ -1,12 +1,15 @@
 //! Which code runs the f32 matrix products on the CPU, and the system OpenBLAS, loaded at run
 //! time, as one of the choices.
 //!
-//! - `gemm`: the gemm crate. The default on CPUs with AVX-512, where its AVX-512 kernel is what
-//!   vitkit was measured fastest with.
-//! - `packed`: vitkit's own kernel for AVX2 + FMA (`packed.rs`). The default on x86-64 CPUs
-//!   without AVX-512: there it ran ahead of both gemm's AVX2 kernel and OpenBLAS 0.3.21 at
-//!   every ViT product shape, and of OpenBLAS in all 14 benchmark steps and gemm in 13 (Zen 3;
-//!   `examples/products.rs`, docs/performance.md), without needing a system library.
+//! - `gemm`: the gemm crate (its AVX-512 kernels in builds with the `avx512` feature).
+//! - `packed`: vitkit's own kernels (`packed.rs`), the widest this CPU and build run: AVX-512, or
+//!   AVX2 + FMA (`packed-avx2` forces the latter). The AVX2 one is the default on x86-64 where
+//!   gemm has no AVX-512 kernels (a CPU without AVX-512, or a build without the `avx512`
+//!   feature): there it ran ahead of both gemm's AVX2 kernel and OpenBLAS 0.3.21 at every ViT
+//!   product shape, and of OpenBLAS in all 14 benchmark steps and gemm in 13 (Zen 3;
+//!   `examples/products.rs`, docs/performance.md), without needing a system library. With
+//!   AVX-512, gemm stays the default: the packed AVX-512 kernel was level with it, not ahead
+//!   (Zen 5, session 20).
 //! - `openblas`: a system OpenBLAS (`VITKIT_BLAS=openblas`, or `VITKIT_BLAS=/path/lib.so` for a
 //!   given file; one that cannot be loaded is reported on stderr, and the default is used).
 //!
@@ -18,6 +21,7 @@
 use std::ffi::{CString, c_int, c_void};
 use std::sync::OnceLock;
 
+use super::packed::{self, Kernel};
 use super::views::{View, ViewMut};
 
 type Sgemm = unsafe extern "C" fn(
@@ -63,17 +67,18 @@ pub struct Blas {
 /// What runs the single-threaded parts of the products.
 pub enum Products {
     Gemm,
-    Packed,
+    Packed(Kernel),
     OpenBlas(Blas),
 }
 
 static PRODUCTS: OnceLock<Products> = OnceLock::new();
 
-/// What runs the f32 products on the CPU: "gemm", "packed (AVX2)" or "openblas (PATH)".
+/// What runs the f32 products on the CPU: "gemm", "packed (AVX2)", "packed (AVX-512)" or
+/// "openblas (PATH)".
 pub fn product_backend() -> String {
     match products() {
         Products::Gemm => "gemm".to_string(),
-        Products::Packed => "packed (AVX2)".to_string(),
+        Products::Packed(kernel) => format!("packed ({})", kernel.name()),
         Products::OpenBlas(b) => format!("openblas ({})", b.path),
     }
 }
@@ -94,22 +99,28 @@ pub fn single_threaded_parts() -> bool {
 
 fn choose(setting: Option<&str>) -> Products {
     let setting = setting.map(str::trim).filter(|v| !v.is_empty() && *v != "auto");
-    let default = || {
-        if !wide_simd() && super::packed::available() {
-            Products::Packed
-        } else {
-            Products::Gemm
-        }
+    // Where gemm has its AVX-512 kernels (this build, this CPU), they stay the default: vitkit's
+    // own AVX-512 kernel was not consistently faster in whole steps (docs/performance.md,
+    // session 20). Elsewhere the packed AVX2 kernel is.
+    let default = || match packed::kernel() {
+        Some(Kernel::Avx2) => Products::Packed(Kernel::Avx2),
+        Some(Kernel::Avx512) | None => Products::Gemm,
     };
     let tried: Vec<&str> = match setting {
         None => return default(),
         Some("gemm" | "none") => return Products::Gemm,
-        Some("packed") if super::packed::available() => return Products::Packed,
-        Some("packed") => {
-            eprintln!(
-                "vitkit: VITKIT_BLAS=packed: this CPU lacks AVX2 or FMA; matrix products use the gemm crate"
-            );
-            return Products::Gemm;
+        Some("packed") | Some("packed-avx2") => {
+            let kernel = match setting {
+                Some("packed") => packed::kernel(),
+                _ => Some(Kernel::Avx2).filter(|k| k.runs_here()),
+            };
+            if kernel.is_none() {
+                eprintln!(
+                    "vitkit: VITKIT_BLAS={}: this CPU lacks AVX2 or FMA; matrix products use the gemm crate",
+                    setting.unwrap_or_default()
+                );
+            }
+            return kernel.map_or(Products::Gemm, Products::Packed);
         }
         Some("openblas") => CANDIDATES.to_vec(),
         Some(path) => vec![path],
@@ -123,7 +134,7 @@ fn choose(setting: Option<&str>) -> Products {
                 "vitkit: VITKIT_BLAS={}: no loadable OpenBLAS (tried {}); matrix products use {}",
                 setting.unwrap_or_default(),
                 tried.join(", "),
-                if matches!(fallback, Products::Packed) {
+                if matches!(fallback, Products::Packed(_)) {
                     "the packed kernel"
                 } else {
                     "the gemm crate"
@@ -131,18 +142,6 @@ fn choose(setting: Option<&str>) -> Products {
             );
             fallback
         }
-    }
-}
-
-/// Whether gemm takes its AVX-512 path on this CPU.
-fn wide_simd() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
     }
 }
 
@@ -209,8 +208,8 @@ pub unsafe fn product(dst: ViewMut, a: View, b: View, s: f32, accumulate: bool) 
     match products() {
         Products::Gemm => false,
         // SAFETY: the caller's guarantees carry over; `choose` checked the CPU's features.
-        Products::Packed => unsafe {
-            super::packed::product(dst, a, b, s, accumulate);
+        Products::Packed(kernel) => unsafe {
+            packed::product(*kernel, dst, a, b, s, accumulate);
             true
         },
         // SAFETY: the caller's guarantees carry over.
@@ -307,9 +306,18 @@ mod tests {
         assert!(matches!(choose(Some("none")), Products::Gemm));
         let missing = choose(Some("/nonexistent/libopenblas.so.0"));
         assert!(!matches!(missing, Products::OpenBlas(_)));
-        // The default on CPUs without AVX-512 is the packed kernel, wherever it runs.
-        let expected_packed = !wide_simd() && crate::kernels::packed::available();
-        assert_eq!(matches!(choose(None), Products::Packed), expected_packed);
-        assert_eq!(matches!(missing, Products::Packed), expected_packed);
+        // The default is the packed AVX2 kernel wherever it is the widest one that runs
+        // (with AVX-512 gemm's kernels are); `packed` asks for the widest.
+        let widest = packed::kernel();
+        let chosen = |p: &Products| match p {
+            Products::Packed(k) => Some(*k),
+            _ => None,
+        };
+        let default = widest.filter(|k| *k == Kernel::Avx2);
+        assert_eq!(chosen(&choose(None)), default);
+        assert_eq!(chosen(&missing), default);
+        assert_eq!(chosen(&choose(Some("packed"))), widest);
+        let avx2 = Some(Kernel::Avx2).filter(|k| k.runs_here());
+        assert_eq!(chosen(&choose(Some("packed-avx2"))), avx2);
     }
 }

@@ -466,8 +466,7 @@ mod cut_tests {
         let (av, bv) = (View::row_major(&a, m, k), View::row_major(&b, k, n));
         // SAFETY: distinct buffers held across the call.
         let cut = unsafe { sum_parts(dst, av, bv, 1.0, false, Parallelism::Rayon(2), product) };
-        // Only the packed kernel and a system BLAS run single-threaded parts.
-        assert_eq!(cut, crate::kernels::blas::single_threaded_parts());
+        assert!(cut, "a 48 x 40 output with a sum of 2001 is cut along the sum");
         for transposed_out in [false, true] {
             let threaded = run((m, n, k), transposed_out, Parallelism::Rayon(2), 0.5);
             close(&threaded, &run((m, n, k), transposed_out, Parallelism::None, 0.5));

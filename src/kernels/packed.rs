@@ -1,53 +1,117 @@
-//! f32 products on one thread with vitkit's own packed kernel, for x86-64 CPUs with AVX2 and
-//! FMA but without AVX-512. Why: there it beat both the gemm crate's AVX2 path and OpenBLAS
-//! 0.3.21 at every ViT product shape, needs no system library, and writes its output directly
-//! (no zeroing pass when not accumulating). Measured with `examples/products.rs` on two Zen 3
-//! cores (peak 202 GFLOP/s), best of 10: 185–193 GFLOP/s on ViT-Ti/4 and ViT-B/16 batch-8
-//! shapes against gemm's 175–187 and OpenBLAS's 174–182; 156 against 151 and 156 for one
-//! 197-token image. Whole training and inference steps, alternated: 1–7% faster than with
-//! OpenBLAS in all 14 benchmark cases, 1–14% faster than with gemm in 13 (one 224px image
-//! through ViT-B/16: 8% slower; docs/performance.md, session 19).
+//! f32 products on one thread with vitkit's own packed kernels: a 6×16 register tile for x86-64
+//! CPUs with AVX2 and FMA, and an 8×32 one for CPUs with AVX-512 (in builds with the `avx512`
+//! feature). Why the AVX2 one: it beats both the gemm crate's AVX2 path and OpenBLAS 0.3.21 at
+//! every ViT product shape, needs no system library, and writes the output directly (no zeroing
+//! pass when not accumulating). Measured with `examples/products.rs` on two Zen 3 cores (peak 202
+//! GFLOP/s), best of 10: 185–193 GFLOP/s on ViT-Ti/4 and ViT-B/16 batch-8 shapes against gemm's
+//! 175–187 and OpenBLAS's 174–182; 156 against 151 and 156 for one 197-token image. Whole
+//! training and inference steps, alternated: 1–7% faster than with OpenBLAS in all 14 benchmark
+//! cases, 1–14% faster than with gemm in 13 (one 224px image through ViT-B/16: 8% slower;
+//! docs/performance.md, session 19). The AVX-512 tile is not the default (`blas.rs`): on two Zen 5
+//! cores it ran level with gemm's AVX-512 kernel on ViT's shapes, within that machine's noise,
+//! ahead at one 224px image through ViT-B/16 and behind on CMT training and on narrow weight
+//! gradients (session 20).
 //!
-//! Layout: the product is cut into blocks of `NC` output columns × `KC` steps of the sum; each
-//! block of `b` is packed once into 16-column panels (16 values per step, contiguous), and for
-//! each `MC` rows of `a`, those rows are packed into 6-row panels (6 values per step). The
-//! register tile keeps a 6×16 block of the output in 12 AVX registers for the whole `KC`
-//! steps: per step two loads of `b`, six broadcasts of `a`, twelve FMAs. A 16-column panel of
-//! `b` (16 KiB) stays in L1 while every 6-row panel of the `a` block (in L2) passes under it.
+//! Layout: the product is cut into blocks of `nc` output columns × `kc` steps of the sum; each
+//! block of `b` is packed once into `nr`-column panels (`nr` values per step, contiguous), and
+//! for each `mc` rows of `a`, those rows are packed into `mr`-row panels (`mr` values per step).
+//! The register tile keeps an `mr × nr` block of the output in registers for the whole `kc`
+//! steps: per step `nr / 8` (AVX2) or `nr / 16` (AVX-512) loads of `b`, `mr` broadcasts of `a`,
+//! one FMA per register. An `nr`-column panel of `b` (16 or 32 KiB) stays in L1 while every
+//! `mr`-row panel of the `a` block (in L2) passes under it.
 
 use super::views::{View, ViewMut};
 
-/// Rows of the register tile.
-const MR: usize = 6;
-/// Columns of the register tile (two AVX registers).
-const NR: usize = 16;
-/// Steps of the sum per packed block: a 16-column panel of `b` is `KC · 64` bytes (L1).
-const KC: usize = 256;
-/// Rows of `a` per packed block (`MC · KC · 4` bytes = 192 KiB, in L2).
-const MC: usize = 192;
-/// Columns of `b` per packed block (3 MiB, in L3).
-const NC: usize = 3072;
+/// One register tile and the blocks of the operands packed around it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Blocking {
+    /// Rows of the register tile.
+    mr: usize,
+    /// Columns of the register tile.
+    nr: usize,
+    /// Steps of the sum per packed block: an `nr`-column panel of `b` is `kc · nr · 4` bytes (L1).
+    kc: usize,
+    /// Rows of `a` per packed block (`mc · kc · 4` bytes = 192 KiB, in L2).
+    mc: usize,
+    /// Columns of `b` per packed block (3 MiB, in L3).
+    nc: usize,
+}
 
-/// Whether this CPU runs the kernel (AVX2 and FMA; x86-64 only).
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+/// Which register tile runs the products.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Kernel {
+    /// 6 rows × 16 columns in 12 AVX registers.
+    Avx2,
+    /// 8 rows × 32 columns in 16 AVX-512 registers.
+    Avx512,
+}
+
+impl Kernel {
+    fn blocking(self) -> Blocking {
+        match self {
+            Kernel::Avx2 => Blocking {
+                mr: 6,
+                nr: 16,
+                kc: 256,
+                mc: 192,
+                nc: 3072,
+            },
+            // 384 steps: in whole steps (Zen 5) ahead of 256 in 12 of 15 alternated runs.
+            Kernel::Avx512 => Blocking {
+                mr: 8,
+                nr: 32,
+                kc: 384,
+                mc: 192,
+                nc: 3072,
+            },
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// Whether this CPU (and, for AVX-512, this build) runs it.
+    pub fn runs_here(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+            match self {
+                Kernel::Avx2 => avx2,
+                Kernel::Avx512 => {
+                    cfg!(feature = "avx512") && avx2 && std::is_x86_feature_detected!("avx512f")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// "AVX2" or "AVX-512".
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx2 => "AVX2",
+            Kernel::Avx512 => "AVX-512",
+        }
     }
 }
 
-/// `dst = s · a · b` (or `+=` when `accumulate`) on this thread.
+/// The widest kernel this CPU and build run, if any.
+pub fn kernel() -> Option<Kernel> {
+    [Kernel::Avx512, Kernel::Avx2].into_iter().find(|k| k.runs_here())
+}
+
+/// `dst = s · a · b` (or `+=` when `accumulate`) on this thread, with `kernel`.
 ///
 /// # Safety
 /// As `matmul::product`: `dst` overlaps neither input, nobody else touches it meanwhile, and
 /// the storage behind the views outlives the call; when `accumulate` is false `dst` may be
-/// uninitialised (it is only written). The CPU must have AVX2 and FMA ([`available`]).
-pub unsafe fn product(dst: ViewMut, a: View, b: View, s: f32, accumulate: bool) {
-    // The tile writes rows of 16 adjacent values: a column-major output is the row-major Cᵀ = Bᵀ·Aᵀ.
+/// uninitialised (it is only written). `kernel` must run here ([`Kernel::runs_here`]).
+pub unsafe fn product(kernel: Kernel, dst: ViewMut, a: View, b: View, s: f32, accumulate: bool) {
+    assert!(
+        kernel.runs_here(),
+        "the packed {} kernel does not run here",
+        kernel.name()
+    );
+    // The tile writes rows of adjacent values: a column-major output is the row-major Cᵀ = Bᵀ·Aᵀ.
     let (_, rs, cs) = dst.raw();
     let (dst, a, b) = if cs != 1 && rs == 1 {
         (dst.t(), b.t(), a.t())
@@ -57,21 +121,25 @@ pub unsafe fn product(dst: ViewMut, a: View, b: View, s: f32, accumulate: bool) 
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the caller's guarantees, and the CPU features, carry over.
     unsafe {
-        x86::product(dst, a, b, s, accumulate)
+        x86::product(kernel, dst, a, b, s, accumulate)
     };
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!(
-        "the packed kernel runs on x86-64 only ({:?}, {:?}, {:?}, {s}, {accumulate})",
+        "the packed kernel runs on x86-64 only ({kernel:?}, {:?}, {:?}, {:?}, {s}, {accumulate})",
         dst, a, b
     );
 }
+
+#[cfg(target_arch = "x86_64")]
+mod tiles;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
     use std::cell::RefCell;
 
-    use super::{KC, MC, MR, NC, NR};
+    use super::tiles::{Tile, tile_avx2, tile_avx512};
+    use super::{Blocking, Kernel};
     use crate::kernels::views::{View, ViewMut};
 
     thread_local! {
@@ -79,56 +147,63 @@ mod x86 {
         static PACKED: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
     }
 
-    /// `len` floats of `buf` starting at a 32-byte boundary (grown as needed).
+    /// Floats written past the last panel of `a` (its packing stores eight lanes for six).
+    const SPARE: usize = 8;
+
+    /// `len` floats of `buf` starting at a 64-byte boundary (grown as needed).
     fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
-        if buf.len() < len + 8 {
-            buf.resize(len + 8, 0.0);
+        if buf.len() < len + 16 {
+            buf.resize(len + 16, 0.0);
         }
-        let offset = buf.as_ptr().align_offset(32);
+        let offset = buf.as_ptr().align_offset(64);
         &mut buf[offset..offset + len]
     }
 
     /// See `super::product`.
-    pub(super) unsafe fn product(dst: ViewMut, a: View, b: View, s: f32, accumulate: bool) {
+    pub(super) unsafe fn product(kernel: Kernel, dst: ViewMut, a: View, b: View, s: f32, accumulate: bool) {
+        let Blocking {
+            mr,
+            nr,
+            kc: kc_max,
+            mc: mc_max,
+            nc: nc_max,
+        } = kernel.blocking();
         let (m, n, k) = (dst.rows, dst.cols, a.cols);
         let ((c, crs, ccs), (ap, ars, acs), (bp, brs, bcs)) = (dst.raw(), a.raw(), b.raw());
         PACKED.with_borrow_mut(|(a_buf, b_buf)| {
-            for jc in (0..n).step_by(NC) {
-                let nc = NC.min(n - jc);
-                for pc in (0..k).step_by(KC) {
-                    let kc = KC.min(k - pc);
+            for jc in (0..n).step_by(nc_max) {
+                let nc = nc_max.min(n - jc);
+                for pc in (0..k).step_by(kc_max) {
+                    let kc = kc_max.min(k - pc);
                     // Later blocks of the sum add onto what the first wrote.
                     let add = accumulate || pc > 0;
-                    let b_block = aligned(b_buf, nc.div_ceil(NR) * NR * kc);
+                    let b_block = aligned(b_buf, nc.div_ceil(nr) * nr * kc);
                     // SAFETY: (pc, jc) lies inside `b`; the caller's guarantees and CPU features.
                     unsafe {
                         pack_b(
                             b_block,
                             bp.offset(pc as isize * brs + jc as isize * bcs),
-                            brs,
-                            bcs,
-                            kc,
-                            nc,
+                            (brs, bcs),
+                            (kc, nc),
+                            nr,
                         )
                     };
-                    for ic in (0..m).step_by(MC) {
-                        let mc = MC.min(m - ic);
-                        // Eight spare floats: `pack_a` stores eight lanes for six.
-                        let a_block = aligned(a_buf, mc.div_ceil(MR) * MR * kc + 8);
+                    for ic in (0..m).step_by(mc_max) {
+                        let mc = mc_max.min(m - ic);
+                        let a_block = aligned(a_buf, mc.div_ceil(mr) * mr * kc + SPARE);
                         // SAFETY: (ic, pc) lies inside `a`.
                         unsafe {
                             pack_a(
                                 a_block,
                                 ap.offset(ic as isize * ars + pc as isize * acs),
-                                ars,
-                                acs,
-                                mc,
-                                kc,
+                                (ars, acs),
+                                (mc, kc),
+                                mr,
                             )
                         };
-                        for jr in (0..nc).step_by(NR) {
+                        for jr in (0..nc).step_by(nr) {
                             let b_panel = b_block[jr * kc..].as_ptr();
-                            for ir in (0..mc).step_by(MR) {
+                            for ir in (0..mc).step_by(mr) {
                                 let out = Tile {
                                     // SAFETY: (ic + ir, jc + jr) lies inside `dst`.
                                     ptr: unsafe {
@@ -136,26 +211,24 @@ mod x86 {
                                     },
                                     rs: crs,
                                     cs: ccs,
-                                    rows: MR.min(mc - ir),
-                                    cols: NR.min(nc - jr),
+                                    rows: mr.min(mc - ir),
+                                    cols: nr.min(nc - jr),
                                 };
-                                // SAFETY: the panels hold `kc` steps each; `out` is inside `dst`.
-                                unsafe { tile(kc, a_block[ir * kc..].as_ptr(), b_panel, out, s, add) };
+                                let a_panel = a_block[ir * kc..].as_ptr();
+                                // SAFETY: the panels hold `kc` steps each; `out` is inside `dst`;
+                                // the kernel runs here (checked by the caller).
+                                unsafe {
+                                    match kernel {
+                                        Kernel::Avx2 => tile_avx2(kc, a_panel, b_panel, out, s, add),
+                                        Kernel::Avx512 => tile_avx512(kc, a_panel, b_panel, out, s, add),
+                                    }
+                                }
                             }
                         }
                     }
                 }
             }
         });
-    }
-
-    /// The part of the output one register tile writes (up to `MR × NR`).
-    struct Tile {
-        ptr: *mut f32,
-        rs: isize,
-        cs: isize,
-        rows: usize,
-        cols: usize,
     }
 
     /// Transposes eight rows of eight floats.
@@ -190,199 +263,129 @@ mod x86 {
         ]
     }
 
-    /// Packs `mc × kc` of `a` (strides `rs`, `cs`) into 6-row panels, `kc` steps of 6 values
-    /// each, rows past `mc` zero. `dst` has 8 floats to spare past the last panel.
+    /// Packs `mc × kc` of `a` (strides `rs`, `cs`) into `mr`-row panels (`mr` ≤ 8), `kc` steps
+    /// of `mr` values each, rows past `mc` zero. `dst` has `SPARE` floats past the last panel.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn pack_a(dst: &mut [f32], a: *const f32, rs: isize, cs: isize, mc: usize, kc: usize) {
-        for r in 0..mc.div_ceil(MR) {
-            let panel = dst[r * kc * MR..].as_mut_ptr();
-            let rows = MR.min(mc - r * MR);
+    unsafe fn pack_a(
+        dst: &mut [f32],
+        a: *const f32,
+        (rs, cs): (isize, isize),
+        (mc, kc): (usize, usize),
+        mr: usize,
+    ) {
+        for r in 0..mc.div_ceil(mr) {
+            let panel = dst[r * kc * mr..].as_mut_ptr();
+            let rows = mr.min(mc - r * mr);
             // SAFETY (whole body): reads stay inside the `mc × kc` block of `a`; writes inside
             // the panel, or its successor's start (overwritten when that is packed), or the spare.
-            let at = |i: usize, p: usize| unsafe { *a.offset((r * MR + i) as isize * rs + p as isize * cs) };
-            if rows < MR {
-                dst[r * kc * MR..(r + 1) * kc * MR].fill(0.0);
-                let panel = dst[r * kc * MR..].as_mut_ptr();
+            let at = |i: usize, p: usize| unsafe { *a.offset((r * mr + i) as isize * rs + p as isize * cs) };
+            if rows < mr {
+                dst[r * kc * mr..(r + 1) * kc * mr].fill(0.0);
+                let panel = dst[r * kc * mr..].as_mut_ptr();
                 for p in 0..kc {
                     for i in 0..rows {
-                        unsafe { *panel.add(p * MR + i) = at(i, p) };
+                        unsafe { *panel.add(p * mr + i) = at(i, p) };
                     }
                 }
             } else if rs == 1 {
-                // Six adjacent values per step (a transposed operand, e.g. a weight gradient's
+                // `mr` adjacent values per step (a transposed operand, e.g. a weight gradient's
                 // inputs): a masked load, never past the block, and a store of eight lanes whose
-                // last two the next step overwrites.
-                let six = _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0);
+                // last `8 - mr` the next step overwrites.
+                let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+                let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(mr as i32), lanes);
                 for p in 0..kc {
-                    let v = unsafe { _mm256_maskload_ps(a.offset((r * MR) as isize + p as isize * cs), six) };
-                    unsafe { _mm256_storeu_ps(panel.add(p * MR), v) };
+                    let v =
+                        unsafe { _mm256_maskload_ps(a.offset((r * mr) as isize + p as isize * cs), mask) };
+                    unsafe { _mm256_storeu_ps(panel.add(p * mr), v) };
                 }
             } else if cs == 1 {
-                // Rows of adjacent values (activations): eight steps of the six rows at a time
-                // through an 8×8 transpose, two lanes of each store overwritten as above.
-                let row = |i: usize| unsafe { a.offset((r * MR + i) as isize * rs) };
+                // Rows of adjacent values (activations): eight steps of the `mr` rows at a time
+                // through an 8×8 transpose, the last `8 - mr` lanes of each store overwritten.
+                let row = |i: usize| unsafe { a.offset((r * mr + i) as isize * rs) };
                 let mut p = 0;
                 while p + 8 <= kc {
                     let mut v = [_mm256_setzero_ps(); 8];
-                    for (i, v) in v.iter_mut().take(MR).enumerate() {
+                    for (i, v) in v.iter_mut().take(mr).enumerate() {
                         *v = unsafe { _mm256_loadu_ps(row(i).add(p)) };
                     }
                     for (q, t) in transpose8(v).into_iter().enumerate() {
-                        unsafe { _mm256_storeu_ps(panel.add((p + q) * MR), t) };
+                        unsafe { _mm256_storeu_ps(panel.add((p + q) * mr), t) };
                     }
                     p += 8;
                 }
                 for p in p..kc {
-                    for i in 0..MR {
-                        unsafe { *panel.add(p * MR + i) = at(i, p) };
+                    for i in 0..mr {
+                        unsafe { *panel.add(p * mr + i) = at(i, p) };
                     }
                 }
             } else {
                 for p in 0..kc {
-                    for i in 0..MR {
-                        unsafe { *panel.add(p * MR + i) = at(i, p) };
+                    for i in 0..mr {
+                        unsafe { *panel.add(p * mr + i) = at(i, p) };
                     }
                 }
             }
         }
     }
 
-    /// Packs `kc × nc` of `b` (strides `rs`, `cs`) into 16-column panels, `kc` steps of 16
-    /// values each, columns past `nc` zero.
+    /// Packs `kc × nc` of `b` (strides `rs`, `cs`) into `nr`-column panels (`nr` a multiple of
+    /// 8), `kc` steps of `nr` values each, columns past `nc` zero. `dst` starts 32-byte aligned.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn pack_b(dst: &mut [f32], b: *const f32, rs: isize, cs: isize, kc: usize, nc: usize) {
-        for (j, panel) in dst.chunks_exact_mut(kc * NR).enumerate() {
-            let cols = NR.min(nc - j * NR);
+    unsafe fn pack_b(
+        dst: &mut [f32],
+        b: *const f32,
+        (rs, cs): (isize, isize),
+        (kc, nc): (usize, usize),
+        nr: usize,
+    ) {
+        for (j, panel) in dst.chunks_exact_mut(kc * nr).enumerate() {
+            let cols = nr.min(nc - j * nr);
             // SAFETY (whole body): reads stay inside the `kc × nc` block of `b`.
-            let column = |jj: usize| unsafe { b.offset((j * NR + jj) as isize * cs) };
-            if cols < NR {
+            let column = |jj: usize| unsafe { b.offset((j * nr + jj) as isize * cs) };
+            if cols < nr {
                 panel.fill(0.0);
             }
-            if cs == 1 && cols == NR {
+            let out = panel.as_mut_ptr();
+            if cs == 1 && cols == nr {
                 // Rows of adjacent values (a gradient, or a weight stored `[in, out]`): copies,
-                // two registers per step (a library copy per 64 bytes costs more than it moves).
-                let out = panel.as_mut_ptr();
+                // a register at a time (a library copy per 64 bytes costs more than it moves).
                 for p in 0..kc {
                     let src = unsafe { column(0).offset(p as isize * rs) };
-                    unsafe {
-                        _mm256_store_ps(out.add(p * NR), _mm256_loadu_ps(src));
-                        _mm256_store_ps(out.add(p * NR + 8), _mm256_loadu_ps(src.add(8)));
+                    for e in (0..nr).step_by(8) {
+                        unsafe { _mm256_store_ps(out.add(p * nr + e), _mm256_loadu_ps(src.add(e))) };
                     }
                 }
             } else if cs == 1 {
-                for (p, out) in panel.chunks_exact_mut(NR).enumerate() {
+                for (p, out) in panel.chunks_exact_mut(nr).enumerate() {
                     let src = unsafe { std::slice::from_raw_parts(column(0).offset(p as isize * rs), cols) };
                     out[..cols].copy_from_slice(src);
                 }
-            } else if rs == 1 && cols == NR {
+            } else if rs == 1 && cols == nr {
                 // Columns of adjacent values (a weight stored `[out, in]`, PyTorch's layout):
-                // eight steps of each half panel at a time through an 8×8 transpose.
-                let out = panel.as_mut_ptr();
+                // eight steps of each eight columns at a time through an 8×8 transpose.
                 let mut p = 0;
                 while p + 8 <= kc {
-                    for half in 0..2 {
+                    for e in (0..nr).step_by(8) {
                         let mut v = [_mm256_setzero_ps(); 8];
                         for (jj, v) in v.iter_mut().enumerate() {
-                            *v = unsafe { _mm256_loadu_ps(column(half * 8 + jj).add(p)) };
+                            *v = unsafe { _mm256_loadu_ps(column(e + jj).add(p)) };
                         }
                         for (q, t) in transpose8(v).into_iter().enumerate() {
-                            unsafe { _mm256_storeu_ps(out.add((p + q) * NR + half * 8), t) };
+                            unsafe { _mm256_storeu_ps(out.add((p + q) * nr + e), t) };
                         }
                     }
                     p += 8;
                 }
                 for p in p..kc {
-                    for jj in 0..NR {
-                        unsafe { *out.add(p * NR + jj) = *column(jj).offset(p as isize * rs) };
+                    for jj in 0..nr {
+                        unsafe { *out.add(p * nr + jj) = *column(jj).offset(p as isize * rs) };
                     }
                 }
             } else {
                 for jj in 0..cols {
                     for p in 0..kc {
-                        panel[p * NR + jj] = unsafe { *column(jj).offset(p as isize * rs) };
+                        panel[p * nr + jj] = unsafe { *column(jj).offset(p as isize * rs) };
                     }
-                }
-            }
-        }
-    }
-
-    /// One step of the sum: the tile += (6 values of `a`) ⊗ (16 values of `b`).
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn step(acc: &mut [__m256; 2 * MR], a: *const f32, b: *const f32) {
-        // SAFETY: the caller's packed panels hold this step.
-        unsafe {
-            let b0 = _mm256_load_ps(b);
-            let b1 = _mm256_load_ps(b.add(8));
-            for i in 0..MR {
-                let ai = _mm256_broadcast_ss(&*a.add(i));
-                acc[2 * i] = _mm256_fmadd_ps(ai, b0, acc[2 * i]);
-                acc[2 * i + 1] = _mm256_fmadd_ps(ai, b1, acc[2 * i + 1]);
-            }
-        }
-    }
-
-    /// `out (+)= s · (6-row panel of a) · (16-column panel of b)` over `kc` steps.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile(kc: usize, a: *const f32, b: *const f32, out: Tile, s: f32, add: bool) {
-        let at = |i: usize, j: usize| unsafe { out.ptr.offset(i as isize * out.rs + j as isize * out.cs) };
-        for i in 0..out.rows {
-            // Prefetches never fault; these addresses are inside the output anyway.
-            _mm_prefetch::<_MM_HINT_T0>(at(i, 0) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(at(i, out.cols - 1) as *const i8);
-        }
-        let mut acc = [_mm256_setzero_ps(); 2 * MR];
-        let (mut a, mut b) = (a, b);
-        // SAFETY: `kc` steps of each panel; the prefetches run at most a few steps ahead
-        // inside the packed buffers (prefetching never faults in any case).
-        unsafe {
-            for _ in 0..kc / 4 {
-                _mm_prefetch::<_MM_HINT_T0>(a.add(16 * MR) as *const i8);
-                step(&mut acc, a, b);
-                step(&mut acc, a.add(MR), b.add(NR));
-                _mm_prefetch::<_MM_HINT_T0>(a.add(16 * MR + 16) as *const i8);
-                step(&mut acc, a.add(2 * MR), b.add(2 * NR));
-                step(&mut acc, a.add(3 * MR), b.add(3 * NR));
-                a = a.add(4 * MR);
-                b = b.add(4 * NR);
-            }
-            for _ in 0..kc % 4 {
-                step(&mut acc, a, b);
-                a = a.add(MR);
-                b = b.add(NR);
-            }
-        }
-        let scale = _mm256_set1_ps(s);
-        if out.rows == MR && out.cols == NR && out.cs == 1 {
-            for i in 0..MR {
-                let row = at(i, 0);
-                let mut lo = _mm256_mul_ps(acc[2 * i], scale);
-                let mut hi = _mm256_mul_ps(acc[2 * i + 1], scale);
-                // SAFETY: a full tile with adjacent columns: 16 floats from `row`.
-                unsafe {
-                    if add {
-                        lo = _mm256_add_ps(lo, _mm256_loadu_ps(row));
-                        hi = _mm256_add_ps(hi, _mm256_loadu_ps(row.add(8)));
-                    }
-                    _mm256_storeu_ps(row, lo);
-                    _mm256_storeu_ps(row.add(8), hi);
-                }
-            }
-        } else {
-            // An edge, or a strided output: through a scratch tile, element by element.
-            let mut t = [0f32; MR * NR];
-            for (i, pair) in acc.chunks_exact(2).enumerate() {
-                // SAFETY: 16 floats of `t` from row `i`.
-                unsafe {
-                    _mm256_storeu_ps(t[i * NR..].as_mut_ptr(), pair[0]);
-                    _mm256_storeu_ps(t[i * NR + 8..].as_mut_ptr(), pair[1]);
-                }
-            }
-            for i in 0..out.rows {
-                for j in 0..out.cols {
-                    let v = s * t[i * NR + j];
-                    // SAFETY: (i, j) inside the tile's part of the output.
-                    unsafe { *at(i, j) = if add { *at(i, j) + v } else { v } };
                 }
             }
         }
@@ -395,25 +398,40 @@ mod tests {
     use crate::kernels::layouts::check_every_layout;
 
     /// Every layout, with and without accumulation, against sums in f64, on shapes that cross
-    /// every block edge (`KC`, `MC`, `NC`) and leave partial tiles.
-    #[test]
-    #[cfg_attr(
-        no_avx2_fma,
-        ignore = "this CPU lacks AVX2 or FMA: the packed kernel never runs on it"
-    )]
-    fn products_match_a_float64_sum_in_every_layout() {
+    /// every block edge (`kc`, `mc`, `nc`) and leave partial tiles.
+    fn check(kernel: Kernel) {
+        let nc = kernel.blocking().nc;
         let shapes = [
             (80, 72, 64),
             (1, 512, 600),
             (600, 1, 512),
             (33, 257, 31),
             (197, 45, 300),
-            (7, NC + 21, 9),
+            (7, nc + 21, 9),
         ];
         check_every_layout(&shapes, |dst, a, b, s, accumulate| {
-            // SAFETY: the checker's buffers are distinct and outlive the call.
-            unsafe { product(dst, a, b, s, accumulate) };
+            // SAFETY: the checker's buffers are distinct and outlive the call; the test runs
+            // only where the kernel does.
+            unsafe { product(kernel, dst, a, b, s, accumulate) };
             true
         });
+    }
+
+    #[test]
+    #[cfg_attr(
+        no_avx2_fma,
+        ignore = "this CPU lacks AVX2 or FMA: the packed kernels never run on it"
+    )]
+    fn the_avx2_kernel_matches_a_float64_sum_in_every_layout() {
+        check(Kernel::Avx2);
+    }
+
+    #[test]
+    #[cfg_attr(
+        any(no_avx512f, not(feature = "avx512")),
+        ignore = "this CPU (or build) lacks AVX-512: the AVX-512 packed kernel never runs on it"
+    )]
+    fn the_avx512_kernel_matches_a_float64_sum_in_every_layout() {
+        check(Kernel::Avx512);
     }
 }

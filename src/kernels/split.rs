@@ -12,9 +12,9 @@ pub type Product = unsafe fn(ViewMut, View, View, f32, bool, Parallelism);
 /// Rows of the gemm crate's micro-kernel tile (16 f32 lanes x 4 registers with AVX-512).
 const KERNEL_ROWS: usize = 64;
 
-/// A multiple of the rows (or columns) of each part of a product the packed kernel or the
-/// system BLAS runs: their tile sides (6 and 16; OpenBLAS's 16 and 4 on AVX2) divide it.
-const PART_ALIGN: usize = 48;
+/// A multiple of the rows (or columns) of each part of a product the packed kernels or the
+/// system BLAS run: their tile sides (6 and 16, 8 and 32; OpenBLAS's 16 and 4 on AVX2) divide it.
+const PART_ALIGN: usize = 96;
 
 /// Elements of the packed operand (1 MiB of f32) below which gemm's own threading is kept:
 /// it stays in cache, its duplicated packing is cheap, and gemm balances small shapes better.
@@ -79,17 +79,22 @@ pub fn output_parts(dst: ViewMut, a: View, b: View, par: Parallelism) -> Option<
 /// product is cut along the sum instead (see [`sum_parts`]).
 const SUM_SPLIT_RATIO: usize = 4;
 
+/// Per thread, the output's longer side from which a threaded product cuts the output rather
+/// than the sum: 192 on two threads, where session 19 measured the sum cut slower for ViT.
+const SUM_SPLIT_MAX_SIDE: usize = 96;
+
 /// Steps of the sum each part gets at least when the sum is cut.
 const SUM_PART_MIN: usize = 256;
 
 /// `dst (+)= s · a · b` cut along the sum, one part per thread, when the output is too small
 /// to give every thread two aligned parts of it (under 192 columns and rows on two threads)
 /// while the sum is long: the weight gradients of CMT's narrow layers (16–128 channels, a sum
-/// over 100,000 positions), which [`output_parts`] would leave on one thread. Only for the
-/// kernels that run single-threaded parts (see `blas.rs`). Returns whether it ran. Measured on
-/// two Zen 3 cores with the packed kernel: a 64 × 16 gradient over 100,352 rows ran at 61 GFLOP/s
-/// cut this way and 38–44 on one thread; for ViT's 192–768-wide gradients cutting the output
-/// was as fast or faster. The partial sums are added in the parts' order, so the result does
+/// over 100,000 positions), which [`output_parts`] would leave on one thread, and which gemm's
+/// own threading cuts poorly. Returns whether it ran. Measured on two Zen 3 cores with the
+/// packed kernel: a 64 × 16 gradient over 100,352 rows ran at 61 GFLOP/s cut this way and 38–44
+/// on one thread; for ViT's 192–768-wide gradients cutting the output was as fast or faster.
+/// With gemm's AVX-512 kernels on two Zen 5 cores: 1.3–2.4x gemm's own threading on CMT-sized
+/// gradients (16–128 wide, sums of 25,088–100,352), though level within noise in whole steps. The partial sums are added in the parts' order, so the result does
 /// not depend on scheduling (it does on the thread count, as any cut of a sum).
 ///
 /// # Safety
@@ -111,8 +116,7 @@ pub unsafe fn sum_parts(
     let (m, n, k) = (dst.rows, dst.cols, a.cols);
     if threads < 2
         || !super::enabled(super::Fused::SplitSum)
-        || !super::blas::single_threaded_parts()
-        || m.max(n) >= threads * 2 * PART_ALIGN
+        || m.max(n) >= threads * SUM_SPLIT_MAX_SIDE
         || k < SUM_SPLIT_RATIO * m.max(n)
         || k < threads * SUM_PART_MIN
     {

@@ -35,8 +35,8 @@ pub enum Fused {
     /// The 3×3, stride-2 max-pool in one pass with its backward (`max_pool.rs`, NesT's) instead
     /// of Burn's pairwise maxima.
     MaxPool = 4096,
-    /// Not a kernel switch as such: products through the packed AVX2 kernel or a system
-    /// OpenBLAS, whichever `blas.rs` chooses (`VITKIT_BLAS`), instead of the gemm crate.
+    /// Not a kernel switch as such: products through a packed kernel or a system OpenBLAS,
+    /// whichever `blas.rs` chooses (`VITKIT_BLAS`), instead of the gemm crate.
     SystemBlas = 8192,
     /// Not a kernel: a threaded product whose sum is much longer than its output (a weight
     /// gradient) cut along the sum (see `split::sum_parts`) instead of along the output.
