@@ -17,8 +17,9 @@
 //! for each `mc` rows of `a`, those rows are packed into `mr`-row panels (`mr` values per step).
 //! The register tile keeps an `mr × nr` block of the output in registers for the whole `kc`
 //! steps: per step `nr / 8` (AVX2) or `nr / 16` (AVX-512) loads of `b`, `mr` broadcasts of `a`,
-//! one FMA per register. An `nr`-column panel of `b` (16 or 32 KiB) stays in L1 while every
-//! `mr`-row panel of the `a` block (in L2) passes under it.
+//! one FMA per register. An `nr`-column panel of `b` (16 KiB for AVX2, 48 KiB for AVX-512: a
+//! Zen 5's whole L1) stays in L1 while every `mr`-row panel of the `a` block (in L2) passes
+//! under it.
 
 use super::views::{View, ViewMut};
 
@@ -31,9 +32,9 @@ struct Blocking {
     nr: usize,
     /// Steps of the sum per packed block: an `nr`-column panel of `b` is `kc · nr · 4` bytes (L1).
     kc: usize,
-    /// Rows of `a` per packed block (`mc · kc · 4` bytes = 192 KiB, in L2).
+    /// Rows of `a` per packed block (`mc · kc · 4` bytes: 192 KiB for AVX2, 288 for AVX-512; L2).
     mc: usize,
-    /// Columns of `b` per packed block (3 MiB, in L3).
+    /// Columns of `b` per packed block (`nc · kc · 4` bytes: 3 or 4.5 MiB, in L3).
     nc: usize,
 }
 
