@@ -109,15 +109,15 @@ fn choose(setting: Option<&str>) -> Products {
     let tried: Vec<&str> = match setting {
         None => return default(),
         Some("gemm" | "none") => return Products::Gemm,
-        Some("packed") | Some("packed-avx2") => {
-            let kernel = match setting {
-                Some("packed") => packed::kernel(),
-                _ => Some(Kernel::Avx2).filter(|k| k.runs_here()),
+        Some(name @ ("packed" | "packed-avx2")) => {
+            let kernel = if name == "packed" {
+                packed::kernel()
+            } else {
+                Some(Kernel::Avx2).filter(|k| k.runs_here())
             };
             if kernel.is_none() {
                 eprintln!(
-                    "vitkit: VITKIT_BLAS={}: this CPU lacks AVX2 or FMA; matrix products use the gemm crate",
-                    setting.unwrap_or_default()
+                    "vitkit: VITKIT_BLAS={name}: this CPU lacks AVX2 or FMA; matrix products use the gemm crate"
                 );
             }
             return kernel.map_or(Products::Gemm, Products::Packed);

@@ -20,17 +20,22 @@ const PART_ALIGN: usize = 96;
 /// it stays in cache, its duplicated packing is cheap, and gemm balances small shapes better.
 const SPLIT_MIN_PACKED: usize = 1 << 18;
 
+/// The threads `par` asks for (1 for none).
+fn threads(par: Parallelism) -> usize {
+    match par {
+        Parallelism::None => 1,
+        Parallelism::Rayon(0) => rayon::current_num_threads(),
+        Parallelism::Rayon(n) => n,
+    }
+}
+
 /// One part per thread of a threaded product, cut along the output dimension that gemm walks
 /// with its micro-kernel's rows (the one `dst` is contiguous in), or `None` to let gemm thread
 /// it. Why: gemm's own threads split the other dimension, so every thread packs the whole of
 /// the operand it walks by rows (a weight matrix, for a linear layer); cut this way, each
 /// packs its share. For one 224px image through ViT-B/16 that took 31% off the inference step.
 pub fn output_parts(dst: ViewMut, a: View, b: View, par: Parallelism) -> Option<Vec<(ViewMut, View, View)>> {
-    let threads = match par {
-        Parallelism::None => return None,
-        Parallelism::Rayon(0) => rayon::current_num_threads(),
-        Parallelism::Rayon(n) => n,
-    };
+    let threads = threads(par);
     if !super::enabled(super::Fused::SplitProducts) || threads < 2 {
         return None;
     }
@@ -94,8 +99,9 @@ const SUM_PART_MIN: usize = 256;
 /// packed kernel: a 64 × 16 gradient over 100,352 rows ran at 61 GFLOP/s cut this way and 38–44
 /// on one thread; for ViT's 192–768-wide gradients cutting the output was as fast or faster.
 /// With gemm's AVX-512 kernels on two Zen 5 cores: 1.3–2.4x gemm's own threading on CMT-sized
-/// gradients (16–128 wide, sums of 25,088–100,352), though level within noise in whole steps. The partial sums are added in the parts' order, so the result does
-/// not depend on scheduling (it does on the thread count, as any cut of a sum).
+/// gradients (16–128 wide, sums of 25,088–100,352), though level within noise in whole steps.
+/// The partial sums are added in the parts' order, so the result does not depend on scheduling
+/// (it does on the thread count, as any cut of a sum).
 ///
 /// # Safety
 /// As `matmul::product`; `product` must be a product with those guarantees.
@@ -108,11 +114,7 @@ pub unsafe fn sum_parts(
     par: Parallelism,
     product: Product,
 ) -> bool {
-    let threads = match par {
-        Parallelism::None => return false,
-        Parallelism::Rayon(0) => rayon::current_num_threads(),
-        Parallelism::Rayon(n) => n,
-    };
+    let threads = threads(par);
     let (m, n, k) = (dst.rows, dst.cols, a.cols);
     if threads < 2
         || !super::enabled(super::Fused::SplitSum)

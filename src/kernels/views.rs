@@ -14,6 +14,22 @@ fn check_extent(len: usize, offset: usize, rows: usize, cols: usize, rs: isize, 
     }
 }
 
+/// The offset of element `(r0, c0)` of a matrix of `(rows, cols, rs, cs)`, where a `rows x cols`
+/// window starts; panics unless that window lies inside the matrix.
+fn window_offset(
+    (m_rows, m_cols, rs, cs): (usize, usize, isize, isize),
+    r0: usize,
+    c0: usize,
+    rows: usize,
+    cols: usize,
+) -> isize {
+    assert!(
+        r0 + rows <= m_rows && c0 + cols <= m_cols,
+        "window outside the matrix"
+    );
+    r0 as isize * rs + c0 as isize * cs
+}
+
 /// A read-only strided matrix: element `(r, c)` lies at `ptr + r * rs + c * cs`.
 #[derive(Debug, Clone, Copy)]
 pub struct View {
@@ -57,13 +73,10 @@ impl View {
 
     /// The `rows x cols` sub-matrix whose top-left element is `(r0, c0)`.
     pub fn window(self, r0: usize, c0: usize, rows: usize, cols: usize) -> Self {
-        assert!(
-            r0 + rows <= self.rows && c0 + cols <= self.cols,
-            "window outside the matrix"
-        );
+        let offset = window_offset((self.rows, self.cols, self.rs, self.cs), r0, c0, rows, cols);
         Self {
-            // SAFETY: inside the parent matrix, checked above.
-            ptr: unsafe { self.ptr.offset(r0 as isize * self.rs + c0 as isize * self.cs) },
+            // SAFETY: inside the parent matrix (`window_offset` checked it).
+            ptr: unsafe { self.ptr.offset(offset) },
             rows,
             cols,
             ..self
@@ -158,13 +171,10 @@ impl ViewMut {
 
     /// The `rows x cols` sub-matrix whose top-left element is `(r0, c0)`.
     pub fn window(self, r0: usize, c0: usize, rows: usize, cols: usize) -> Self {
-        assert!(
-            r0 + rows <= self.rows && c0 + cols <= self.cols,
-            "window outside the matrix"
-        );
+        let offset = window_offset((self.rows, self.cols, self.rs, self.cs), r0, c0, rows, cols);
         Self {
-            // SAFETY: inside the parent matrix, checked above.
-            ptr: unsafe { self.ptr.offset(r0 as isize * self.rs + c0 as isize * self.cs) },
+            // SAFETY: inside the parent matrix (`window_offset` checked it).
+            ptr: unsafe { self.ptr.offset(offset) },
             rows,
             cols,
             ..self
