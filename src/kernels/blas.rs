@@ -91,10 +91,16 @@ pub fn products() -> &'static Products {
     PRODUCTS.get_or_init(|| choose(std::env::var("VITKIT_BLAS").ok().as_deref()))
 }
 
-/// Whether threaded products are cut into one single-threaded part per thread for a kernel
-/// other than gemm's (see `split::output_parts`).
-pub fn single_threaded_parts() -> bool {
-    !matches!(products(), Products::Gemm)
+/// Rows (or, `by_cols`, columns) of `dst` that each single-threaded part of a threaded product
+/// should be a multiple of, for a kernel other than gemm's (see `split::output_parts`); `None`
+/// for gemm, which threads its products itself.
+pub fn part_align(dst: &ViewMut, by_cols: bool) -> Option<usize> {
+    match products() {
+        Products::Gemm => None,
+        Products::Packed(kernel) => Some(kernel.tile_side(dst, by_cols)),
+        // A multiple of OpenBLAS's tile sides (16 and 4 with AVX2).
+        Products::OpenBlas(_) => Some(16),
+    }
 }
 
 fn choose(setting: Option<&str>) -> Products {

@@ -164,6 +164,13 @@ pub fn layer_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, beta: Tensor<1
     }
 }
 
+/// A linear layer's weight gradient `xᵀ · dy` (`x: [rows, d_in]`, `dy: [rows, d_out]`, both
+/// row-major) → `[d_in, d_out]`, as training computes it: for `examples/products.rs`.
+#[doc(hidden)]
+pub fn weight_gradient(x: &[f32], dy: &[f32], rows: usize, d_in: usize, d_out: usize) -> Vec<f32> {
+    matmul::linear_grad_weight(x, dy, rows, d_in, d_out)
+}
+
 /// A linear layer's output, `x · W + b`, for Burn's `Linear` (either weight layout).
 pub fn linear<const D: usize>(x: Tensor<D>, layer: &burn::nn::Linear) -> Tensor<D> {
     linear_with(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))

@@ -12,9 +12,9 @@ pub type Product = unsafe fn(ViewMut, View, View, f32, bool, Parallelism);
 /// Rows of the gemm crate's micro-kernel tile (16 f32 lanes x 4 registers with AVX-512).
 const KERNEL_ROWS: usize = 64;
 
-/// A multiple of the rows (or columns) of each part of a product the packed kernels or the
-/// system BLAS run: their tile sides (6 and 16, 8 and 32; OpenBLAS's 16 and 4 on AVX2) divide it.
-const PART_ALIGN: usize = 96;
+/// Fewest rows (or columns) of each part of a product the packed kernels or the system BLAS
+/// run: shorter outputs stay on one thread.
+const PART_MIN: usize = 96;
 
 /// Elements of the packed operand (1 MiB of f32) below which gemm's own threading is kept:
 /// it stays in cache, its duplicated packing is cheap, and gemm balances small shapes better.
@@ -39,14 +39,15 @@ pub fn output_parts(dst: ViewMut, a: View, b: View, par: Parallelism) -> Option<
     if !super::enabled(super::Fused::SplitProducts) || threads < 2 {
         return None;
     }
-    let (by_cols, len, align) = if super::blas::single_threaded_parts() {
+    let by_cols = dst.cols > dst.rows;
+    let (by_cols, len, align) = if let Some(align) = super::blas::part_align(&dst, by_cols) {
         // The packed kernel or the system BLAS runs one part per thread: cut the longer side
         // of the output.
         let len = dst.cols.max(dst.rows);
-        if len < threads * PART_ALIGN {
+        if len < threads * PART_MIN {
             return None;
         }
-        (dst.cols > dst.rows, len, PART_ALIGN)
+        (by_cols, len, align)
     } else {
         let (_, rs, cs) = dst.raw();
         let by_cols = cs.unsigned_abs() < rs.unsigned_abs();

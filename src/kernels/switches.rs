@@ -41,12 +41,16 @@ pub enum Fused {
     /// Not a kernel: a threaded product whose sum is much longer than its output (a weight
     /// gradient) cut along the sum (see `split::sum_parts`) instead of along the output.
     SplitSum = 16384,
+    /// Not a kernel: a gemm product whose output is at most 16 wide along its contiguous side
+    /// and long the other way written through a scratch laid out the other way (see
+    /// `matmul::narrow_through_scratch`).
+    NarrowScratch = 32768,
 }
 
-const ALL_FUSED: u16 = 32767;
+const ALL_FUSED: u16 = u16::MAX;
 
 /// The names `VITKIT_FUSED` takes, with their bits.
-const FUSED_NAMES: [(&str, u16); 16] = [
+const FUSED_NAMES: [(&str, u16); 17] = [
     ("gelu", Fused::Gelu as u16),
     ("softmax", Fused::Softmax as u16),
     ("layernorm", Fused::LayerNorm as u16),
@@ -62,11 +66,12 @@ const FUSED_NAMES: [(&str, u16); 16] = [
     ("maxpool", Fused::MaxPool as u16),
     ("blas", Fused::SystemBlas as u16),
     ("sumsplit", Fused::SplitSum as u16),
+    ("narrow", Fused::NarrowScratch as u16),
     ("all", ALL_FUSED),
 ];
 
 /// The mask a `VITKIT_FUSED` value names: a comma-separated list of
-/// `gelu,softmax,layernorm,linear,attention,epilogue,cls,split,inplace,depthwise,batchnorm,biasattention,maxpool,blas,sumsplit`, `all`, or `none`.
+/// `gelu,softmax,layernorm,linear,attention,epilogue,cls,split,inplace,depthwise,batchnorm,biasattention,maxpool,blas,sumsplit,narrow`, `all`, or `none`.
 /// An unknown name is an error naming it (a typo must not switch every kernel off).
 pub fn parse_fused(list: &str) -> Result<u16, String> {
     if list.trim() == "none" {
