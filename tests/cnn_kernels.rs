@@ -138,6 +138,10 @@ fn channels_last_dense_conv_matches_burns_conv2d() {
         (2, 9, 7, 3, 16, 3, 2, 1),
         (3, 8, 8, 16, 12, 3, 1, 1),
         (1, 6, 10, 5, 7, 2, 2, 0),
+        // More images than threads, and maps whose windows are gathered in several bands of
+        // output rows (256 KiB each: 12 rows of 36 here, 14 of 32 with stride 2).
+        (5, 40, 36, 16, 16, 3, 1, 1),
+        (2, 130, 64, 16, 8, 3, 2, 1),
     ] {
         let x0 = Tensor::<4>::random([b, h, w, ci], Distribution::Normal(0.0, 1.0), &device);
         let w0 = Tensor::<4>::random([co, ci, k, k], Distribution::Normal(0.0, 0.5), &device);

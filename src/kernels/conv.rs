@@ -14,8 +14,9 @@ use burn::tensor::Tensor;
 use burn::tensor::ops::ConvOptions;
 
 use super::depthwise::{self, Epilogue, Geometry};
-use super::im2col::{col2im, im2col};
-use super::{contiguous, f32_tensor, flex_linear, flex_linear_backward, register_grads, shape_of, slice};
+use super::im2col;
+use super::views::View;
+use super::{contiguous, f32_tensor, register_grads, shape_of, slice};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait CnnOps: Backend {
@@ -189,27 +190,18 @@ fn flex_depthwise(
     f32_tensor(out, [g.batch, g.out_height(), g.out_width(), g.channels].into())
 }
 
-/// The convolution's output and the gathered windows it multiplied.
-fn flex_conv2d_cl(
-    x: &FlexTensor,
-    wmat: &FlexTensor,
-    bias: &FlexTensor,
-    g: Geometry,
-) -> (FlexTensor, FlexTensor) {
-    let cols = f32_tensor(
-        im2col(slice(x), g),
-        [
-            g.batch * g.out_height() * g.out_width(),
-            g.kernel * g.kernel * g.channels,
-        ]
-        .into(),
-    );
-    let out = contiguous(flex_linear(&cols, wmat, Some(bias)));
+/// The convolution's output, `[B, Ho, Wo, O]`, for a contiguous `x`.
+fn flex_conv2d_cl(x: &FlexTensor, wmat: &FlexTensor, bias: &FlexTensor, g: Geometry) -> FlexTensor {
+    let (wmat, bias) = (contiguous(wmat.clone()), contiguous(bias.clone()));
+    let o = shape_of(&wmat)[1];
+    let out = im2col::forward(slice(x), weight_matrix(&wmat, g), slice(&bias), g);
+    f32_tensor(out, [g.batch, g.out_height(), g.out_width(), o].into())
+}
+
+/// A contiguous `[k·k·C, O]` weight matrix as a view.
+fn weight_matrix(wmat: &FlexTensor, g: Geometry) -> View {
     let o = shape_of(wmat)[1];
-    (
-        out.reshape([g.batch, g.out_height(), g.out_width(), o].into()),
-        cols,
-    )
+    View::row_major(slice(wmat), g.kernel * g.kernel * g.channels, o)
 }
 
 impl CnnOps for Flex {
@@ -252,7 +244,7 @@ impl CnnOps for Flex {
     ) -> FlexTensor {
         let x = contiguous(x);
         let g = geometry(&x, kernel, stride, padding, false);
-        flex_conv2d_cl(&x, &wmat, &bias, g).0
+        flex_conv2d_cl(&x, &wmat, &bias, g)
     }
 }
 
@@ -260,29 +252,25 @@ impl CnnOps for Flex {
 struct ConvDenseBackward;
 
 impl Backward<Flex, 3> for ConvDenseBackward {
-    /// The gathered windows, the weight matrix and the geometry.
+    /// The input (contiguous), the weight matrix (contiguous) and the geometry.
     type State = (FlexTensor, FlexTensor, Geometry);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = contiguous(grads.consume::<Flex>(&ops.node));
-        let (cols, wmat, g) = ops.state;
+        let (x, wmat, g) = ops.state;
         let o = shape_of(&wmat)[1];
-        let rows = shape_of(&cols)[0];
-        let grad = grad.reshape([rows, o].into());
         let [node_x, node_w, node_b] = ops.parents.map(|p| p.map(|n| n.id));
-        let [dcols, dw, db] = flex_linear_backward(
-            &cols,
-            &wmat,
-            &grad,
-            [node_x.is_some(), node_w.is_some(), node_b.is_some()],
+        let need = [node_x.is_some(), node_w.is_some(), node_b.is_some()];
+        let d = im2col::backward(slice(&x), weight_matrix(&wmat, g), slice(&grad), g, need);
+        let width = g.kernel * g.kernel * g.channels;
+        register_grads(
+            grads,
+            [
+                (node_x, d.x.map(|dx| f32_tensor(dx, shape_of(&x)))),
+                (node_w, d.wmat.map(|dw| f32_tensor(dw, [width, o].into()))),
+                (node_b, d.bias.map(|db| f32_tensor(db, [o].into()))),
+            ],
         );
-        let dx = dcols.map(|d| {
-            f32_tensor(
-                col2im(slice(&contiguous(d)), g),
-                [g.batch, g.height, g.width, g.channels].into(),
-            )
-        });
-        register_grads(grads, [(node_x, dx), (node_w, dw), (node_b, db)]);
     }
 }
 
@@ -388,15 +376,15 @@ impl<C: CheckpointStrategy> CnnOps for Autodiff<Flex, C> {
         padding: usize,
     ) -> FloatTensor<Self> {
         let input = contiguous(x.primitive().clone());
-        let (w, b) = (wmat.primitive().clone(), bias.primitive().clone());
+        let (w, b) = (contiguous(wmat.primitive().clone()), bias.primitive().clone());
         let g = geometry(&input, kernel, stride, padding, false);
-        let (out, cols) = flex_conv2d_cl(&input, &w, &b, g);
+        let out = flex_conv2d_cl(&input, &w, &b, g);
         match ConvDenseBackward
             .prepare::<C>([x.node(), wmat.node(), bias.node()])
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish((cols, w, g), out),
+            OpsKind::Tracked(prep) => prep.finish((input, w, g), out),
             OpsKind::UnTracked(prep) => prep.finish(out),
         }
     }

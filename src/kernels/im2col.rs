@@ -1,17 +1,32 @@
-//! Gathering a channels-last map's convolution windows into rows (`im2col`) and scattering row
-//! gradients back (`col2im`), for a dense convolution run as one matrix product.
+//! The dense convolution of a channels-last map as matrix products over its gathered windows
+//! (`im2col`), forward and backward, one band of output rows at a time.
 //!
-//! Why: flex's direct convolution on NCHW maps is slow for CMT's stem (3×3, 16 channels, at
-//! the full input resolution: a fifth of a small CMT's multiply-adds). As rows
-//! `[B·Ho·Wo, k·k·C]` (window position major, channel minor) the convolution is a linear layer,
-//! which vitkit's matrix kernels run at full speed, forward and backward. A window's row of `k`
-//! pixels is `k·C` contiguous values in both layouts, so the copies and sums run over whole
-//! window rows where the window lies inside the map.
+//! Why products: flex's direct convolution on NCHW maps is slow for CMT's stem (3×3, 16
+//! channels, at the full input resolution: a fifth of a small CMT's multiply-adds). As rows
+//! `[positions, k·k·C]` (window position major, channel minor) the convolution is a linear
+//! layer, which vitkit's matrix kernels run at full speed. A window's row of `k` pixels is `k·C`
+//! contiguous values in both layouts, so the copies and sums run over whole window rows where
+//! the window lies inside the map.
+//!
+//! Why bands: the gathered windows are `k·k` times the map (9× for a 3×3 kernel: 231 MB for
+//! CMT-Ti's stem at batch 32). Gathered for the whole batch, they went out to memory and came
+//! back for the product, and were kept for the backward pass. Gathered a band at a time
+//! (`BAND_BYTES`), they stay in the core's L2 cache between the gathering and the product, and
+//! the backward pass gathers them again from the input rather than keeping them.
 
+use std::cell::RefCell;
+
+use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::cpu::dispatch_wide;
-use super::depthwise::{Geometry, min_rows};
+use super::depthwise::Geometry;
+use super::matmul::product;
+use super::views::{View, ViewMut};
+
+/// Bytes of gathered windows per band: with its share of the output, within a Zen 3's 512 KiB
+/// L2.
+const BAND_BYTES: usize = 256 * 1024;
 
 /// The first input column of output column `ox`'s window, when the whole window row lies
 /// inside the map.
@@ -20,26 +35,44 @@ fn interior(g: &Geometry, ox: usize) -> Option<usize> {
     (first + g.kernel <= g.width).then_some(first)
 }
 
-// Output row `(b, oy)`'s windows into `out` (`[Wo, k·k·C]`, zeroed).
-dispatch_wide!(gather_row(x: &[f32], out: &mut [f32], g: Geometry, b: usize, oy: usize) {
+/// Values per gathered window, `k·k·C`.
+fn window_len(g: &Geometry) -> usize {
+    g.kernel * g.kernel * g.channels
+}
+
+/// Output rows per band.
+fn band_rows(g: &Geometry) -> usize {
+    let row_bytes = g.out_width() * window_len(g) * std::mem::size_of::<f32>();
+    (BAND_BYTES / row_bytes.max(1)).clamp(1, g.out_height().max(1))
+}
+
+// The windows of image `b`'s output rows from `oy0` on into `out` (`[rows·Wo, k·k·C]`, as many
+// rows as it holds), zeros where a window leaves the map; every value of `out` is written.
+dispatch_wide!(gather_rows(x: &[f32], out: &mut [f32], g: Geometry, b: usize, oy0: usize) {
     let (c, k) = (g.channels, g.kernel);
     let width = k * k * c;
-    for (ox, window) in out.chunks_exact_mut(width).enumerate() {
-        for ky in 0..k {
-            let Some(iy) = g.input_at(oy, ky, g.height) else { continue };
-            let row = &x[(b * g.height + iy) * g.width * c..];
-            let dst = &mut window[ky * k * c..(ky + 1) * k * c];
-            match interior(&g, ox) {
-                Some(first) => {
-                    for (d, &v) in dst.iter_mut().zip(&row[first * c..(first + k) * c]) {
-                        *d = v;
-                    }
-                }
-                None => {
-                    for kx in 0..k {
-                        let Some(ix) = g.input_at(ox, kx, g.width) else { continue };
-                        for (d, &v) in dst[kx * c..(kx + 1) * c].iter_mut().zip(&row[ix * c..(ix + 1) * c]) {
+    for (i, out_row) in out.chunks_exact_mut(g.out_width() * width).enumerate() {
+        for (ox, window) in out_row.chunks_exact_mut(width).enumerate() {
+            for ky in 0..k {
+                let dst = &mut window[ky * k * c..(ky + 1) * k * c];
+                let Some(iy) = g.input_at(oy0 + i, ky, g.height) else {
+                    dst.fill(0.0);
+                    continue;
+                };
+                let row = &x[(b * g.height + iy) * g.width * c..];
+                match interior(&g, ox) {
+                    Some(first) => {
+                        for (d, &v) in dst.iter_mut().zip(&row[first * c..(first + k) * c]) {
                             *d = v;
+                        }
+                    }
+                    None => {
+                        dst.fill(0.0);
+                        for kx in 0..k {
+                            let Some(ix) = g.input_at(ox, kx, g.width) else { continue };
+                            for (d, &v) in dst[kx * c..(kx + 1) * c].iter_mut().zip(&row[ix * c..(ix + 1) * c]) {
+                                *d = v;
+                            }
                         }
                     }
                 }
@@ -48,16 +81,15 @@ dispatch_wide!(gather_row(x: &[f32], out: &mut [f32], g: Geometry, b: usize, oy:
     }
 });
 
-// Adds image `b`'s window gradients (`cols`, `[Ho·Wo, k·k·C]`) into its map gradient `dx`.
-dispatch_wide!(scatter_image(cols: &[f32], dx: &mut [f32], g: Geometry) {
+// Adds the window gradients of one image's output rows from `oy0` on (`cols`, `[rows·Wo,
+// k·k·C]`) into that image's map gradient `dx` (`[H, W, C]`).
+dispatch_wide!(scatter_rows(cols: &[f32], dx: &mut [f32], g: Geometry, oy0: usize) {
     let (c, k) = (g.channels, g.kernel);
-    let (ho, wo) = (g.out_height(), g.out_width());
     let width = k * k * c;
-    for oy in 0..ho {
-        for ox in 0..wo {
-            let window = &cols[(oy * wo + ox) * width..(oy * wo + ox + 1) * width];
+    for (i, cols_row) in cols.chunks_exact(g.out_width() * width).enumerate() {
+        for (ox, window) in cols_row.chunks_exact(width).enumerate() {
             for ky in 0..k {
-                let Some(iy) = g.input_at(oy, ky, g.height) else { continue };
+                let Some(iy) = g.input_at(oy0 + i, ky, g.height) else { continue };
                 let row = &mut dx[iy * g.width * c..(iy + 1) * g.width * c];
                 let src = &window[ky * k * c..(ky + 1) * k * c];
                 match interior(&g, ox) {
@@ -80,33 +112,158 @@ dispatch_wide!(scatter_image(cols: &[f32], dx: &mut [f32], g: Geometry) {
     }
 });
 
-/// `x: [B, H, W, C]` → rows `[B·Ho·Wo, k·k·C]`, zeros where a window leaves the map.
-pub fn im2col(x: &[f32], g: Geometry) -> Vec<f32> {
-    let (ho, wo) = (g.out_height(), g.out_width());
-    let width = g.kernel * g.kernel * g.channels;
-    let mut cols = vec![0.0f32; g.batch * ho * wo * width];
-    if width == 0 {
-        return cols;
-    }
-    cols.par_chunks_mut(wo * width)
-        .enumerate()
-        .with_min_len(min_rows(wo * width))
-        .for_each(|(row, out)| gather_row(x, out, g, row / ho, row % ho));
-    cols
+thread_local! {
+    /// Each thread's band buffers (gathered windows, and their gradient), kept between calls.
+    static BANDS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// The gradient of the map from the gradient of its rows: each window's values added back
-/// where they were read, one image per task.
-pub fn col2im(cols: &[f32], g: Geometry) -> Vec<f32> {
-    let (ho, wo) = (g.out_height(), g.out_width());
-    let width = g.kernel * g.kernel * g.channels;
-    let plane = g.height * g.width * g.channels;
-    let mut dx = vec![0.0f32; g.batch * plane];
-    if plane == 0 || width == 0 {
-        return dx;
+/// Runs `f` with this thread's two band buffers, each resized to `len`. Taken out of the
+/// thread-local while `f` runs, so a nested call (none is expected) would get fresh ones.
+fn with_bands<R>(len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    let (mut a, mut b) = BANDS.with_borrow_mut(std::mem::take);
+    a.resize(len, 0.0);
+    b.resize(len, 0.0);
+    let out = f(&mut a, &mut b);
+    BANDS.with_borrow_mut(|bufs| *bufs = (a, b));
+    out
+}
+
+/// The convolution of `x` (`[B, H, W, C]`) with `wmat` (`[k·k·C, O]`) plus `bias`: `[B·Ho·Wo,
+/// O]` row-major. Bands of every image run in parallel, each product on its own thread.
+pub fn forward(x: &[f32], wmat: View, bias: &[f32], g: Geometry) -> Vec<f32> {
+    let (ho, wo, o) = (g.out_height(), g.out_width(), wmat.cols);
+    let width = window_len(&g);
+    assert_eq!(wmat.rows, width, "weight rows differ from the window size");
+    assert_eq!(bias.len(), o, "bias length differs from the output channels");
+    let mut out = vec![0.0f32; g.batch * ho * wo * o];
+    if out.is_empty() {
+        return out;
     }
-    dx.par_chunks_mut(plane)
-        .zip(cols.par_chunks(ho * wo * width))
-        .for_each(|(d, c)| scatter_image(c, d, g));
-    dx
+    let band = band_rows(&g);
+    out.par_chunks_mut(ho * wo * o)
+        .enumerate()
+        .for_each(|(b, image)| {
+            image
+                .par_chunks_mut(band * wo * o)
+                .enumerate()
+                .for_each(|(i, out_band)| {
+                    let positions = out_band.len() / o;
+                    with_bands(positions * width, |cols, _| {
+                        gather_rows(x, cols, g, b, i * band);
+                        for row in out_band.chunks_exact_mut(o) {
+                            row.copy_from_slice(bias);
+                        }
+                        // SAFETY: distinct buffers held across the call; `out_band` is initialised.
+                        unsafe {
+                            product(
+                                ViewMut::row_major(out_band, positions, o),
+                                View::row_major(cols, positions, width),
+                                wmat,
+                                1.0,
+                                true,
+                                Parallelism::None,
+                            )
+                        }
+                    })
+                })
+        });
+    out
+}
+
+/// What [`backward`] computes: the input's gradient (`[B, H, W, C]`), the weight's (`[k·k·C,
+/// O]`) and the bias's (`[O]`), each only where asked for.
+pub struct Gradients {
+    pub x: Option<Vec<f32>>,
+    pub wmat: Option<Vec<f32>>,
+    pub bias: Option<Vec<f32>>,
+}
+
+/// Gradients of [`forward`] from the output's gradient `dy` (`[B·Ho·Wo, O]`), for the inputs
+/// `need` names (x, wmat, bias), the windows gathered again band by band. The images are cut
+/// into one run per thread, in order: each adds its images' weight and bias gradients into its
+/// own sums, which are then added in the runs' order (the result does not depend on scheduling).
+pub fn backward(x: &[f32], wmat: View, dy: &[f32], g: Geometry, need: [bool; 3]) -> Gradients {
+    let (ho, wo, o) = (g.out_height(), g.out_width(), wmat.cols);
+    let width = window_len(&g);
+    let plane = g.height * g.width * g.channels;
+    assert_eq!(
+        dy.len(),
+        g.batch * ho * wo * o,
+        "output gradient differs from the output's shape"
+    );
+    let band = band_rows(&g);
+    let per_run = g.batch.div_ceil(rayon::current_num_threads()).max(1);
+    let mut dx = vec![0.0f32; if need[0] { g.batch * plane } else { 0 }];
+    let runs: Vec<(usize, Option<&mut [f32]>)> = if need[0] && plane > 0 {
+        dx.chunks_mut(per_run * plane).map(Some).enumerate().collect()
+    } else {
+        (0..g.batch.div_ceil(per_run)).map(|r| (r, None)).collect()
+    };
+    let sums: Vec<(Vec<f32>, Vec<f32>)> = runs
+        .into_par_iter()
+        .map(|(run, mut dx_run)| {
+            // The weight gradient transposed, `[O, k·k·C]`: long rows for gemm to walk.
+            let mut dwt = vec![0.0f32; if need[1] { o * width } else { 0 }];
+            let mut db = vec![0.0f32; if need[2] { o } else { 0 }];
+            for b in run * per_run..g.batch.min((run + 1) * per_run) {
+                for oy0 in (0..ho).step_by(band) {
+                    let positions = band.min(ho - oy0) * wo;
+                    let dy_band = &dy[(b * ho + oy0) * wo * o..][..positions * o];
+                    let dy_view = View::row_major(dy_band, positions, o);
+                    with_bands(positions * width, |cols, dcols| {
+                        if need[1] {
+                            gather_rows(x, cols, g, b, oy0);
+                            // SAFETY: distinct buffers held across the call; `dwt` initialised.
+                            unsafe {
+                                product(
+                                    ViewMut::row_major(&mut dwt, o, width),
+                                    dy_view.t(),
+                                    View::row_major(cols, positions, width),
+                                    1.0,
+                                    true,
+                                    Parallelism::None,
+                                )
+                            };
+                        }
+                        if let Some(dx_run) = dx_run.as_deref_mut() {
+                            // SAFETY: distinct buffers held across the call; written in full.
+                            unsafe {
+                                product(
+                                    ViewMut::row_major(dcols, positions, width),
+                                    dy_view,
+                                    wmat.t(),
+                                    1.0,
+                                    false,
+                                    Parallelism::None,
+                                )
+                            };
+                            let image = &mut dx_run[(b - run * per_run) * plane..][..plane];
+                            scatter_rows(dcols, image, g, oy0);
+                        }
+                    });
+                    if need[2] {
+                        for row in dy_band.chunks_exact(o) {
+                            for (s, &v) in db.iter_mut().zip(row) {
+                                *s += v;
+                            }
+                        }
+                    }
+                }
+            }
+            (dwt, db)
+        })
+        .collect();
+    let add = |mut total: Vec<f32>, part: &Vec<f32>| {
+        for (t, &v) in total.iter_mut().zip(part) {
+            *t += v;
+        }
+        total
+    };
+    let dwt = sums.iter().map(|(w, _)| w).fold(vec![0.0; o * width], add);
+    let db = sums.iter().map(|(_, b)| b).fold(vec![0.0; o], add);
+    Gradients {
+        x: need[0].then_some(dx),
+        wmat: need[1].then(|| (0..width * o).map(|i| dwt[(i % o) * width + i / o]).collect()),
+        bias: need[2].then_some(db),
+    }
 }

@@ -149,6 +149,18 @@ impl ViewMut {
         }
     }
 
+    /// A row-major `rows x cols` matrix over initialised `data`.
+    pub fn row_major(data: &mut [f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(data.len(), rows * cols, "matrix data does not match its shape");
+        Self {
+            ptr: data.as_mut_ptr(),
+            rows,
+            cols,
+            rs: cols as isize,
+            cs: 1,
+        }
+    }
+
     /// A strided window of `data` (which may still be uninitialised: products only write it,
     /// unless asked to accumulate). Panics if it would reach outside `data`.
     pub fn strided(
