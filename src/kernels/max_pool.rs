@@ -17,6 +17,7 @@ use burn::backend::{Autodiff, Backend, Dispatch, Flex, backend_extension};
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
+use super::cpu::dispatch_wide;
 use super::{contiguous, f32_tensor, shape_of, slice};
 
 #[backend_extension(Flex, Autodiff)]
@@ -86,6 +87,51 @@ fn wins(v: f32, best: f32) -> bool {
     v > best || (v.is_nan() && !best.is_nan())
 }
 
+// Output rows from `first` on (as many as `out` holds), and with `arg` their winning
+// positions. Compiled for AVX2 / AVX-512 too: the compare-and-select over channels vectorises
+// there (built for the baseline x86-64 alone, it was 2.7% of a NesT training step).
+dispatch_wide!(pool_rows(x: &[f32], p: Pool, first: usize, out: &mut [f32], arg: Option<&mut [u8]>) {
+    let (ho, wo, c) = (p.out_height(), p.out_width(), p.channels);
+    let row = wo * c;
+    let mut arg = arg;
+    for (r, out_row) in out.chunks_exact_mut(row).enumerate() {
+        let (b, oy) = ((first + r) / ho, (first + r) % ho);
+        out_row.fill(f32::NEG_INFINITY);
+        for dy in 0..3 {
+            let Some(iy) = p.input_at(oy, dy, p.height) else {
+                continue;
+            };
+            let x_row = &x[(b * p.height + iy) * p.width * c..][..p.width * c];
+            for ox in 0..wo {
+                let best = &mut out_row[ox * c..(ox + 1) * c];
+                let mut won = arg.as_deref_mut().map(|a| &mut a[r * row + ox * c..][..c]);
+                for dx in 0..3 {
+                    let Some(ix) = p.input_at(ox, dx, p.width) else {
+                        continue;
+                    };
+                    let v = &x_row[ix * c..(ix + 1) * c];
+                    let tap = (3 * dy + dx) as u8;
+                    match won.as_deref_mut() {
+                        Some(won) => {
+                            for ((b, &v), w) in best.iter_mut().zip(v).zip(won.iter_mut()) {
+                                let take = wins(v, *b);
+                                *b = if take { v } else { *b };
+                                *w = if take { tap } else { *w };
+                            }
+                        }
+                        None => {
+                            for (b, &v) in best.iter_mut().zip(v) {
+                                let take = wins(v, *b);
+                                *b = if take { v } else { *b };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+});
+
 /// The pooled map `[B, H/2, W/2, C]` and, with `keep_arg`, for every output value the window
 /// position (`3 * dy + dx`) it came from: the first maximum in row-major order, or the first
 /// NaN (as PyTorch's max-pool).
@@ -103,54 +149,16 @@ pub fn forward(x: &[f32], p: Pool, keep_arg: bool) -> (Vec<f32>, Option<Vec<u8>>
         return (out, keep_arg.then_some(arg));
     }
     let rows_per_task = (16_384 / row).max(1);
-    let pool_rows = |first: usize, out: &mut [f32], mut arg: Option<&mut [u8]>| {
-        for (r, out_row) in out.chunks_exact_mut(row).enumerate() {
-            let (b, oy) = ((first + r) / ho, (first + r) % ho);
-            out_row.fill(f32::NEG_INFINITY);
-            for dy in 0..3 {
-                let Some(iy) = p.input_at(oy, dy, p.height) else {
-                    continue;
-                };
-                let x_row = &x[(b * p.height + iy) * p.width * c..][..p.width * c];
-                for ox in 0..wo {
-                    let best = &mut out_row[ox * c..(ox + 1) * c];
-                    let mut won = arg.as_deref_mut().map(|a| &mut a[r * row + ox * c..][..c]);
-                    for dx in 0..3 {
-                        let Some(ix) = p.input_at(ox, dx, p.width) else {
-                            continue;
-                        };
-                        let v = &x_row[ix * c..(ix + 1) * c];
-                        let tap = (3 * dy + dx) as u8;
-                        match won.as_deref_mut() {
-                            Some(won) => {
-                                for ((b, &v), w) in best.iter_mut().zip(v).zip(won.iter_mut()) {
-                                    let take = wins(v, *b);
-                                    *b = if take { v } else { *b };
-                                    *w = if take { tap } else { *w };
-                                }
-                            }
-                            None => {
-                                for (b, &v) in best.iter_mut().zip(v) {
-                                    let take = wins(v, *b);
-                                    *b = if take { v } else { *b };
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    };
     let task_len = rows_per_task * row;
     if keep_arg {
         out.par_chunks_mut(task_len)
             .zip(arg.par_chunks_mut(task_len))
             .enumerate()
-            .for_each(|(i, (o, a))| pool_rows(i * rows_per_task, o, Some(a)));
+            .for_each(|(i, (o, a))| pool_rows(x, p, i * rows_per_task, o, Some(a)));
     } else {
         out.par_chunks_mut(task_len)
             .enumerate()
-            .for_each(|(i, o)| pool_rows(i * rows_per_task, o, None));
+            .for_each(|(i, o)| pool_rows(x, p, i * rows_per_task, o, None));
     }
     (out, keep_arg.then_some(arg))
 }
