@@ -348,7 +348,7 @@ pub fn gelu_backward_with_column_sums(h: &[f32], grad: &[f32], width: usize) -> 
 /// Adds per-chunk partial sums (each of length `n`) in chunk order, so that a parallel
 /// reduction gives the same result however rayon scheduled the chunks: training runs stay
 /// reproducible.
-fn add_in_order(partials: impl IntoIterator<Item = Vec<f32>>, n: usize) -> Vec<f32> {
+pub(super) fn add_in_order(partials: impl IntoIterator<Item = Vec<f32>>, n: usize) -> Vec<f32> {
     let mut sums = vec![0.0f32; n];
     for partial in partials {
         sums.iter_mut().zip(partial).for_each(|(s, p)| *s += p);

@@ -19,7 +19,7 @@ use std::cell::RefCell;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::cpu::dispatch_wide;
+use super::cpu::{add_in_order, column_sums, dispatch_wide};
 use super::depthwise::Geometry;
 use super::matmul::product;
 use super::views::{View, ViewMut};
@@ -180,8 +180,8 @@ pub struct Gradients {
 
 /// Gradients of [`forward`] from the output's gradient `dy` (`[B·Ho·Wo, O]`), for the inputs
 /// `need` names (x, wmat, bias), the windows gathered again band by band. The images are cut
-/// into one run per thread, in order: each adds its images' weight and bias gradients into its
-/// own sums, which are then added in the runs' order (the result does not depend on scheduling).
+/// into one run per thread, in order: each adds its images' weight gradients into its own sum,
+/// and those are added in the runs' order (the result does not depend on scheduling).
 pub fn backward(x: &[f32], wmat: View, dy: &[f32], g: Geometry, need: [bool; 3]) -> Gradients {
     let (ho, wo, o) = (g.out_height(), g.out_width(), wmat.cols);
     let width = window_len(&g);
@@ -199,12 +199,11 @@ pub fn backward(x: &[f32], wmat: View, dy: &[f32], g: Geometry, need: [bool; 3])
     } else {
         (0..g.batch.div_ceil(per_run)).map(|r| (r, None)).collect()
     };
-    let sums: Vec<(Vec<f32>, Vec<f32>)> = runs
+    let dwt_runs: Vec<Vec<f32>> = runs
         .into_par_iter()
         .map(|(run, mut dx_run)| {
             // The weight gradient transposed, `[O, k·k·C]`: long rows for gemm to walk.
             let mut dwt = vec![0.0f32; if need[1] { o * width } else { 0 }];
-            let mut db = vec![0.0f32; if need[2] { o } else { 0 }];
             for b in run * per_run..g.batch.min((run + 1) * per_run) {
                 for oy0 in (0..ho).step_by(band) {
                     let positions = band.min(ho - oy0) * wo;
@@ -241,29 +240,18 @@ pub fn backward(x: &[f32], wmat: View, dy: &[f32], g: Geometry, need: [bool; 3])
                             scatter_rows(dcols, image, g, oy0);
                         }
                     });
-                    if need[2] {
-                        for row in dy_band.chunks_exact(o) {
-                            for (s, &v) in db.iter_mut().zip(row) {
-                                *s += v;
-                            }
-                        }
-                    }
                 }
             }
-            (dwt, db)
+            dwt
         })
         .collect();
-    let add = |mut total: Vec<f32>, part: &Vec<f32>| {
-        for (t, &v) in total.iter_mut().zip(part) {
-            *t += v;
-        }
-        total
-    };
-    let dwt = sums.iter().map(|(w, _)| w).fold(vec![0.0; o * width], add);
-    let db = sums.iter().map(|(_, b)| b).fold(vec![0.0; o], add);
+    let wmat = need[1].then(|| {
+        let dwt = add_in_order(dwt_runs, o * width);
+        (0..width * o).map(|i| dwt[(i % o) * width + i / o]).collect()
+    });
     Gradients {
         x: need[0].then_some(dx),
-        wmat: need[1].then(|| (0..width * o).map(|i| dwt[(i % o) * width + i / o]).collect()),
-        bias: need[2].then_some(db),
+        wmat,
+        bias: need[2].then(|| column_sums(dy, g.batch * ho * wo, o)),
     }
 }

@@ -74,8 +74,17 @@ pub unsafe fn product(dst: ViewMut, a: View, b: View, s: f32, accumulate: bool, 
     if unsafe { narrow_through_scratch(dst, a, b, s, accumulate, par) } {
         return;
     }
+    // SAFETY: the caller's guarantees, and the shapes checked above.
+    unsafe { gemm_product(dst, a, b, s, accumulate, par) }
+}
+
+/// [`product`] through the gemm crate, as it is.
+///
+/// # Safety
+/// As [`product`], with shapes that match.
+unsafe fn gemm_product(dst: ViewMut, a: View, b: View, s: f32, accumulate: bool, par: Parallelism) {
     let ((dp, drs, dcs), (ap, ars, acs), (bp, brs, bcs)) = (dst.raw(), a.raw(), b.raw());
-    // SAFETY: shapes checked above; bounds were checked when the views were built.
+    // SAFETY: bounds were checked when the views were built; the rest is the caller's.
     unsafe {
         gemm::gemm(
             dst.rows, dst.cols, a.cols, dp, dcs, drs, accumulate, ap, acs, ars, bp, bcs, brs, 1.0f32, s,
@@ -129,30 +138,12 @@ unsafe fn narrow_through_scratch(
     // Contiguous along the long side: column-major when `dst` is row-major, and the reverse.
     let (srs, scs) = if cs == 1 { (1, m) } else { (n, 1) };
     let mut scratch: Vec<f32> = Vec::with_capacity(m * n);
-    let ((ap, ars, acs), (bp, brs, bcs)) = (a.raw(), b.raw());
-    // SAFETY: the scratch has room for `m x n` at those strides; the inputs as in `product`.
+    let spare = &mut scratch.spare_capacity_mut()[..m * n];
+    let view = ViewMut::strided(spare, 0, m, n, srs as isize, scs as isize);
+    // SAFETY: the scratch is fresh and written in full (not accumulated onto); the inputs as
+    // the caller guarantees.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            a.cols,
-            scratch.as_mut_ptr(),
-            scs as isize,
-            srs as isize,
-            false,
-            ap,
-            acs,
-            ars,
-            bp,
-            bcs,
-            brs,
-            1.0f32,
-            s,
-            false,
-            false,
-            false,
-            par,
-        );
+        gemm_product(view, a, b, s, false, par);
         scratch.set_len(m * n);
     }
     for r in 0..m {
