@@ -62,6 +62,7 @@ pub unsafe fn product(dst: ViewMut, a: View, b: View, s: f32, accumulate: bool, 
         // SAFETY: the parts write disjoint windows of `dst`; the caller's guarantees carry over.
         parts
             .into_par_iter()
+            .with_max_len(1)
             .for_each(|(dst, a, b)| unsafe { product(dst, a, b, s, accumulate, Parallelism::None) });
         return;
     }
@@ -469,71 +470,6 @@ mod tests {
         let onto: Vec<f32> = product.iter().zip(&start).map(|(p, s)| p + s).collect();
         close(&linear_onto(start, &x, rows, w), &onto);
     }
-}
-
-/// Products cut across threads (`split.rs`) against the same product on one thread.
-#[cfg(test)]
-mod cut_tests {
-    use std::mem::MaybeUninit;
-
-    use super::*;
-    use crate::kernels::layouts::matrix;
-    use crate::kernels::split::{output_parts, sum_parts};
-
-    /// `s · a · b` (+ `start`) for an `m × k` and a `k × n` matrix, into a fresh output laid
-    /// out as `template`'s strides say, threaded as `par` says.
-    fn run(dims: (usize, usize, usize), transposed_out: bool, par: Parallelism, s: f32) -> Vec<f32> {
-        let (m, n, k) = dims;
-        let (a, ars, acs) = matrix(m, k, false, 7);
-        let (b, brs, bcs) = matrix(k, n, true, 8);
-        let (d, drs, dcs) = matrix(m, n, transposed_out, 9);
-        let mut d: Vec<MaybeUninit<f32>> = d.iter().map(|&v| MaybeUninit::new(v)).collect();
-        let dst = ViewMut::strided(&mut d, 0, m, n, drs, dcs);
-        // SAFETY: distinct buffers, held across the call; `d` is initialised (accumulate).
-        unsafe {
-            product(
-                dst,
-                View::strided(&a, 0, m, k, ars, acs),
-                View::strided(&b, 0, k, n, brs, bcs),
-                s,
-                true,
-                par,
-            )
-        };
-        // SAFETY: initialised from `matrix`'s values.
-        d.iter().map(|v| unsafe { v.assume_init() }).collect()
-    }
-
-    fn close(a: &[f32], b: &[f32]) {
-        assert_eq!(a.len(), b.len());
-        for (x, y) in a.iter().zip(b) {
-            assert!(
-                x.is_nan() && y.is_nan() || (x - y).abs() < 1e-4 * (1.0 + y.abs()),
-                "{x} vs {y}"
-            );
-        }
-    }
-
-    #[test]
-    fn products_cut_along_the_output_match_one_thread() {
-        // Sizes past the split thresholds of every product code (gemm cuts a column-major
-        // output by rows: 300 of them, each 900 long), output sides that halve unevenly.
-        let (m, n, k) = (300, 1000, 900);
-        for transposed_out in [false, true] {
-            let (d, drs, dcs) = matrix(m, n, transposed_out, 9);
-            let mut d: Vec<MaybeUninit<f32>> = d.iter().map(|&v| MaybeUninit::new(v)).collect();
-            let (a, b) = (vec![0.0; m * k], vec![0.0; k * n]);
-            let parts = output_parts(
-                ViewMut::strided(&mut d, 0, m, n, drs, dcs),
-                View::row_major(&a, m, k),
-                View::row_major(&b, k, n),
-                Parallelism::Rayon(2),
-            );
-            assert_eq!(parts.map(|p| p.len()), Some(2));
-            let threaded = run((m, n, k), transposed_out, Parallelism::Rayon(2), 0.5);
-            close(&threaded, &run((m, n, k), transposed_out, Parallelism::None, 0.5));
-        }
-    }
 
     #[test]
     fn narrow_outputs_through_a_scratch_match_a_float64_sum() {
@@ -560,22 +496,5 @@ mod cut_tests {
             16,
             "8 of each shape's 16 layouts are narrow"
         );
-    }
-
-    #[test]
-    fn products_cut_along_the_sum_match_one_thread() {
-        // A weight gradient's shape: the sum far longer than the output, cut unevenly.
-        let (m, n, k) = (48, 40, 2001);
-        let (a, b) = (vec![0.0; m * k], vec![0.0; k * n]);
-        let mut d = vec![MaybeUninit::new(0.0f32); m * n];
-        let dst = ViewMut::strided(&mut d, 0, m, n, n as isize, 1);
-        let (av, bv) = (View::row_major(&a, m, k), View::row_major(&b, k, n));
-        // SAFETY: distinct buffers held across the call.
-        let cut = unsafe { sum_parts(dst, av, bv, 1.0, false, Parallelism::Rayon(2), product) };
-        assert!(cut, "a 48 x 40 output with a sum of 2001 is cut along the sum");
-        for transposed_out in [false, true] {
-            let threaded = run((m, n, k), transposed_out, Parallelism::Rayon(2), 0.5);
-            close(&threaded, &run((m, n, k), transposed_out, Parallelism::None, 0.5));
-        }
     }
 }

@@ -11,6 +11,7 @@
 //! linear layers can multiply in bf16 with f32 sums (`bf16.rs`, off unless switched on). On any
 //! other device (CUDA) the wrappers fall back to Burn's own operations.
 
+mod adamw;
 mod attention;
 mod batch_norm;
 mod bf16;
@@ -33,6 +34,7 @@ mod switches;
 mod views;
 mod vit_autodiff;
 
+pub use adamw::{AdamWStep, adamw_applies, adamw_update, scaled, sum_of_squares};
 pub use bf16::{bf16_products, set_bf16_products};
 pub use bias_attention::{bias_attention, bias_attention_applies};
 pub use bias_softmax::bias_softmax;

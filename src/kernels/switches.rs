@@ -45,35 +45,43 @@ pub enum Fused {
     /// and long the other way written through a scratch laid out the other way (see
     /// `matmul::narrow_through_scratch`).
     NarrowScratch = 32768,
+    /// Not a kernel: a threaded product cut into several parts per thread, which rayon hands to
+    /// whichever thread is free (see `split::part_count`), rather than one part per thread.
+    Balance = 65536,
+    /// AdamW's update and gradient clipping's passes threaded and fused (`adamw.rs`) instead of
+    /// Burn's tensor operations.
+    AdamW = 131072,
 }
 
-const ALL_FUSED: u16 = u16::MAX;
+const ALL_FUSED: u32 = (1 << 18) - 1;
 
 /// The names `VITKIT_FUSED` takes, with their bits.
-const FUSED_NAMES: [(&str, u16); 17] = [
-    ("gelu", Fused::Gelu as u16),
-    ("softmax", Fused::Softmax as u16),
-    ("layernorm", Fused::LayerNorm as u16),
-    ("linear", Fused::Linear as u16),
-    ("attention", Fused::Attention as u16),
-    ("cls", Fused::ClassTokenOnly as u16),
-    ("epilogue", Fused::Epilogue as u16),
-    ("split", Fused::SplitProducts as u16),
-    ("inplace", Fused::WeightInPlace as u16),
-    ("depthwise", Fused::Depthwise as u16),
-    ("batchnorm", Fused::BatchNorm as u16),
-    ("biasattention", Fused::BiasAttention as u16),
-    ("maxpool", Fused::MaxPool as u16),
-    ("blas", Fused::SystemBlas as u16),
-    ("sumsplit", Fused::SplitSum as u16),
-    ("narrow", Fused::NarrowScratch as u16),
+const FUSED_NAMES: [(&str, u32); 19] = [
+    ("gelu", Fused::Gelu as u32),
+    ("softmax", Fused::Softmax as u32),
+    ("layernorm", Fused::LayerNorm as u32),
+    ("linear", Fused::Linear as u32),
+    ("attention", Fused::Attention as u32),
+    ("cls", Fused::ClassTokenOnly as u32),
+    ("epilogue", Fused::Epilogue as u32),
+    ("split", Fused::SplitProducts as u32),
+    ("inplace", Fused::WeightInPlace as u32),
+    ("depthwise", Fused::Depthwise as u32),
+    ("batchnorm", Fused::BatchNorm as u32),
+    ("biasattention", Fused::BiasAttention as u32),
+    ("maxpool", Fused::MaxPool as u32),
+    ("blas", Fused::SystemBlas as u32),
+    ("sumsplit", Fused::SplitSum as u32),
+    ("narrow", Fused::NarrowScratch as u32),
+    ("balance", Fused::Balance as u32),
+    ("adamw", Fused::AdamW as u32),
     ("all", ALL_FUSED),
 ];
 
 /// The mask a `VITKIT_FUSED` value names: a comma-separated list of
-/// `gelu,softmax,layernorm,linear,attention,epilogue,cls,split,inplace,depthwise,batchnorm,biasattention,maxpool,blas,sumsplit,narrow`, `all`, or `none`.
+/// `gelu,softmax,layernorm,linear,attention,epilogue,cls,split,inplace,depthwise,batchnorm,biasattention,maxpool,blas,sumsplit,narrow,balance,adamw`, `all`, or `none`.
 /// An unknown name is an error naming it (a typo must not switch every kernel off).
-pub fn parse_fused(list: &str) -> Result<u16, String> {
+pub fn parse_fused(list: &str) -> Result<u32, String> {
     if list.trim() == "none" {
         return Ok(0);
     }
@@ -97,8 +105,8 @@ pub fn parse_fused(list: &str) -> Result<u16, String> {
 }
 
 /// `VITKIT_FUSED`'s mask (all kernels when unset), or the error for an invalid value.
-fn fused_mask() -> &'static Result<u16, String> {
-    static MASK: OnceLock<Result<u16, String>> = OnceLock::new();
+fn fused_mask() -> &'static Result<u32, String> {
+    static MASK: OnceLock<Result<u32, String>> = OnceLock::new();
     MASK.get_or_init(|| match std::env::var("VITKIT_FUSED") {
         Err(_) => Ok(ALL_FUSED),
         Ok(list) => parse_fused(&list),
@@ -119,7 +127,7 @@ pub fn enabled(op: Fused) -> bool {
         Ok(mask) => *mask,
         Err(_) => ALL_FUSED,
     };
-    mask & op as u16 != 0
+    mask & op as u32 != 0
 }
 
 /// Whether a fused kernel applies: it is enabled and `x` is an f32 tensor on the flex CPU backend
