@@ -49,7 +49,7 @@ pub trait AdamWOps: Backend {
 }
 
 /// Whether [`adamw_update`] runs for these tensors: enabled, f32, all on flex.
-pub fn adamw_applies<const D: usize>(tensors: [&Tensor<D>; 4]) -> bool {
+pub fn adamw_applies<const D: usize>(tensors: &[&Tensor<D>]) -> bool {
     tensors.iter().all(|t| super::applies(*t, super::Fused::AdamW))
 }
 
@@ -63,7 +63,7 @@ pub fn adamw_update<const D: usize>(
     step: AdamWStep,
 ) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
     assert!(
-        adamw_applies([&param, &grad, &moment1, &moment2]),
+        adamw_applies(&[&param, &grad, &moment1, &moment2]),
         "no fused AdamW for these tensors"
     );
     let (p, m, v) = <Dispatch as AdamWOps>::adamw_update(
@@ -216,11 +216,14 @@ impl AdamWOps for Flex {
     }
 
     fn sum_of_squares(x: FlexTensor) -> FlexTensor {
+        // Any order of the values will do, so a dense one is read as it lies.
         let x = if dense(&x) {
             x
         } else {
-            own_in(x.clone(), &Layout::contiguous(shape_of(&x)))
+            let layout = Layout::contiguous(shape_of(&x));
+            own_in(x, &layout)
         };
+        // The chunks' sums collected in order and added in order: the same total every run.
         let sum: f64 = stored(&x)
             .par_chunks(CHUNK)
             .map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>())

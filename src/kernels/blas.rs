@@ -207,19 +207,21 @@ fn layout(rows: usize, cols: usize, rs: isize, cs: isize) -> Option<(c_int, c_in
 /// the storage behind the views outlives the call. When `accumulate` is false `dst` may be
 /// uninitialised (neither reads it then).
 pub unsafe fn product(dst: ViewMut, a: View, b: View, s: f32, accumulate: bool) -> bool {
-    let large = dst.rows.saturating_mul(dst.cols).saturating_mul(a.cols) >= MIN_MACS;
     match products() {
         Products::Gemm => false,
         // Of every size: packing costs little even at NesT's 16-token attention products
-        // (16 × 16 × 32), which gemm ran at a fraction of the kernel's speed (a NesT training
-        // step on the AVX2 build: 9% fewer CPU samples, those of gemm's kernels gone).
+        // (16 × 16 × 32), which gemm ran slower (NesT-mini's first-level attention, AVX2
+        // build, two Zen 5 cores, three alternated rounds: 4.2–5.0 ms against 4.7–5.1).
         // SAFETY: the caller's guarantees carry over; `choose` checked the CPU's features.
         Products::Packed(kernel) => unsafe {
             packed::product(*kernel, dst, a, b, s, accumulate);
             true
         },
         // SAFETY: the caller's guarantees carry over.
-        Products::OpenBlas(blas) => large && unsafe { product_with(blas, dst, a, b, s, accumulate) },
+        Products::OpenBlas(blas) => {
+            let large = dst.rows.saturating_mul(dst.cols).saturating_mul(a.cols) >= MIN_MACS;
+            large && unsafe { product_with(blas, dst, a, b, s, accumulate) }
+        }
     }
 }
 

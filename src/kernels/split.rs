@@ -251,22 +251,29 @@ mod tests {
         }
     }
 
+    /// How many parts [`output_parts`] cuts an `m × k` by `k × n` product into on two threads
+    /// (`None`: left to gemm's own threading).
+    fn output_part_count(dims: (usize, usize, usize), transposed_out: bool) -> Option<usize> {
+        let (m, n, k) = dims;
+        let (d, drs, dcs) = matrix(m, n, transposed_out, 9);
+        let mut d: Vec<MaybeUninit<f32>> = d.iter().map(|&v| MaybeUninit::new(v)).collect();
+        let (a, b) = (vec![0.0; m * k], vec![0.0; k * n]);
+        output_parts(
+            ViewMut::strided(&mut d, 0, m, n, drs, dcs),
+            View::row_major(&a, m, k),
+            View::row_major(&b, k, n),
+            Parallelism::Rayon(2),
+        )
+        .map(|parts| parts.len())
+    }
+
     #[test]
     fn products_cut_along_the_output_match_one_thread() {
         // Sizes past the split thresholds of every product code (gemm cuts a column-major
         // output by rows: 300 of them, each 900 long), output sides that halve unevenly.
         let (m, n, k) = (300, 1000, 900);
         for transposed_out in [false, true] {
-            let (d, drs, dcs) = matrix(m, n, transposed_out, 9);
-            let mut d: Vec<MaybeUninit<f32>> = d.iter().map(|&v| MaybeUninit::new(v)).collect();
-            let (a, b) = (vec![0.0; m * k], vec![0.0; k * n]);
-            let parts = output_parts(
-                ViewMut::strided(&mut d, 0, m, n, drs, dcs),
-                View::row_major(&a, m, k),
-                View::row_major(&b, k, n),
-                Parallelism::Rayon(2),
-            );
-            assert_eq!(parts.map(|p| p.len()), Some(2));
+            assert_eq!(output_part_count((m, n, k), transposed_out), Some(2));
             let threaded = run((m, n, k), transposed_out, Parallelism::Rayon(2), 0.5);
             close(&threaded, &run((m, n, k), transposed_out, Parallelism::None, 0.5));
         }
@@ -278,17 +285,8 @@ mod tests {
         // threads take four parts each (when the switch is on, as by default), unevenly sized.
         // A column-major output: every product code cuts it by rows.
         let (m, n, k) = (4001, 64, 96);
-        let (d, drs, dcs) = matrix(m, n, true, 9);
-        let mut d: Vec<MaybeUninit<f32>> = d.iter().map(|&v| MaybeUninit::new(v)).collect();
-        let (a, b) = (vec![0.0; m * k], vec![0.0; k * n]);
-        let parts = output_parts(
-            ViewMut::strided(&mut d, 0, m, n, drs, dcs),
-            View::row_major(&a, m, k),
-            View::row_major(&b, k, n),
-            Parallelism::Rayon(2),
-        );
         if crate::kernels::enabled(crate::kernels::Fused::Balance) {
-            assert_eq!(parts.map(|p| p.len()), Some(8));
+            assert_eq!(output_part_count((m, n, k), true), Some(8));
         }
         for transposed_out in [false, true] {
             let threaded = run((m, n, k), transposed_out, Parallelism::Rayon(2), 0.5);
