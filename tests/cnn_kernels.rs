@@ -142,6 +142,9 @@ fn channels_last_dense_conv_matches_burns_conv2d() {
         // output rows (256 KiB each: 12 rows of 36 here, 14 of 32 with stride 2).
         (5, 40, 36, 16, 16, 3, 1, 1),
         (2, 130, 64, 16, 8, 3, 2, 1),
+        // Small maps with long windows: chunks of output rows that span images and end inside
+        // one (14 rows of 8 on two threads), forward and in the backward pass's runs of images.
+        (7, 8, 8, 64, 16, 3, 1, 1),
     ] {
         let x0 = Tensor::<4>::random([b, h, w, ci], Distribution::Normal(0.0, 1.0), &device);
         let w0 = Tensor::<4>::random([co, ci, k, k], Distribution::Normal(0.0, 0.5), &device);

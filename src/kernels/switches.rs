@@ -51,12 +51,15 @@ pub enum Fused {
     /// AdamW's update and gradient clipping's passes threaded and fused (`adamw.rs`) instead of
     /// Burn's tensor operations.
     AdamW = 131072,
+    /// Not a kernel: the packed AVX2 kernel reads a row-major left operand where it lies
+    /// rather than packing it (see `packed::x86::product`).
+    DirectRows = 262144,
 }
 
-const ALL_FUSED: u32 = (1 << 18) - 1;
+const ALL_FUSED: u32 = (1 << 19) - 1;
 
 /// The names `VITKIT_FUSED` takes, with their bits.
-const FUSED_NAMES: [(&str, u32); 19] = [
+const FUSED_NAMES: [(&str, u32); 20] = [
     ("gelu", Fused::Gelu as u32),
     ("softmax", Fused::Softmax as u32),
     ("layernorm", Fused::LayerNorm as u32),
@@ -75,11 +78,12 @@ const FUSED_NAMES: [(&str, u32); 19] = [
     ("narrow", Fused::NarrowScratch as u32),
     ("balance", Fused::Balance as u32),
     ("adamw", Fused::AdamW as u32),
+    ("rows", Fused::DirectRows as u32),
     ("all", ALL_FUSED),
 ];
 
 /// The mask a `VITKIT_FUSED` value names: a comma-separated list of
-/// `gelu,softmax,layernorm,linear,attention,epilogue,cls,split,inplace,depthwise,batchnorm,biasattention,maxpool,blas,sumsplit,narrow,balance,adamw`, `all`, or `none`.
+/// `gelu,softmax,layernorm,linear,attention,epilogue,cls,split,inplace,depthwise,batchnorm,biasattention,maxpool,blas,sumsplit,narrow,balance,adamw,rows`, `all`, or `none`.
 /// An unknown name is an error naming it (a typo must not switch every kernel off).
 pub fn parse_fused(list: &str) -> Result<u32, String> {
     if list.trim() == "none" {
