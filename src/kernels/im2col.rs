@@ -11,7 +11,7 @@
 //! Why chunks: the gathered windows are `k·k` times the map (9× for a 3×3 kernel: 231 MB for
 //! CMT-Ti's stem at batch 32). Gathered for the whole batch, they went out to memory and came
 //! back for the product, and were kept for the backward pass. Gathered a chunk of output rows at
-//! a time (`BAND_BYTES`), they stay in the core's L2 cache between the gathering and the product,
+//! a time (`CHUNK_BYTES`), they stay in the core's L2 cache between the gathering and the product,
 //! and the backward pass gathers them again from the input rather than keeping them. A chunk may
 //! span images, so that small maps still give each product enough rows (`MIN_POSITIONS`).
 
@@ -27,13 +27,13 @@ use super::views::{View, ViewMut};
 
 /// Bytes of gathered windows per chunk: with its share of the output, within a Zen 3's 512 KiB
 /// L2.
-const BAND_BYTES: usize = 256 * 1024;
+const CHUNK_BYTES: usize = 256 * 1024;
 
 /// Output positions per chunk at the least, whatever their windows' size: each chunk's products
 /// pack the whole weight again (and, backward, read and write the whole weight gradient), which
 /// over NesT's 8×8 maps' 64 positions (1,152-long windows) took a third of the products' time.
 /// NesT-mini training, AVX2 build, 10 steps: the convolutions' products 3.02 s with chunks of
-/// at most `BAND_BYTES`, 2.76 s with 512 positions, 2.72 s with 1,024.
+/// at most `CHUNK_BYTES`, 2.76 s with 512 positions, 2.72 s with 1,024.
 const MIN_POSITIONS: usize = 512;
 
 /// The first input column of output column `ox`'s window, when the whole window row lies
@@ -49,17 +49,14 @@ fn window_len(g: &Geometry) -> usize {
 }
 
 /// Output rows per chunk, counted over the whole batch (row `r` is image `r / Ho`'s row `r %
-/// Ho`): enough to fill `BAND_BYTES` with gathered windows, and at least `MIN_POSITIONS`
-/// positions, but at least two chunks per thread where the batch has the rows for it.
+/// Ho`): enough to fill `CHUNK_BYTES` with gathered windows, and more, up to `MIN_POSITIONS`
+/// positions, as long as each thread still gets two chunks.
 fn chunk_rows(g: &Geometry) -> usize {
     let (wo, total) = (g.out_width().max(1), (g.batch * g.out_height()).max(1));
     let row_bytes = wo * window_len(g) * std::mem::size_of::<f32>();
-    let by_bytes = (BAND_BYTES / row_bytes.max(1)).max(1);
+    let by_bytes = (CHUNK_BYTES / row_bytes.max(1)).max(1);
     let spread = total.div_ceil(2 * rayon::current_num_threads());
-    by_bytes
-        .max(MIN_POSITIONS.div_ceil(wo))
-        .min(spread.max(by_bytes))
-        .min(total)
+    MIN_POSITIONS.div_ceil(wo).min(spread).max(by_bytes).min(total)
 }
 
 /// The windows of output rows `r0..` (counted over the batch, as [`chunk_rows`]) into `out`,

@@ -44,16 +44,17 @@ const MR2: usize = 6;
 /// Columns of the AVX2 tile (two AVX registers).
 const NR2: usize = 16;
 
-/// One step of the sum: the AVX2 tile += (6 values of `a`) ⊗ (16 values of `b`).
+/// One step of the sum: the AVX2 tile += (6 values of `a`) ⊗ (16 values of `b`), value `i`
+/// of `a` at `a_at(i)` (adjacent in a packed panel, or one per row read in place).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn step_avx2(acc: &mut [__m256; 2 * MR2], a: *const f32, b: *const f32) {
-    // SAFETY: the caller's packed panels hold this step.
+unsafe fn step_avx2(acc: &mut [__m256; 2 * MR2], a_at: impl Fn(usize) -> *const f32, b: *const f32) {
+    // SAFETY: the caller's `a_at` and packed panel of `b` hold this step.
     unsafe {
         let b0 = _mm256_load_ps(b);
         let b1 = _mm256_load_ps(b.add(8));
         for i in 0..MR2 {
-            let ai = _mm256_broadcast_ss(&*a.add(i));
+            let ai = _mm256_broadcast_ss(&*a_at(i));
             acc[2 * i] = _mm256_fmadd_ps(ai, b0, acc[2 * i]);
             acc[2 * i + 1] = _mm256_fmadd_ps(ai, b1, acc[2 * i + 1]);
         }
@@ -106,37 +107,21 @@ pub(super) unsafe fn tile_avx2(kc: usize, a: *const f32, b: *const f32, out: Til
     unsafe {
         for _ in 0..kc / 4 {
             _mm_prefetch::<_MM_HINT_T0>(a.add(16 * MR2) as *const i8);
-            step_avx2(&mut acc, a, b);
-            step_avx2(&mut acc, a.add(MR2), b.add(NR2));
+            step_avx2(&mut acc, |i| a.add(i), b);
+            step_avx2(&mut acc, |i| a.add(MR2).add(i), b.add(NR2));
             _mm_prefetch::<_MM_HINT_T0>(a.add(16 * MR2 + 16) as *const i8);
-            step_avx2(&mut acc, a.add(2 * MR2), b.add(2 * NR2));
-            step_avx2(&mut acc, a.add(3 * MR2), b.add(3 * NR2));
+            step_avx2(&mut acc, |i| a.add(2 * MR2).add(i), b.add(2 * NR2));
+            step_avx2(&mut acc, |i| a.add(3 * MR2).add(i), b.add(3 * NR2));
             a = a.add(4 * MR2);
             b = b.add(4 * NR2);
         }
         for _ in 0..kc % 4 {
-            step_avx2(&mut acc, a, b);
+            step_avx2(&mut acc, |i| a.add(i), b);
             a = a.add(MR2);
             b = b.add(NR2);
         }
     }
     write_avx2!(&acc, &out, s, add);
-}
-
-/// One step of the sum from six rows of `a` read where they lie (`rows[i]` at step `p`).
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn step_avx2_rows(acc: &mut [__m256; 2 * MR2], rows: &[*const f32; MR2], p: usize, b: *const f32) {
-    // SAFETY: the caller's rows hold step `p`; its packed panel of `b` holds this step.
-    unsafe {
-        let b0 = _mm256_load_ps(b);
-        let b1 = _mm256_load_ps(b.add(8));
-        for (i, row) in rows.iter().enumerate() {
-            let ai = _mm256_broadcast_ss(&*row.add(p));
-            acc[2 * i] = _mm256_fmadd_ps(ai, b0, acc[2 * i]);
-            acc[2 * i + 1] = _mm256_fmadd_ps(ai, b1, acc[2 * i + 1]);
-        }
-    }
 }
 
 /// [`tile_avx2`] with `a` read in place: six rows `lda` apart, each `kc` adjacent values (a
@@ -159,15 +144,15 @@ pub(super) unsafe fn tile_avx2_rows(
     // SAFETY: `kc` values of each row and `kc` steps of the panel.
     unsafe {
         while p + 4 <= kc {
-            step_avx2_rows(&mut acc, &rows, p, b);
-            step_avx2_rows(&mut acc, &rows, p + 1, b.add(NR2));
-            step_avx2_rows(&mut acc, &rows, p + 2, b.add(2 * NR2));
-            step_avx2_rows(&mut acc, &rows, p + 3, b.add(3 * NR2));
+            step_avx2(&mut acc, |i| rows[i].add(p), b);
+            step_avx2(&mut acc, |i| rows[i].add(p + 1), b.add(NR2));
+            step_avx2(&mut acc, |i| rows[i].add(p + 2), b.add(2 * NR2));
+            step_avx2(&mut acc, |i| rows[i].add(p + 3), b.add(3 * NR2));
             b = b.add(4 * NR2);
             p += 4;
         }
         while p < kc {
-            step_avx2_rows(&mut acc, &rows, p, b);
+            step_avx2(&mut acc, |i| rows[i].add(p), b);
             b = b.add(NR2);
             p += 1;
         }
